@@ -1,0 +1,212 @@
+//! Public, validated tensor-level functions: one per primitive.
+//!
+//! Each checks shapes and settings, returns a typed [`LosaError`] for bad input, and then calls
+//! the backend method of [`LosaBackend`] (a CubeCL kernel or the reference).
+
+use burn::tensor::{Int, Tensor, TensorPrimitive};
+
+use crate::{
+    LosaBackend,
+    error::{LosaError, Result},
+    reference,
+};
+
+fn float<B: LosaBackend, const D: usize>(t: burn::tensor::ops::FloatTensor<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+fn prim<B: LosaBackend, const D: usize>(t: Tensor<B, D>) -> burn::tensor::ops::FloatTensor<B> {
+    t.into_primitive().tensor()
+}
+
+fn mismatch(what: &str, got: &[usize], expected: &[usize]) -> LosaError {
+    LosaError::ShapeMismatch {
+        what: what.to_string(),
+        got: got.to_vec(),
+        expected: expected.to_vec(),
+    }
+}
+
+/// Checks that `q` and the `k`/`v` pair describe one attention problem; returns the GQA group size.
+pub(crate) fn check_qkv<B: LosaBackend>(
+    q: &Tensor<B, 4>,
+    k: &Tensor<B, 4>,
+    v: &Tensor<B, 4>,
+) -> Result<usize> {
+    let [b, hq, _, d] = q.dims();
+    let [kb, hkv, n, kd] = k.dims();
+    if v.dims() != k.dims() {
+        return Err(mismatch("v must have the shape of k", &v.dims(), &k.dims()));
+    }
+    if kb != b || kd != d {
+        return Err(mismatch("k: [batch, kv_heads, keys, head_dim] against q", &k.dims(), &[b, hkv, n, d]));
+    }
+    if d == 0 {
+        return Err(LosaError::Empty("head_dim is 0".into()));
+    }
+    if hkv == 0 || hq == 0 || hq % hkv != 0 {
+        return Err(LosaError::HeadsNotDivisible { heads: hq, kv_heads: hkv });
+    }
+    if q.device() != k.device() || k.device() != v.device() {
+        return Err(LosaError::DeviceMismatch("q, k and v".into()));
+    }
+    Ok(hq / hkv)
+}
+
+fn check_page_mask<B: LosaBackend>(
+    mask: &Tensor<B, 3, Int>,
+    k: &Tensor<B, 4>,
+    page_size: usize,
+) -> Result<()> {
+    if page_size == 0 {
+        return Err(LosaError::InvalidConfig("page_size must be at least 1".into()));
+    }
+    let [b, hkv, n, _] = k.dims();
+    let expected = [b, hkv, n.div_ceil(page_size)];
+    if mask.dims() != expected {
+        return Err(mismatch("page mask: [batch, kv_heads, pages]", &mask.dims(), &expected));
+    }
+    Ok(())
+}
+
+/// Dense attention of `q` over `k`/`v` (no mask), returning `(O, LSE)`.
+///
+/// Serves both the dense prefix attention and the bidirectional block attention.
+///
+/// # Shapes
+/// `q`: `[batch, heads, rows, head_dim]`, `k`, `v`: `[batch, kv_heads, keys, head_dim]` ->
+/// `O`: `[batch, heads, rows, head_dim]` (q's dtype), `LSE`: `[batch, heads, rows]` (fp32).
+/// Zero keys give `O = 0`, `LSE = -inf`.
+pub fn attention<B: LosaBackend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    scale: f32,
+) -> Result<(Tensor<B, 4>, Tensor<B, 3>)> {
+    check_qkv(&q, &k, &v)?;
+    let (o, l) = B::losa_attention(prim(q), prim(k), prim(v), None, scale);
+    Ok((float(o), float(l)))
+}
+
+/// Attention of `q` over the pages of `k`/`v` set in `page_mask` (the sparse prefix attention).
+///
+/// # Shapes
+/// As [`attention`], plus `page_mask`: `[batch, kv_heads, ceil(keys / page_size)]`.
+pub fn sparse_attention<B: LosaBackend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    page_mask: Tensor<B, 3, Int>,
+    page_size: usize,
+    scale: f32,
+) -> Result<(Tensor<B, 4>, Tensor<B, 3>)> {
+    check_qkv(&q, &k, &v)?;
+    check_page_mask(&page_mask, &k, page_size)?;
+    let mask = Some((page_mask.into_primitive(), page_size));
+    let (o, l) = B::losa_attention(prim(q), prim(k), prim(v), mask, scale);
+    Ok((float(o), float(l)))
+}
+
+/// fp32 LSE merge of attention over two disjoint key sets.
+///
+/// # Shapes
+/// `o1`, `o2`: `[batch, heads, rows, head_dim]`, `l1`, `l2`: `[batch, heads, rows]`.
+pub fn merge<B: LosaBackend>(
+    o1: Tensor<B, 4>,
+    l1: Tensor<B, 3>,
+    o2: Tensor<B, 4>,
+    l2: Tensor<B, 3>,
+) -> Result<(Tensor<B, 4>, Tensor<B, 3>)> {
+    if o1.dims() != o2.dims() {
+        return Err(mismatch("merge: o2 against o1", &o2.dims(), &o1.dims()));
+    }
+    let [b, h, s, _] = o1.dims();
+    for (name, l) in [("merge: l1", &l1), ("merge: l2", &l2)] {
+        if l.dims() != [b, h, s] {
+            return Err(mismatch(name, &l.dims(), &[b, h, s]));
+        }
+    }
+    let (o, l) = B::losa_merge(prim(o1), prim(l1), prim(o2), prim(l2));
+    Ok((float(o), float(l)))
+}
+
+/// Per-page channel minima and maxima of `k`.
+///
+/// # Shapes
+/// `k`: `[batch, kv_heads, keys, head_dim]` -> `(lo, hi)`, each
+/// `[batch, kv_heads, ceil(keys / page_size), head_dim]` in k's dtype.
+pub fn page_bounds<B: LosaBackend>(
+    k: Tensor<B, 4>,
+    page_size: usize,
+) -> Result<(Tensor<B, 4>, Tensor<B, 4>)> {
+    if page_size == 0 {
+        return Err(LosaError::InvalidConfig("page_size must be at least 1".into()));
+    }
+    if k.dims()[2] == 0 {
+        let [b, h, _, d] = k.dims();
+        let empty = || Tensor::<B, 4>::zeros([b, h, 0, d], &k.device()).cast(k.dtype());
+        return Ok((empty(), empty()));
+    }
+    let (lo, hi) = B::losa_page_bounds(prim(k), page_size);
+    Ok((float(lo), float(hi)))
+}
+
+/// Quest page scores of every (row, head) against every page.
+///
+/// # Shapes
+/// `q`: `[batch, heads, rows, head_dim]`, `lo`, `hi`: `[batch, kv_heads, pages, head_dim]` ->
+/// `[batch, heads, rows, pages]` (fp32).
+pub fn page_scores<B: LosaBackend>(
+    q: Tensor<B, 4>,
+    lo: Tensor<B, 4>,
+    hi: Tensor<B, 4>,
+) -> Result<Tensor<B, 4>> {
+    check_qkv(&q, &lo, &hi)?;
+    Ok(float(B::losa_page_scores(prim(q), prim(lo), prim(hi))))
+}
+
+/// The union per KV head of the top `pages_per_query` pages of every (row, head), plus the
+/// always-kept first and last pages.
+///
+/// # Shapes
+/// `scores`: `[batch, heads, rows, pages]` -> `[batch, kv_heads, pages]` (1 = load).
+pub fn select_pages<B: LosaBackend>(
+    scores: Tensor<B, 4>,
+    kv_heads: usize,
+    pages_per_query: usize,
+    keep_first: bool,
+    keep_last: bool,
+) -> Result<Tensor<B, 3, Int>> {
+    let heads = scores.dims()[1];
+    if kv_heads == 0 || heads % kv_heads != 0 {
+        return Err(LosaError::HeadsNotDivisible { heads, kv_heads });
+    }
+    if pages_per_query == 0 {
+        return Err(LosaError::InvalidConfig("pages_per_query must be at least 1".into()));
+    }
+    let mask = B::losa_select_pages(prim(scores), kv_heads, pages_per_query, keep_first, keep_last);
+    Ok(Tensor::from_primitive(mask))
+}
+
+/// Mean squared change of each row's query since the cached one.
+///
+/// # Shapes
+/// `q`, `q_cached`: `[batch, heads, rows, head_dim]` -> `[batch, rows]` (fp32).
+pub fn query_change<B: LosaBackend>(q: Tensor<B, 4>, q_cached: Tensor<B, 4>) -> Result<Tensor<B, 2>> {
+    if q.dims() != q_cached.dims() {
+        return Err(mismatch("query_change: cached queries against q", &q_cached.dims(), &q.dims()));
+    }
+    Ok(float(B::losa_query_change(prim(q), prim(q_cached))))
+}
+
+/// The `k` rows with the largest scores (largest first, ties to the lower index).
+///
+/// # Shapes
+/// `scores`: `[batch, rows]` -> `[batch, k]`.
+pub fn active_rows<B: LosaBackend>(scores: Tensor<B, 2>, k: usize) -> Result<Tensor<B, 2, Int>> {
+    let rows = scores.dims()[1];
+    if k > rows {
+        return Err(LosaError::ActiveExceedsBlock { active: k, block: rows });
+    }
+    Ok(reference::active_rows(scores, k))
+}

@@ -1,0 +1,146 @@
+//! The per-layer prefix KV cache with its page bounds.
+//!
+//! K and V live in `[batch, kv_heads, capacity, head_dim]` buffers that grow geometrically, so a
+//! committed block is written in place instead of re-concatenating the whole cache. The page
+//! bounds (per page, per KV head, per channel min/max of K) are kept beside them and updated
+//! incrementally: a commit recomputes only the pages it touches (the last, possibly ragged, old
+//! page and the new ones).
+
+use burn::tensor::{Tensor, backend::Backend};
+
+use crate::{
+    LosaBackend,
+    error::{LosaError, Result},
+    ops,
+};
+
+/// A tensor with spare room along the sequence dimension (dim 2).
+#[derive(Debug, Clone)]
+struct GrowBuffer<B: Backend> {
+    data: Tensor<B, 4>,
+    len: usize,
+}
+
+impl<B: Backend> GrowBuffer<B> {
+    fn view(&self) -> Tensor<B, 4> {
+        self.data.clone().narrow(2, 0, self.len)
+    }
+
+    /// Writes `rows` at sequence position `at` (≤ len), growing the buffer when needed.
+    fn write(buffer: Option<Self>, rows: Tensor<B, 4>, at: usize, min_grow: usize) -> Self {
+        let [b, h, n, d] = rows.dims();
+        let needed = at + n;
+        let mut data = match buffer {
+            Some(buf) if buf.data.dims()[2] >= needed => buf.data,
+            other => {
+                let old_cap = other.as_ref().map_or(0, |buf| buf.data.dims()[2]);
+                let cap = needed.max(old_cap * 2).max(min_grow);
+                let fresh = Tensor::<B, 4>::zeros([b, h, cap, d], &rows.device()).cast(rows.dtype());
+                match other {
+                    Some(buf) if at > 0 => fresh.slice_assign([0..b, 0..h, 0..at, 0..d], buf.view().narrow(2, 0, at)),
+                    _ => fresh,
+                }
+            }
+        };
+        data = data.slice_assign([0..b, 0..h, at..needed, 0..d], rows);
+        Self { data, len: needed }
+    }
+}
+
+/// Prefix K/V of one layer and, when a page size is set, their page bounds.
+#[derive(Debug, Clone)]
+pub struct PrefixKv<B: Backend> {
+    k: Option<GrowBuffer<B>>,
+    v: Option<GrowBuffer<B>>,
+    lo: Option<GrowBuffer<B>>,
+    hi: Option<GrowBuffer<B>>,
+    page_size: Option<usize>,
+    max_len: usize,
+}
+
+impl<B: LosaBackend> PrefixKv<B> {
+    /// An empty cache. `page_size` is the page size whose bounds to keep (`None` for dense
+    /// attention); `max_len` is the most tokens it may hold (the model's positions).
+    pub fn new(page_size: Option<usize>, max_len: usize) -> Result<Self> {
+        if page_size == Some(0) {
+            return Err(LosaError::InvalidConfig("page_size must be at least 1".into()));
+        }
+        Ok(Self { k: None, v: None, lo: None, hi: None, page_size, max_len })
+    }
+
+    /// Tokens held.
+    pub fn len(&self) -> usize {
+        self.k.as_ref().map_or(0, |b| b.len)
+    }
+
+    /// True when no token is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The page size the bounds are kept for.
+    pub fn page_size(&self) -> Option<usize> {
+        self.page_size
+    }
+
+    /// Keys `[batch, kv_heads, len, head_dim]`, `None` while empty.
+    pub fn keys(&self) -> Option<Tensor<B, 4>> {
+        self.k.as_ref().map(GrowBuffer::view)
+    }
+
+    /// Values `[batch, kv_heads, len, head_dim]`, `None` while empty.
+    pub fn values(&self) -> Option<Tensor<B, 4>> {
+        self.v.as_ref().map(GrowBuffer::view)
+    }
+
+    /// Page bounds `(lo, hi)`, each `[batch, kv_heads, ceil(len / page), head_dim]`; `None` while
+    /// empty or without a page size.
+    pub fn bounds(&self) -> Option<(Tensor<B, 4>, Tensor<B, 4>)> {
+        Some((self.lo.as_ref()?.view(), self.hi.as_ref()?.view()))
+    }
+
+    /// Appends a committed block's K/V `[batch, kv_heads, n, head_dim]` and updates the bounds of
+    /// the pages it touches.
+    pub fn append(&mut self, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Result<()> {
+        if k.dims() != v.dims() {
+            return Err(LosaError::ShapeMismatch {
+                what: "append: v must have the shape of k".into(),
+                got: v.dims().to_vec(),
+                expected: k.dims().to_vec(),
+            });
+        }
+        if let Some(old) = self.keys() {
+            let [b, h, _, d] = old.dims();
+            let [nb, nh, _, nd] = k.dims();
+            if (nb, nh, nd) != (b, h, d) {
+                return Err(LosaError::ShapeMismatch {
+                    what: "append: new keys against the cached ones (batch, kv_heads, head_dim)".into(),
+                    got: vec![nb, nh, nd],
+                    expected: vec![b, h, d],
+                });
+            }
+        }
+        let old_len = self.len();
+        let added = k.dims()[2];
+        if old_len + added > self.max_len {
+            return Err(LosaError::CapacityExceeded { needed: old_len + added, max: self.max_len });
+        }
+        if added == 0 {
+            return Ok(());
+        }
+        let grow = 256;
+        self.k = Some(GrowBuffer::write(self.k.take(), k, old_len, grow));
+        self.v = Some(GrowBuffer::write(self.v.take(), v, old_len, grow));
+        if let Some(page) = self.page_size {
+            // Pages from the one holding the first new token onwards change; earlier ones do not.
+            let first_page = old_len / page;
+            let keys = self.keys().expect("keys were just written");
+            let touched = keys.narrow(2, first_page * page, old_len + added - first_page * page);
+            let (lo, hi) = ops::page_bounds(touched, page)?;
+            let grow_pages = grow.div_ceil(page);
+            self.lo = Some(GrowBuffer::write(self.lo.take(), lo, first_page, grow_pages));
+            self.hi = Some(GrowBuffer::write(self.hi.take(), hi, first_page, grow_pages));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,258 @@
+//! The one entry a model layer calls per denoising step, and the per-layer LoSA state.
+//!
+//! Per step, every block row attends to the prefix (dense, Quest or LoSA) and bidirectionally to
+//! the block; the two results are merged by their log-sum-exp (LOSA.md, step 2). LoSA keeps, per
+//! layer and block, the prefix result `(O_p, L_p)` of every row and the query `Q_s` that produced
+//! it; at steps ≥ 1 only the active rows recompute it, sparsely.
+
+use burn::tensor::{Int, Tensor, backend::Backend};
+
+use crate::{
+    LosaBackend,
+    config::{ActiveRows, AttentionMode, PageSelectionConfig},
+    error::{LosaError, Result},
+    ops,
+    prefix::PrefixKv,
+    reference::{gather_rows, scatter_rows},
+};
+
+/// Cached prefix-attention rows of the current block (LoSA's `O_p`, `L_p`, `Q_s`).
+#[derive(Debug, Clone)]
+struct CachedRows<B: Backend> {
+    o: Tensor<B, 4>,
+    lse: Tensor<B, 3>,
+    q: Tensor<B, 4>,
+}
+
+/// Per-layer attention state of the block being denoised.
+///
+/// Create it (or [`reset`](Self::reset) it) at step 0 of each block and drop it once the block is
+/// committed. Dense and Quest keep nothing in it.
+#[derive(Debug, Clone)]
+pub struct LayerState<B: Backend> {
+    cached: Option<CachedRows<B>>,
+    steps: usize,
+}
+
+impl<B: Backend> Default for LayerState<B> {
+    fn default() -> Self {
+        Self { cached: None, steps: 0 }
+    }
+}
+
+impl<B: Backend> LayerState<B> {
+    /// A fresh state: the next step is step 0.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Forgets the cached rows (the next step is a dense step 0).
+    pub fn reset(&mut self) {
+        *self = Self::default();
+    }
+
+    /// Steps run since the state was created.
+    pub fn steps(&self) -> usize {
+        self.steps
+    }
+}
+
+/// What one step of one layer did, for telemetry.
+#[derive(Debug, Clone)]
+pub struct StepStats<B: Backend> {
+    /// Block rows (per batch element).
+    pub block_rows: usize,
+    /// Rows that (re)computed their prefix attention this step (per batch element).
+    pub active_rows: usize,
+    /// Prefix length.
+    pub prefix_tokens: usize,
+    /// Batch × KV heads: the number of per-head prefix reads a dense step makes.
+    pub kv_streams: usize,
+    /// Prefix tokens loaded, summed over batch and KV heads; `None` for a dense read of everything
+    /// and for a step that read no prefix at all (see [`Self::density`]).
+    loaded_tokens: Option<Tensor<B, 1, Int>>,
+    dense: bool,
+}
+
+impl<B: Backend> StepStats<B> {
+    /// KV density: loaded prefix tokens / (prefix tokens × batch × KV heads). Reads one number
+    /// from the device. `None` when the prefix is empty.
+    pub fn density(&self) -> Option<f64> {
+        if self.prefix_tokens == 0 {
+            return None;
+        }
+        let loaded = match (&self.loaded_tokens, self.dense) {
+            (_, true) => return Some(1.0),
+            (None, false) => 0.0,
+            (Some(t), false) => t.clone().into_scalar().elem::<f64>(),
+        };
+        Some(loaded / (self.prefix_tokens * self.kv_streams) as f64)
+    }
+
+    /// The device tensor behind [`Self::density`], for callers that sum many steps before reading.
+    pub fn loaded_tokens(&self) -> Option<Tensor<B, 1, Int>> {
+        self.loaded_tokens.clone()
+    }
+
+    /// Active rows / block rows.
+    pub fn active_ratio(&self) -> f64 {
+        if self.block_rows == 0 { 0.0 } else { self.active_rows as f64 / self.block_rows as f64 }
+    }
+}
+
+use burn::tensor::ElementConversion;
+
+/// Loaded prefix tokens of a page mask: each set page counts its valid rows (the last page may
+/// be ragged).
+fn loaded_tokens<B: Backend>(mask: &Tensor<B, 3, Int>, prefix: usize, page: usize) -> Tensor<B, 1, Int> {
+    let np = mask.dims()[2];
+    let lengths: Vec<i64> = (0..np).map(|p| (prefix - p * page).min(page) as i64).collect();
+    let lengths = Tensor::<B, 1, Int>::from_ints(lengths.as_slice(), &mask.device());
+    let [b, h, _] = mask.dims();
+    (mask.clone() * lengths.reshape([1, 1, np]).expand([b, h, np])).sum()
+}
+
+/// Sparse prefix attention of `q` rows: Quest scores against the page bounds, top pages per
+/// (row, head), union per KV head. Returns `(O, LSE, loaded tokens)`.
+fn sparse_prefix<B: LosaBackend>(
+    q: Tensor<B, 4>,
+    prefix: &PrefixKv<B>,
+    pages: &PageSelectionConfig,
+    scale: f32,
+) -> Result<(Tensor<B, 4>, Tensor<B, 3>, Tensor<B, 1, Int>)> {
+    let (k, v) = (prefix.keys().expect("non-empty prefix"), prefix.values().expect("non-empty prefix"));
+    let page = pages.page_size;
+    if prefix.page_size() != Some(page) {
+        return Err(LosaError::InvalidConfig(format!(
+            "the KV cache keeps page bounds for page size {:?}, the attention mode asks for {page}",
+            prefix.page_size()
+        )));
+    }
+    let (lo, hi) = prefix.bounds().expect("bounds kept with a page size");
+    let kv_heads = k.dims()[1];
+    let scores = ops::page_scores(q.clone(), lo, hi)?;
+    let mask = ops::select_pages(
+        scores,
+        kv_heads,
+        pages.pages_per_query(),
+        pages.keep_first_page,
+        pages.keep_last_page,
+    )?;
+    let loaded = loaded_tokens(&mask, prefix.len(), page);
+    let (o, l) = ops::sparse_attention(q, k, v, mask, page, scale)?;
+    Ok((o, l, loaded))
+}
+
+/// One attention layer's work for one denoising step of the current block.
+///
+/// `q` are the block's queries (RoPE applied), `k_block`/`v_block` the block's fresh keys and
+/// values, `prefix` the layer's committed KV cache. `mode` is the layer's mode (see
+/// [`AttentionMode::for_layer`]). Returns the attention output (before the output projection)
+/// and the step's measures.
+///
+/// # Shapes
+/// `q`: `[batch, heads, block, head_dim]`, `k_block`, `v_block`: `[batch, kv_heads, block,
+/// head_dim]` -> `[batch, heads, block, head_dim]`.
+pub fn attend<B: LosaBackend>(
+    mode: &AttentionMode,
+    state: &mut LayerState<B>,
+    q: Tensor<B, 4>,
+    k_block: Tensor<B, 4>,
+    v_block: Tensor<B, 4>,
+    prefix: &PrefixKv<B>,
+    scale: f32,
+) -> Result<(Tensor<B, 4>, StepStats<B>)> {
+    ops::check_qkv(&q, &k_block, &v_block)?;
+    let [batch, _, rows, _] = q.dims();
+    let [_, kv_heads, _, _] = k_block.dims();
+    mode.validate(rows)?;
+    let n = prefix.len();
+    if let Some(k) = prefix.keys() {
+        ops::check_qkv(&q, &k, &prefix.values().expect("values beside keys"))?;
+    }
+    let mut stats = StepStats {
+        block_rows: rows,
+        active_rows: rows,
+        prefix_tokens: n,
+        kv_streams: batch * kv_heads,
+        loaded_tokens: None,
+        dense: false,
+    };
+    let (o_b, l_b) = ops::attention(q.clone(), k_block, v_block, scale)?;
+    let step = state.steps;
+    state.steps += 1;
+    if n == 0 {
+        // Nothing to attend to in the prefix: the block attention is the whole answer.
+        stats.active_rows = 0;
+        return Ok((o_b, stats));
+    }
+    let dense = |q: Tensor<B, 4>| -> Result<(Tensor<B, 4>, Tensor<B, 3>)> {
+        ops::attention(q, prefix.keys().expect("n > 0"), prefix.values().expect("n > 0"), scale)
+    };
+    let (o_p, l_p) = match mode {
+        AttentionMode::Dense => {
+            stats.dense = true;
+            dense(q)?
+        }
+        AttentionMode::Quest(cfg) => {
+            let (o, l, loaded) = sparse_prefix(q, prefix, &cfg.pages, scale)?;
+            stats.loaded_tokens = Some(loaded);
+            (o, l)
+        }
+        AttentionMode::Losa(cfg) => match state.cached.take() {
+            None => {
+                if step != 0 {
+                    return Err(LosaError::State("LoSA rows missing after step 0".into()));
+                }
+                stats.dense = true;
+                let (o, l) = dense(q.clone())?;
+                state.cached = Some(CachedRows { o: o.clone(), lse: l.clone(), q });
+                (o, l)
+            }
+            Some(cached) => {
+                if cached.q.dims() != q.dims() {
+                    return Err(LosaError::ShapeMismatch {
+                        what: "LoSA state: the block's queries changed shape since step 0".into(),
+                        got: q.dims().to_vec(),
+                        expected: cached.q.dims().to_vec(),
+                    });
+                }
+                let change = ops::query_change(q.clone(), cached.q.clone())?;
+                let k = match cfg.active {
+                    ActiveRows::TopK(k) => k,
+                    ActiveRows::Threshold(t) => {
+                        let above = change.clone().greater_elem(t).int().sum_dim(1).max();
+                        (above.into_scalar().elem::<i64>().max(0) as usize).min(rows)
+                    }
+                };
+                stats.active_rows = k;
+                if k == 0 {
+                    stats.loaded_tokens = None;
+                    state.cached = Some(cached.clone());
+                    (cached.o, cached.lse)
+                } else {
+                    let active = ops::active_rows(change, k)?;
+                    let q_a = gather_rows(q, active.clone());
+                    let (o_a, l_a, loaded) = sparse_prefix(q_a.clone(), prefix, &cfg.pages, scale)?;
+                    stats.loaded_tokens = Some(loaded);
+                    let [b, h, _] = cached.lse.dims();
+                    let lse = scatter_rows(
+                        cached.lse.reshape([b, h, rows, 1]),
+                        active.clone(),
+                        l_a.reshape([b, h, k, 1]),
+                    )
+                    .reshape([b, h, rows]);
+                    let fresh = CachedRows {
+                        o: scatter_rows(cached.o, active.clone(), o_a),
+                        lse,
+                        q: scatter_rows(cached.q, active, q_a),
+                    };
+                    state.cached = Some(fresh.clone());
+                    (fresh.o, fresh.lse)
+                }
+            }
+        },
+    };
+    let (o, _) = ops::merge(o_p, l_p, o_b, l_b)?;
+    Ok((o, stats))
+}
