@@ -1,35 +1,25 @@
 //! The backend extension trait: one method per LoSA primitive that a backend may accelerate.
 //!
-//! Every default body is the reference of [`crate::reference`], so any burn backend (and
-//! `Autodiff<B>`) is a `LosaBackend` with a one-line impl. `CubeBackend` overrides the methods
-//! with CubeCL kernels and `Fusion<B>` forwards them to its inner backend as custom operations.
-//! Methods take and return primitives, as burn backend ops do; shapes are documented on the
-//! matching [`crate::reference`] functions and validated by the public functions of
-//! [`crate::ops`] before they reach a backend.
+//! Every default body is the reference of [`crate::reference`] (through the `on_primitives`
+//! functions below), so any burn backend (and `Autodiff<B>`) is a `LosaBackend` with a one-line
+//! impl. `CubeBackend` overrides the methods with CubeCL kernels (and calls the same
+//! `on_primitives` functions for inputs its kernels do not take); `Fusion<B>` forwards them to its
+//! inner backend as custom operations. Methods take and return primitives, as burn backend ops do;
+//! shapes are documented on the matching [`crate::reference`] functions and validated by the
+//! public functions of [`crate::ops`] before they reach a backend.
 
 use burn::tensor::{
-    Int, Tensor, TensorPrimitive,
     backend::Backend,
     ops::{FloatTensor, IntTensor},
 };
 
-use crate::reference;
-
 /// Attention output and its fp32 log-sum-exp, as primitives.
 pub type OutLse<B> = (FloatTensor<B>, FloatTensor<B>);
-
-fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
-    Tensor::from_primitive(TensorPrimitive::Float(t))
-}
-
-fn prim<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
-    t.into_primitive().tensor()
-}
 
 /// A burn backend that can run LoSA attention.
 pub trait LosaBackend: Backend {
     /// Attention over `k`/`v`, restricted to the pages set in `page_mask` (all keys when `None`).
-    /// See [`reference::attention_lse`].
+    /// See [`crate::reference::attention_lse`].
     fn losa_attention(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
@@ -37,38 +27,35 @@ pub trait LosaBackend: Backend {
         page_mask: Option<(IntTensor<Self>, usize)>,
         scale: f32,
     ) -> OutLse<Self> {
-        let mask = page_mask.map(|(m, p)| (Tensor::<Self, 3, Int>::from_primitive(m), p));
-        let (o, lse) = reference::attention_lse::<Self>(float(q), float(k), float(v), mask, scale);
-        (prim(o), prim(lse))
+        on_primitives::attention::<Self>(q, k, v, page_mask, scale)
     }
 
-    /// fp32 LSE merge of two attention results. See [`reference::merge_lse`].
+    /// fp32 LSE merge of two attention results. See [`crate::reference::merge_lse`].
     fn losa_merge(
         o1: FloatTensor<Self>,
         l1: FloatTensor<Self>,
         o2: FloatTensor<Self>,
         l2: FloatTensor<Self>,
     ) -> OutLse<Self> {
-        let (o, l) = reference::merge_lse::<Self>(float(o1), float(l1), float(o2), float(l2));
-        (prim(o), prim(l))
+        on_primitives::merge::<Self>(o1, l1, o2, l2)
     }
 
-    /// Per-page channel minima and maxima of the keys. See [`reference::page_bounds`].
+    /// Per-page channel minima and maxima of the keys. See [`crate::reference::page_bounds`].
     fn losa_page_bounds(k: FloatTensor<Self>, page_size: usize) -> OutLse<Self> {
-        let (lo, hi) = reference::page_bounds::<Self>(float(k), page_size);
-        (prim(lo), prim(hi))
+        on_primitives::page_bounds::<Self>(k, page_size)
     }
 
-    /// Quest page scores. See [`reference::page_scores`].
+    /// Quest page scores. See [`crate::reference::page_scores`].
     fn losa_page_scores(
         q: FloatTensor<Self>,
         lo: FloatTensor<Self>,
         hi: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        prim(reference::page_scores::<Self>(float(q), float(lo), float(hi)))
+        on_primitives::page_scores::<Self>(q, lo, hi)
     }
 
-    /// Union per KV head of the top pages of every (row, head). See [`reference::select_pages`].
+    /// Union per KV head of the top pages of every (row, head).
+    /// See [`crate::reference::select_pages`].
     fn losa_select_pages(
         scores: FloatTensor<Self>,
         kv_heads: usize,
@@ -76,12 +63,82 @@ pub trait LosaBackend: Backend {
         keep_first: bool,
         keep_last: bool,
     ) -> IntTensor<Self> {
-        reference::select_pages::<Self>(float(scores), kv_heads, pages_per_query, keep_first, keep_last)
+        on_primitives::select_pages::<Self>(scores, kv_heads, pages_per_query, keep_first, keep_last)
+    }
+
+    /// Mean squared query change per row. See [`crate::reference::query_change`].
+    fn losa_query_change(q: FloatTensor<Self>, q_cached: FloatTensor<Self>) -> FloatTensor<Self> {
+        on_primitives::query_change::<Self>(q, q_cached)
+    }
+}
+
+/// The reference functions on primitives: the trait's default bodies, and the fallback of
+/// accelerated backends.
+pub(crate) mod on_primitives {
+    use burn::tensor::{
+        Int, Tensor, TensorPrimitive,
+        backend::Backend,
+        ops::{FloatTensor, IntTensor},
+    };
+
+    use super::OutLse;
+    use crate::reference;
+
+    fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
+        Tensor::from_primitive(TensorPrimitive::Float(t))
+    }
+
+    fn prim<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
+        t.into_primitive().tensor()
+    }
+
+    pub(crate) fn attention<B: Backend>(
+        q: FloatTensor<B>,
+        k: FloatTensor<B>,
+        v: FloatTensor<B>,
+        page_mask: Option<(IntTensor<B>, usize)>,
+        scale: f32,
+    ) -> OutLse<B> {
+        let mask = page_mask.map(|(m, p)| (Tensor::<B, 3, Int>::from_primitive(m), p));
+        let (o, lse) = reference::attention_lse::<B>(float(q), float(k), float(v), mask, scale);
+        (prim(o), prim(lse))
+    }
+
+    pub(crate) fn merge<B: Backend>(
+        o1: FloatTensor<B>,
+        l1: FloatTensor<B>,
+        o2: FloatTensor<B>,
+        l2: FloatTensor<B>,
+    ) -> OutLse<B> {
+        let (o, l) = reference::merge_lse::<B>(float(o1), float(l1), float(o2), float(l2));
+        (prim(o), prim(l))
+    }
+
+    pub(crate) fn page_bounds<B: Backend>(k: FloatTensor<B>, page_size: usize) -> OutLse<B> {
+        let (lo, hi) = reference::page_bounds::<B>(float(k), page_size);
+        (prim(lo), prim(hi))
+    }
+
+    pub(crate) fn page_scores<B: Backend>(
+        q: FloatTensor<B>,
+        lo: FloatTensor<B>,
+        hi: FloatTensor<B>,
+    ) -> FloatTensor<B> {
+        prim(reference::page_scores::<B>(float(q), float(lo), float(hi)))
+    }
+
+    pub(crate) fn select_pages<B: Backend>(
+        scores: FloatTensor<B>,
+        kv_heads: usize,
+        pages_per_query: usize,
+        keep_first: bool,
+        keep_last: bool,
+    ) -> IntTensor<B> {
+        reference::select_pages::<B>(float(scores), kv_heads, pages_per_query, keep_first, keep_last)
             .into_primitive()
     }
 
-    /// Mean squared query change per row. See [`reference::query_change`].
-    fn losa_query_change(q: FloatTensor<Self>, q_cached: FloatTensor<Self>) -> FloatTensor<Self> {
-        prim(reference::query_change::<Self>(float(q), float(q_cached)))
+    pub(crate) fn query_change<B: Backend>(q: FloatTensor<B>, q_cached: FloatTensor<B>) -> FloatTensor<B> {
+        prim(reference::query_change::<B>(float(q), float(q_cached)))
     }
 }

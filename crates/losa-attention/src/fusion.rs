@@ -1,1 +1,178 @@
+//! [`LosaBackend`] for `Fusion<B>`: each primitive is registered as an opaque custom operation
+//! (`CustomOpIr`) that runs the inner backend's method when the fusion stream executes it. The
+//! default CUDA and wgpu backends are fused, so this is the path models take there.
 
+use burn::tensor::{
+    DType, Element, Shape,
+    ops::{FloatTensor, IntElem, IntTensor},
+};
+use burn_fusion::{
+    Fusion, FusionBackend, FusionRuntime,
+    stream::{Operation, OperationStreams},
+};
+use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
+
+use crate::backend::{LosaBackend, OutLse};
+
+/// Which primitive a registered custom operation runs, with its non-tensor arguments.
+#[derive(Debug, Clone, Copy)]
+enum Call {
+    Attention { page_size: Option<usize>, scale: f32 },
+    Merge,
+    PageBounds { page_size: usize },
+    PageScores,
+    SelectPages { kv_heads: usize, pages_per_query: usize, keep_first: bool, keep_last: bool },
+    QueryChange,
+}
+
+impl Call {
+    fn name(&self) -> &'static str {
+        match self {
+            Call::Attention { .. } => "losa_attention",
+            Call::Merge => "losa_merge",
+            Call::PageBounds { .. } => "losa_page_bounds",
+            Call::PageScores => "losa_page_scores",
+            Call::SelectPages { .. } => "losa_select_pages",
+            Call::QueryChange => "losa_query_change",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct LosaOp<B> {
+    desc: CustomOpIr,
+    call: Call,
+    _backend: core::marker::PhantomData<B>,
+}
+
+impl<B: FusionBackend + LosaBackend> Operation<B::FusionRuntime> for LosaOp<B> {
+    fn execute(&self, handles: &mut HandleContainer<<B::FusionRuntime as FusionRuntime>::FusionHandle>) {
+        let inputs = &self.desc.inputs;
+        let outputs = &self.desc.outputs;
+        let float = |h: &mut HandleContainer<_>, i: usize| h.get_float_tensor::<B>(&inputs[i]);
+        match self.call {
+            Call::Attention { page_size, scale } => {
+                let (q, k, v) = (float(handles, 0), float(handles, 1), float(handles, 2));
+                let mask = page_size.map(|p| (handles.get_int_tensor::<B>(&inputs[3]), p));
+                let (o, l) = B::losa_attention(q, k, v, mask, scale);
+                handles.register_float_tensor::<B>(&outputs[0].id, o);
+                handles.register_float_tensor::<B>(&outputs[1].id, l);
+            }
+            Call::Merge => {
+                let (o1, l1) = (float(handles, 0), float(handles, 1));
+                let (o2, l2) = (float(handles, 2), float(handles, 3));
+                let (o, l) = B::losa_merge(o1, l1, o2, l2);
+                handles.register_float_tensor::<B>(&outputs[0].id, o);
+                handles.register_float_tensor::<B>(&outputs[1].id, l);
+            }
+            Call::PageBounds { page_size } => {
+                let (lo, hi) = B::losa_page_bounds(float(handles, 0), page_size);
+                handles.register_float_tensor::<B>(&outputs[0].id, lo);
+                handles.register_float_tensor::<B>(&outputs[1].id, hi);
+            }
+            Call::PageScores => {
+                let (q, lo, hi) = (float(handles, 0), float(handles, 1), float(handles, 2));
+                handles.register_float_tensor::<B>(&outputs[0].id, B::losa_page_scores(q, lo, hi));
+            }
+            Call::SelectPages { kv_heads, pages_per_query, keep_first, keep_last } => {
+                let mask = B::losa_select_pages(float(handles, 0), kv_heads, pages_per_query, keep_first, keep_last);
+                handles.register_int_tensor::<B>(&outputs[0].id, mask);
+            }
+            Call::QueryChange => {
+                let (q, qc) = (float(handles, 0), float(handles, 1));
+                handles.register_float_tensor::<B>(&outputs[0].id, B::losa_query_change(q, qc));
+            }
+        }
+    }
+}
+
+/// Registers `call` over `inputs` with outputs of the given shapes and dtypes; returns them.
+fn register<B: FusionBackend + LosaBackend>(
+    call: Call,
+    inputs: Vec<FloatTensor<Fusion<B>>>,
+    outputs: &[(Vec<usize>, DType)],
+) -> Vec<FloatTensor<Fusion<B>>> {
+    let client = inputs[0].client.clone();
+    let streams = OperationStreams::with_inputs(inputs.iter());
+    let outs: Vec<TensorIr> = outputs
+        .iter()
+        .map(|(shape, dtype)| TensorIr::uninit(client.create_empty_handle(), Shape::from(shape.clone()), *dtype))
+        .collect();
+    let ins: Vec<TensorIr> = inputs.into_iter().map(|t| t.into_ir()).collect();
+    let desc = CustomOpIr::new(call.name(), &ins, &outs);
+    let op = LosaOp::<B> { desc: desc.clone(), call, _backend: core::marker::PhantomData };
+    client.register(streams, OperationIr::Custom(desc), op)
+}
+
+fn two<T>(mut v: Vec<T>) -> (T, T) {
+    let b = v.pop().expect("two outputs");
+    let a = v.pop().expect("two outputs");
+    (a, b)
+}
+
+impl<B: FusionBackend + LosaBackend> LosaBackend for Fusion<B> {
+    fn losa_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        page_mask: Option<(IntTensor<Self>, usize)>,
+        scale: f32,
+    ) -> OutLse<Self> {
+        let [b, h, s, d] = q.shape.dims::<4>();
+        let outputs = [(vec![b, h, s, d], q.dtype), (vec![b, h, s], DType::F32)];
+        let (inputs, page_size) = match page_mask {
+            Some((mask, p)) => (vec![q, k, v, mask], Some(p)),
+            None => (vec![q, k, v], None),
+        };
+        two(register::<B>(Call::Attention { page_size, scale }, inputs, &outputs))
+    }
+
+    fn losa_merge(
+        o1: FloatTensor<Self>,
+        l1: FloatTensor<Self>,
+        o2: FloatTensor<Self>,
+        l2: FloatTensor<Self>,
+    ) -> OutLse<Self> {
+        let shape = o1.shape.dims::<4>().to_vec();
+        let outputs = [(shape.clone(), o1.dtype), (shape[..3].to_vec(), DType::F32)];
+        two(register::<B>(Call::Merge, vec![o1, l1, o2, l2], &outputs))
+    }
+
+    fn losa_page_bounds(k: FloatTensor<Self>, page_size: usize) -> OutLse<Self> {
+        let [b, h, n, d] = k.shape.dims::<4>();
+        let shape = vec![b, h, n.div_ceil(page_size), d];
+        let outputs = [(shape.clone(), k.dtype), (shape, k.dtype)];
+        two(register::<B>(Call::PageBounds { page_size }, vec![k], &outputs))
+    }
+
+    fn losa_page_scores(
+        q: FloatTensor<Self>,
+        lo: FloatTensor<Self>,
+        hi: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let [b, h, s, _] = q.shape.dims::<4>();
+        let np = lo.shape[2];
+        let outputs = [(vec![b, h, s, np], DType::F32)];
+        register::<B>(Call::PageScores, vec![q, lo, hi], &outputs).remove(0)
+    }
+
+    fn losa_select_pages(
+        scores: FloatTensor<Self>,
+        kv_heads: usize,
+        pages_per_query: usize,
+        keep_first: bool,
+        keep_last: bool,
+    ) -> IntTensor<Self> {
+        let [b, _, _, np] = scores.shape.dims::<4>();
+        // The inner backend's int element, the dtype its select-pages kernel writes.
+        let outputs = [(vec![b, kv_heads, np], <IntElem<B> as Element>::dtype())];
+        let call = Call::SelectPages { kv_heads, pages_per_query, keep_first, keep_last };
+        register::<B>(call, vec![scores], &outputs).remove(0)
+    }
+
+    fn losa_query_change(q: FloatTensor<Self>, q_cached: FloatTensor<Self>) -> FloatTensor<Self> {
+        let [b, _, s, _] = q.shape.dims::<4>();
+        let outputs = [(vec![b, s], DType::F32)];
+        register::<B>(Call::QueryChange, vec![q, q_cached], &outputs).remove(0)
+    }
+}

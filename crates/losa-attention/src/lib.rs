@@ -24,8 +24,8 @@
 pub mod backend;
 pub mod config;
 mod cube;
-pub mod error;
 mod fusion;
+pub mod error;
 pub mod ops;
 pub mod prefix;
 pub mod reference;

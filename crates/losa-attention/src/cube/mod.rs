@@ -1,0 +1,129 @@
+//! CubeCL kernels behind [`LosaBackend`] for `CubeBackend<R, F, I, BT>` (CUDA, wgpu, ...).
+//!
+//! Kernels take the element type from each tensor's dtype (f32, f16 or bf16), accumulate in
+//! fp32 and write scores and LSEs in fp32. Inputs a kernel does not take (another float dtype,
+//! mixed dtypes, an empty key set) run the reference instead, with a debug log line: never a
+//! wrong answer.
+
+mod attention;
+mod merge;
+mod pages;
+mod rows;
+
+use burn::tensor::{
+    DType,
+    ops::{FloatTensor, IntTensor},
+};
+use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement, kernel::into_contiguous, tensor::CubeTensor};
+use cubecl::prelude::*;
+
+use crate::backend::{LosaBackend, OutLse, on_primitives};
+
+/// Lowest finite fp32: the running max before any key is seen. Kernels avoid `-inf` literals
+/// (WGSL rejects them); a true `-inf` is passed in as a runtime scalar where an output needs it.
+pub(crate) const NEG_SENTINEL: f32 = f32::MIN;
+
+/// Threads per cube of the elementwise kernels.
+const ELEMWISE_CUBE: u32 = 256;
+
+pub(crate) fn elemwise_count<R: Runtime>(client: &ComputeClient<R>, n: usize) -> (CubeCount, CubeDim) {
+    let dim = CubeDim::new_1d(ELEMWISE_CUBE);
+    (cubecl::calculate_cube_count_elemwise(client, n.max(1), dim), dim)
+}
+
+/// Kernels index K/V through their strides (so a view into a larger KV buffer is read in place)
+/// but need the channel dimension packed.
+pub(crate) fn channel_contiguous<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
+    if t.meta.strides()[3] == 1 { t } else { into_contiguous(t) }
+}
+
+fn kernel_float(dtype: DType) -> bool {
+    matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
+}
+
+fn fallback(op: &str, why: &str) {
+    tracing::debug!("losa {op}: {why}; running the reference");
+}
+
+impl<R, F, I, BT> LosaBackend for CubeBackend<R, F, I, BT>
+where
+    R: CubeRuntime,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    fn losa_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        page_mask: Option<(IntTensor<Self>, usize)>,
+        scale: f32,
+    ) -> OutLse<Self> {
+        let n = k.meta.shape()[2];
+        let s = q.meta.shape()[2];
+        if n == 0 || s == 0 {
+            fallback("attention", "no keys or no rows");
+            return on_primitives::attention::<Self>(q, k, v, page_mask, scale);
+        }
+        if !kernel_float(q.dtype) || k.dtype != q.dtype || v.dtype != q.dtype {
+            fallback("attention", "dtypes the kernel does not take");
+            return on_primitives::attention::<Self>(q, k, v, page_mask, scale);
+        }
+        attention::attention(q, k, v, page_mask, scale, I::dtype())
+    }
+
+    fn losa_merge(
+        o1: FloatTensor<Self>,
+        l1: FloatTensor<Self>,
+        o2: FloatTensor<Self>,
+        l2: FloatTensor<Self>,
+    ) -> OutLse<Self> {
+        if !kernel_float(o1.dtype) || o2.dtype != o1.dtype || l1.dtype != DType::F32 || l2.dtype != DType::F32 {
+            fallback("merge", "dtypes the kernel does not take");
+            return on_primitives::merge::<Self>(o1, l1, o2, l2);
+        }
+        merge::merge(o1, l1, o2, l2)
+    }
+
+    fn losa_page_bounds(k: FloatTensor<Self>, page_size: usize) -> OutLse<Self> {
+        if !kernel_float(k.dtype) || k.meta.shape()[2] == 0 {
+            fallback("page bounds", "dtype or empty keys");
+            return on_primitives::page_bounds::<Self>(k, page_size);
+        }
+        pages::page_bounds(k, page_size)
+    }
+
+    fn losa_page_scores(
+        q: FloatTensor<Self>,
+        lo: FloatTensor<Self>,
+        hi: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        if !kernel_float(q.dtype) || lo.dtype != q.dtype || hi.dtype != q.dtype {
+            fallback("page scores", "dtypes the kernel does not take");
+            return on_primitives::page_scores::<Self>(q, lo, hi);
+        }
+        pages::page_scores(q, lo, hi)
+    }
+
+    fn losa_select_pages(
+        scores: FloatTensor<Self>,
+        kv_heads: usize,
+        pages_per_query: usize,
+        keep_first: bool,
+        keep_last: bool,
+    ) -> IntTensor<Self> {
+        if scores.dtype != DType::F32 {
+            fallback("select pages", "scores are not fp32");
+            return on_primitives::select_pages::<Self>(scores, kv_heads, pages_per_query, keep_first, keep_last);
+        }
+        pages::select_pages(scores, kv_heads, pages_per_query, keep_first, keep_last, I::dtype())
+    }
+
+    fn losa_query_change(q: FloatTensor<Self>, q_cached: FloatTensor<Self>) -> FloatTensor<Self> {
+        if !kernel_float(q.dtype) || q_cached.dtype != q.dtype {
+            fallback("query change", "dtypes the kernel does not take");
+            return on_primitives::query_change::<Self>(q, q_cached);
+        }
+        rows::query_change(q, q_cached)
+    }
+}

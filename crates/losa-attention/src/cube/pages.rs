@@ -1,0 +1,249 @@
+//! Page bounds, Quest page scores, and the top-k selection with its union per KV head.
+
+use burn::tensor::{DType, Shape};
+use burn_cubecl::{
+    CubeRuntime, kernel::into_contiguous, ops::numeric::empty_device_contiguous_dtype,
+    tensor::CubeTensor,
+};
+use cubecl::prelude::*;
+
+use super::{NEG_SENTINEL, channel_contiguous, elemwise_count};
+
+/// One unit per (batch, KV head, page, channel): min and max over the page's valid rows.
+#[cube(launch)]
+fn page_bounds_kernel<F: Float>(
+    k: &Tensor<F>,
+    lo: &mut Tensor<F>,
+    hi: &mut Tensor<F>,
+    page_size: usize,
+    #[define(F)] _dtype: StorageType,
+) {
+    let pos = ABSOLUTE_POS;
+    if pos >= lo.len() {
+        terminate!();
+    }
+    let d = lo.shape(3);
+    let np = lo.shape(2);
+    let hkv = lo.shape(1);
+    let n = k.shape(2);
+    let c = pos % d;
+    let page = (pos / d) % np;
+    let bh = pos / (d * np);
+    let base = (bh / hkv) * k.stride(0) + (bh % hkv) * k.stride(1) + c;
+    let start = page * page_size;
+    let end = min(start + page_size, n);
+    let first = k[base + start * k.stride(2)];
+    let mut low = first;
+    let mut high = first;
+    for j in start + 1..end {
+        let x = k[base + j * k.stride(2)];
+        low = min(low, x);
+        high = max(high, x);
+    }
+    lo[pos] = low;
+    hi[pos] = high;
+}
+
+/// One unit per (batch, head, row, page): `Σ_c max(q_c·lo_c, q_c·hi_c)` in fp32.
+#[cube(launch)]
+fn page_scores_kernel<F: Float>(
+    q: &Tensor<F>,
+    lo: &Tensor<F>,
+    hi: &Tensor<F>,
+    scores: &mut Tensor<f32>,
+    #[define(F)] _dtype: StorageType,
+) {
+    let pos = ABSOLUTE_POS;
+    if pos >= scores.len() {
+        terminate!();
+    }
+    let np = scores.shape(3);
+    let s = scores.shape(2);
+    let hq = scores.shape(1);
+    let d = q.shape(3);
+    let hkv = lo.shape(1);
+    let page = pos % np;
+    let row = pos / np;
+    let bh = row / s;
+    let h = bh % hq;
+    let b = bh / hq;
+    let kvh = h / (hq / hkv);
+    let lo_base = b * lo.stride(0) + kvh * lo.stride(1) + page * lo.stride(2);
+    let hi_base = b * hi.stride(0) + kvh * hi.stride(1) + page * hi.stride(2);
+    let mut u = 0.0f32;
+    for c in 0..d {
+        let qc = f32::cast_from(q[row * d + c]);
+        let a = qc * f32::cast_from(lo[lo_base + c]);
+        let z = qc * f32::cast_from(hi[hi_base + c]);
+        u += max(a, z);
+    }
+    scores[pos] = u;
+}
+
+/// One unit per (batch, head, row): the `k`-th largest score counted with multiplicity.
+///
+/// Walks the distinct values from the top, adding their multiplicities until `k` are covered:
+/// `k` passes over the pages at most, no sort and no extra memory.
+#[cube(launch)]
+fn threshold_kernel(scores: &Tensor<f32>, threshold: &mut Tensor<f32>, k: usize) {
+    let row = ABSOLUTE_POS;
+    if row >= threshold.len() {
+        terminate!();
+    }
+    let np = scores.shape(3);
+    let base = row * np;
+    let mut below = 0.0f32.runtime();
+    let mut bounded = false.runtime();
+    let mut covered = 0usize.runtime();
+    let mut result = NEG_SENTINEL.runtime();
+    let mut searching = true.runtime();
+    while searching {
+        let mut best = NEG_SENTINEL.runtime();
+        let mut found = false.runtime();
+        for p in 0..np {
+            let x = scores[base + p];
+            let under = !bounded || x < below;
+            if under && (!found || x > best) {
+                best = x;
+                found = true;
+            }
+        }
+        if found {
+            let mut ties = 0usize.runtime();
+            for p in 0..np {
+                if scores[base + p] == best {
+                    ties += 1;
+                }
+            }
+            covered += ties;
+            result = best;
+            below = best;
+            bounded = true;
+            if covered >= k {
+                searching = false;
+            }
+        } else {
+            searching = false;
+        }
+    }
+    threshold[row] = result;
+}
+
+/// One unit per (batch, KV head, page): is the page at or above the threshold of any packed row
+/// of this KV head, or always kept?
+#[cube(launch)]
+fn union_kernel<I: Int>(
+    scores: &Tensor<f32>,
+    threshold: &Tensor<f32>,
+    mask: &mut Tensor<I>,
+    keep_first: u32,
+    keep_last: u32,
+    #[define(I)] _dtype: StorageType,
+) {
+    let pos = ABSOLUTE_POS;
+    if pos >= mask.len() {
+        terminate!();
+    }
+    let np = scores.shape(3);
+    let s = scores.shape(2);
+    let hq = scores.shape(1);
+    let hkv = mask.shape(1);
+    let g = hq / hkv;
+    let page = pos % np;
+    let bk = pos / np;
+    let b = bk / hkv;
+    let kvh = bk % hkv;
+    let mut hit = 0u32.runtime();
+    if keep_first == 1u32 && page == 0 {
+        hit = 1u32;
+    }
+    if keep_last == 1u32 && page + 1 == np {
+        hit = 1u32;
+    }
+    let row0 = (b * hq + kvh * g) * s;
+    for r in 0..g * s {
+        if scores[(row0 + r) * np + page] >= threshold[row0 + r] {
+            hit = 1u32;
+        }
+    }
+    mask[pos] = I::cast_from(hit);
+}
+
+pub(crate) fn page_bounds<R: CubeRuntime>(k: CubeTensor<R>, page_size: usize) -> (CubeTensor<R>, CubeTensor<R>) {
+    let k = channel_contiguous(k);
+    let [b, hkv, n, d] = k.meta.shape().dims::<4>();
+    let shape = Shape::new([b, hkv, n.div_ceil(page_size), d]);
+    let alloc = || empty_device_contiguous_dtype::<R>(k.client.clone(), k.device.clone(), shape.clone(), k.dtype);
+    let (lo, hi) = (alloc(), alloc());
+    let (count, dim) = elemwise_count(&k.client, shape.num_elements());
+    page_bounds_kernel::launch::<R>(
+        &k.client,
+        count,
+        dim,
+        k.clone().into_tensor_arg(),
+        lo.clone().into_tensor_arg(),
+        hi.clone().into_tensor_arg(),
+        page_size,
+        k.dtype.into(),
+    );
+    (lo, hi)
+}
+
+pub(crate) fn page_scores<R: CubeRuntime>(q: CubeTensor<R>, lo: CubeTensor<R>, hi: CubeTensor<R>) -> CubeTensor<R> {
+    let q = into_contiguous(q);
+    let (lo, hi) = (channel_contiguous(lo), channel_contiguous(hi));
+    let [b, hq, s, _] = q.meta.shape().dims::<4>();
+    let np = lo.meta.shape()[2];
+    let shape = Shape::new([b, hq, s, np]);
+    let scores = empty_device_contiguous_dtype::<R>(q.client.clone(), q.device.clone(), shape.clone(), DType::F32);
+    let (count, dim) = elemwise_count(&q.client, shape.num_elements());
+    page_scores_kernel::launch::<R>(
+        &q.client,
+        count,
+        dim,
+        q.clone().into_tensor_arg(),
+        lo.into_tensor_arg(),
+        hi.into_tensor_arg(),
+        scores.clone().into_tensor_arg(),
+        q.dtype.into(),
+    );
+    scores
+}
+
+pub(crate) fn select_pages<R: CubeRuntime>(
+    scores: CubeTensor<R>,
+    kv_heads: usize,
+    pages_per_query: usize,
+    keep_first: bool,
+    keep_last: bool,
+    int_dtype: DType,
+) -> CubeTensor<R> {
+    let scores = into_contiguous(scores);
+    let [b, hq, s, np] = scores.meta.shape().dims::<4>();
+    let client = scores.client.clone();
+    let device = scores.device.clone();
+    let threshold = empty_device_contiguous_dtype::<R>(client.clone(), device.clone(), Shape::new([b * hq * s]), DType::F32);
+    let (count, dim) = elemwise_count(&client, b * hq * s);
+    threshold_kernel::launch::<R>(
+        &client,
+        count,
+        dim,
+        scores.clone().into_tensor_arg(),
+        threshold.clone().into_tensor_arg(),
+        pages_per_query,
+    );
+    let mask = empty_device_contiguous_dtype::<R>(client.clone(), device, Shape::new([b, kv_heads, np]), int_dtype);
+    let (count, dim) = elemwise_count(&client, b * kv_heads * np);
+    union_kernel::launch::<R>(
+        &client,
+        count,
+        dim,
+        scores.into_tensor_arg(),
+        threshold.into_tensor_arg(),
+        mask.clone().into_tensor_arg(),
+        keep_first as u32,
+        keep_last as u32,
+        int_dtype.into(),
+    );
+    mask
+}
