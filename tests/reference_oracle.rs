@@ -31,20 +31,45 @@ fn attention_matches_oracle_with_and_without_pages() {
         let v = tensor4::<Ref>(3, [b, hkv, n, d], &dev());
         let scale = 1.0 / (d as f32).sqrt();
         let (o, l) = ops::attention(q.clone(), k.clone(), v.clone(), scale).unwrap();
-        let (eo, el) = oracle::attention(&host(&q), &host(&k), &host(&v), [b, hq, s, d], hkv, n, None, scale as f64);
+        let (eo, el) = oracle::attention(
+            &host(&q),
+            &host(&k),
+            &host(&v),
+            [b, hq, s, d],
+            hkv,
+            n,
+            None,
+            scale as f64,
+        );
         assert_close(&format!("{case} dense O"), &host(&o), &eo, ATOL, RTOL);
         assert_close(&format!("{case} dense LSE"), &host(&l), &el, ATOL, RTOL);
 
         // Every other page, the first page of the second KV head dropped too: includes rows
         // whose KV head loads no page at all when hkv has one page.
         let np = n.div_ceil(p);
-        let mask: Vec<i64> = (0..b * hkv * np).map(|i| ((i % np) % 2 == 0 && i % (2 * np) != np) as i64).collect();
-        let mask_t = Tensor::<Ref, 1, Int>::from_ints(mask.as_slice(), &dev()).reshape([b, hkv, np]);
-        let (o, l) = ops::sparse_attention(q.clone(), k.clone(), v.clone(), mask_t, p, scale).unwrap();
-        let (eo, el) = oracle::attention(&host(&q), &host(&k), &host(&v), [b, hq, s, d], hkv, n, Some((&mask, p)), scale as f64);
+        let mask: Vec<i64> = (0..b * hkv * np)
+            .map(|i| ((i % np) % 2 == 0 && i % (2 * np) != np) as i64)
+            .collect();
+        let mask_t =
+            Tensor::<Ref, 1, Int>::from_ints(mask.as_slice(), &dev()).reshape([b, hkv, np]);
+        let (o, l) =
+            ops::sparse_attention(q.clone(), k.clone(), v.clone(), mask_t, p, scale).unwrap();
+        let (eo, el) = oracle::attention(
+            &host(&q),
+            &host(&k),
+            &host(&v),
+            [b, hq, s, d],
+            hkv,
+            n,
+            Some((&mask, p)),
+            scale as f64,
+        );
         assert_close(&format!("{case} sparse O"), &host(&o), &eo, ATOL, RTOL);
         assert_close(&format!("{case} sparse LSE"), &host(&l), &el, ATOL, RTOL);
-        assert!(host(&o).iter().all(|x| x.is_finite()), "{case}: NaN in sparse O");
+        assert!(
+            host(&o).iter().all(|x| x.is_finite()),
+            "{case}: NaN in sparse O"
+        );
     }
 }
 
@@ -65,12 +90,22 @@ fn bounds_scores_and_selection_match_oracle() {
         assert_eq!(host(&hi), ehi, "{case}: hi");
         let scores = ops::page_scores(q.clone(), lo, hi).unwrap();
         let escores = oracle::page_scores(&host(&q), &elo, &ehi, [b, hq, s, d], hkv, np);
-        assert_close(&format!("{case} scores"), &host(&scores), &escores, ATOL, RTOL);
+        assert_close(
+            &format!("{case} scores"),
+            &host(&scores),
+            &escores,
+            ATOL,
+            RTOL,
+        );
         let kp = budget.div_ceil(p);
         for (first, last) in [(false, false), (true, true)] {
             let mask = ops::select_pages(scores.clone(), hkv, kp, first, last).unwrap();
             let emask = oracle::select(&escores, [b, hq, s, np], hkv, kp, first, last);
-            assert_eq!(host_int(&mask), emask, "{case}: selection first={first} last={last}");
+            assert_eq!(
+                host_int(&mask),
+                emask,
+                "{case}: selection first={first} last={last}"
+            );
         }
     }
 }
@@ -97,8 +132,15 @@ fn query_change_and_active_rows() {
     let rows = ops::active_rows(change, 5).unwrap();
     for b in 0..2 {
         let mut order: Vec<usize> = (0..16).collect();
-        order.sort_by(|&i, &j| expected[b * 16 + j].partial_cmp(&expected[b * 16 + i]).unwrap());
-        let got: Vec<usize> = host_int(&rows)[b * 5..][..5].iter().map(|&x| x as usize).collect();
+        order.sort_by(|&i, &j| {
+            expected[b * 16 + j]
+                .partial_cmp(&expected[b * 16 + i])
+                .unwrap()
+        });
+        let got: Vec<usize> = host_int(&rows)[b * 5..][..5]
+            .iter()
+            .map(|&x| x as usize)
+            .collect();
         assert_eq!(got, order[..5], "batch {b}: top-5 rows, largest first");
     }
 }
@@ -116,7 +158,10 @@ fn gather_then_scatter_round_trips() {
     let fresh = tensor4::<Ref>(32, [2, 3, 2, 4], &dev());
     let rows = Tensor::<Ref, 2, Int>::from_ints([[5, 1], [0, 7]], &dev());
     let updated = reference::scatter_rows(x.clone(), rows.clone(), fresh.clone());
-    assert_eq!(host(&reference::gather_rows(updated.clone(), rows)), host(&fresh));
+    assert_eq!(
+        host(&reference::gather_rows(updated.clone(), rows)),
+        host(&fresh)
+    );
     let (hx, hu) = (host(&x), host(&updated));
     for b in 0..2usize {
         for h in 0..3 {

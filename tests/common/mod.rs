@@ -39,7 +39,11 @@ pub fn host<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Vec<f64> {
 
 /// Host copy of an int tensor.
 pub fn host_int<B: Backend, const D: usize>(t: &Tensor<B, D, Int>) -> Vec<i64> {
-    t.clone().into_data().convert::<i64>().to_vec::<i64>().expect("i64 data")
+    t.clone()
+        .into_data()
+        .convert::<i64>()
+        .to_vec::<i64>()
+        .expect("i64 data")
 }
 
 /// Moves a tensor to another backend through host memory, keeping its values as f32.
@@ -47,7 +51,11 @@ pub fn to_backend<B1: Backend, B2: Backend, const D: usize>(
     t: &Tensor<B1, D>,
     device: &B2::Device,
 ) -> Tensor<B2, D> {
-    let data = t.clone().cast(burn::tensor::FloatDType::F32).into_data().convert::<f32>();
+    let data = t
+        .clone()
+        .cast(burn::tensor::FloatDType::F32)
+        .into_data()
+        .convert::<f32>();
     Tensor::from_data(data, device)
 }
 
@@ -71,5 +79,8 @@ pub fn max_violation(a: &[f64], b: &[f64], atol: f64, rtol: f64) -> f64 {
 /// Panics with the case name and the worst violation when `a` and `b` differ beyond tolerance.
 pub fn assert_close(case: &str, a: &[f64], b: &[f64], atol: f64, rtol: f64) {
     let v = max_violation(a, b, atol, rtol);
-    assert!(v <= 1.0, "{case}: max violation {v:.3} of atol {atol:e} + rtol {rtol:e}");
+    assert!(
+        v <= 1.0,
+        "{case}: max violation {v:.3} of atol {atol:e} + rtol {rtol:e}"
+    );
 }

@@ -73,7 +73,14 @@ pub fn bounds(k: &[f64], [b, hkv, n, d]: [usize; 4], p: usize) -> (Vec<f64>, Vec
 }
 
 /// Quest scores `[b, hq, s, np]`.
-pub fn page_scores(q: &[f64], lo: &[f64], hi: &[f64], [b, hq, s, d]: [usize; 4], hkv: usize, np: usize) -> Vec<f64> {
+pub fn page_scores(
+    q: &[f64],
+    lo: &[f64],
+    hi: &[f64],
+    [b, hq, s, d]: [usize; 4],
+    hkv: usize,
+    np: usize,
+) -> Vec<f64> {
     let g = hq / hkv;
     let mut out = Vec::with_capacity(b * hq * s * np);
     for bi in 0..b {
@@ -95,7 +102,14 @@ pub fn page_scores(q: &[f64], lo: &[f64], hi: &[f64], [b, hq, s, d]: [usize; 4],
 }
 
 /// Union per KV head of pages whose score is ≥ the row's k-th largest, plus first/last pages.
-pub fn select(scores: &[f64], [b, hq, s, np]: [usize; 4], hkv: usize, k: usize, first: bool, last: bool) -> Vec<i64> {
+pub fn select(
+    scores: &[f64],
+    [b, hq, s, np]: [usize; 4],
+    hkv: usize,
+    k: usize,
+    first: bool,
+    last: bool,
+) -> Vec<i64> {
     let g = hq / hkv;
     let mut mask = vec![0i64; b * hkv * np];
     for bi in 0..b {

@@ -63,7 +63,13 @@ pub trait LosaBackend: Backend {
         keep_first: bool,
         keep_last: bool,
     ) -> IntTensor<Self> {
-        on_primitives::select_pages::<Self>(scores, kv_heads, pages_per_query, keep_first, keep_last)
+        on_primitives::select_pages::<Self>(
+            scores,
+            kv_heads,
+            pages_per_query,
+            keep_first,
+            keep_last,
+        )
     }
 
     /// Mean squared query change per row. See [`crate::reference::query_change`].
@@ -134,11 +140,20 @@ pub(crate) mod on_primitives {
         keep_first: bool,
         keep_last: bool,
     ) -> IntTensor<B> {
-        reference::select_pages::<B>(float(scores), kv_heads, pages_per_query, keep_first, keep_last)
-            .into_primitive()
+        reference::select_pages::<B>(
+            float(scores),
+            kv_heads,
+            pages_per_query,
+            keep_first,
+            keep_last,
+        )
+        .into_primitive()
     }
 
-    pub(crate) fn query_change<B: Backend>(q: FloatTensor<B>, q_cached: FloatTensor<B>) -> FloatTensor<B> {
+    pub(crate) fn query_change<B: Backend>(
+        q: FloatTensor<B>,
+        q_cached: FloatTensor<B>,
+    ) -> FloatTensor<B> {
         prim(reference::query_change::<B>(float(q), float(q_cached)))
     }
 }

@@ -31,10 +31,14 @@ impl PageSelectionConfig {
     /// Rejects a zero page size or a zero budget.
     pub fn validate(&self) -> Result<(), LosaError> {
         if self.page_size == 0 {
-            return Err(LosaError::InvalidConfig("page_size must be at least 1".into()));
+            return Err(LosaError::InvalidConfig(
+                "page_size must be at least 1".into(),
+            ));
         }
         if self.budget == 0 {
-            return Err(LosaError::InvalidConfig("budget must be at least 1 token".into()));
+            return Err(LosaError::InvalidConfig(
+                "budget must be at least 1 token".into(),
+            ));
         }
         Ok(())
     }

@@ -17,11 +17,21 @@ use crate::backend::{LosaBackend, OutLse};
 /// Which primitive a registered custom operation runs, with its non-tensor arguments.
 #[derive(Debug, Clone, Copy)]
 enum Call {
-    Attention { page_size: Option<usize>, scale: f32 },
+    Attention {
+        page_size: Option<usize>,
+        scale: f32,
+    },
     Merge,
-    PageBounds { page_size: usize },
+    PageBounds {
+        page_size: usize,
+    },
     PageScores,
-    SelectPages { kv_heads: usize, pages_per_query: usize, keep_first: bool, keep_last: bool },
+    SelectPages {
+        kv_heads: usize,
+        pages_per_query: usize,
+        keep_first: bool,
+        keep_last: bool,
+    },
     QueryChange,
 }
 
@@ -46,7 +56,10 @@ struct LosaOp<B> {
 }
 
 impl<B: FusionBackend + LosaBackend> Operation<B::FusionRuntime> for LosaOp<B> {
-    fn execute(&self, handles: &mut HandleContainer<<B::FusionRuntime as FusionRuntime>::FusionHandle>) {
+    fn execute(
+        &self,
+        handles: &mut HandleContainer<<B::FusionRuntime as FusionRuntime>::FusionHandle>,
+    ) {
         let inputs = &self.desc.inputs;
         let outputs = &self.desc.outputs;
         let float = |h: &mut HandleContainer<_>, i: usize| h.get_float_tensor::<B>(&inputs[i]);
@@ -74,8 +87,19 @@ impl<B: FusionBackend + LosaBackend> Operation<B::FusionRuntime> for LosaOp<B> {
                 let (q, lo, hi) = (float(handles, 0), float(handles, 1), float(handles, 2));
                 handles.register_float_tensor::<B>(&outputs[0].id, B::losa_page_scores(q, lo, hi));
             }
-            Call::SelectPages { kv_heads, pages_per_query, keep_first, keep_last } => {
-                let mask = B::losa_select_pages(float(handles, 0), kv_heads, pages_per_query, keep_first, keep_last);
+            Call::SelectPages {
+                kv_heads,
+                pages_per_query,
+                keep_first,
+                keep_last,
+            } => {
+                let mask = B::losa_select_pages(
+                    float(handles, 0),
+                    kv_heads,
+                    pages_per_query,
+                    keep_first,
+                    keep_last,
+                );
                 handles.register_int_tensor::<B>(&outputs[0].id, mask);
             }
             Call::QueryChange => {
@@ -96,11 +120,21 @@ fn register<B: FusionBackend + LosaBackend>(
     let streams = OperationStreams::with_inputs(inputs.iter());
     let outs: Vec<TensorIr> = outputs
         .iter()
-        .map(|(shape, dtype)| TensorIr::uninit(client.create_empty_handle(), Shape::from(shape.clone()), *dtype))
+        .map(|(shape, dtype)| {
+            TensorIr::uninit(
+                client.create_empty_handle(),
+                Shape::from(shape.clone()),
+                *dtype,
+            )
+        })
         .collect();
     let ins: Vec<TensorIr> = inputs.into_iter().map(|t| t.into_ir()).collect();
     let desc = CustomOpIr::new(call.name(), &ins, &outs);
-    let op = LosaOp::<B> { desc: desc.clone(), call, _backend: core::marker::PhantomData };
+    let op = LosaOp::<B> {
+        desc: desc.clone(),
+        call,
+        _backend: core::marker::PhantomData,
+    };
     client.register(streams, OperationIr::Custom(desc), op)
 }
 
@@ -124,7 +158,11 @@ impl<B: FusionBackend + LosaBackend> LosaBackend for Fusion<B> {
             Some((mask, p)) => (vec![q, k, v, mask], Some(p)),
             None => (vec![q, k, v], None),
         };
-        two(register::<B>(Call::Attention { page_size, scale }, inputs, &outputs))
+        two(register::<B>(
+            Call::Attention { page_size, scale },
+            inputs,
+            &outputs,
+        ))
     }
 
     fn losa_merge(
@@ -142,7 +180,11 @@ impl<B: FusionBackend + LosaBackend> LosaBackend for Fusion<B> {
         let [b, h, n, d] = k.shape.dims::<4>();
         let shape = vec![b, h, n.div_ceil(page_size), d];
         let outputs = [(shape.clone(), k.dtype), (shape, k.dtype)];
-        two(register::<B>(Call::PageBounds { page_size }, vec![k], &outputs))
+        two(register::<B>(
+            Call::PageBounds { page_size },
+            vec![k],
+            &outputs,
+        ))
     }
 
     fn losa_page_scores(
@@ -166,7 +208,12 @@ impl<B: FusionBackend + LosaBackend> LosaBackend for Fusion<B> {
         let [b, _, _, np] = scores.shape.dims::<4>();
         // The inner backend's int element, the dtype its select-pages kernel writes.
         let outputs = [(vec![b, kv_heads, np], <IntElem<B> as Element>::dtype())];
-        let call = Call::SelectPages { kv_heads, pages_per_query, keep_first, keep_last };
+        let call = Call::SelectPages {
+            kv_heads,
+            pages_per_query,
+            keep_first,
+            keep_last,
+        };
         register::<B>(call, vec![scores], &outputs).remove(0)
     }
 

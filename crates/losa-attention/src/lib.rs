@@ -24,8 +24,8 @@
 pub mod backend;
 pub mod config;
 mod cube;
-mod fusion;
 pub mod error;
+mod fusion;
 pub mod ops;
 pub mod prefix;
 pub mod reference;

@@ -39,13 +39,20 @@ pub(crate) fn check_qkv<B: LosaBackend>(
         return Err(mismatch("v must have the shape of k", &v.dims(), &k.dims()));
     }
     if kb != b || kd != d {
-        return Err(mismatch("k: [batch, kv_heads, keys, head_dim] against q", &k.dims(), &[b, hkv, n, d]));
+        return Err(mismatch(
+            "k: [batch, kv_heads, keys, head_dim] against q",
+            &k.dims(),
+            &[b, hkv, n, d],
+        ));
     }
     if d == 0 {
         return Err(LosaError::Empty("head_dim is 0".into()));
     }
     if hkv == 0 || hq == 0 || hq % hkv != 0 {
-        return Err(LosaError::HeadsNotDivisible { heads: hq, kv_heads: hkv });
+        return Err(LosaError::HeadsNotDivisible {
+            heads: hq,
+            kv_heads: hkv,
+        });
     }
     if q.device() != k.device() || k.device() != v.device() {
         return Err(LosaError::DeviceMismatch("q, k and v".into()));
@@ -59,12 +66,18 @@ fn check_page_mask<B: LosaBackend>(
     page_size: usize,
 ) -> Result<()> {
     if page_size == 0 {
-        return Err(LosaError::InvalidConfig("page_size must be at least 1".into()));
+        return Err(LosaError::InvalidConfig(
+            "page_size must be at least 1".into(),
+        ));
     }
     let [b, hkv, n, _] = k.dims();
     let expected = [b, hkv, n.div_ceil(page_size)];
     if mask.dims() != expected {
-        return Err(mismatch("page mask: [batch, kv_heads, pages]", &mask.dims(), &expected));
+        return Err(mismatch(
+            "page mask: [batch, kv_heads, pages]",
+            &mask.dims(),
+            &expected,
+        ));
     }
     Ok(())
 }
@@ -140,7 +153,9 @@ pub fn page_bounds<B: LosaBackend>(
     page_size: usize,
 ) -> Result<(Tensor<B, 4>, Tensor<B, 4>)> {
     if page_size == 0 {
-        return Err(LosaError::InvalidConfig("page_size must be at least 1".into()));
+        return Err(LosaError::InvalidConfig(
+            "page_size must be at least 1".into(),
+        ));
     }
     if k.dims()[2] == 0 {
         let [b, h, _, d] = k.dims();
@@ -182,9 +197,17 @@ pub fn select_pages<B: LosaBackend>(
         return Err(LosaError::HeadsNotDivisible { heads, kv_heads });
     }
     if pages_per_query == 0 {
-        return Err(LosaError::InvalidConfig("pages_per_query must be at least 1".into()));
+        return Err(LosaError::InvalidConfig(
+            "pages_per_query must be at least 1".into(),
+        ));
     }
-    let mask = B::losa_select_pages(prim(scores), kv_heads, pages_per_query, keep_first, keep_last);
+    let mask = B::losa_select_pages(
+        prim(scores),
+        kv_heads,
+        pages_per_query,
+        keep_first,
+        keep_last,
+    );
     Ok(Tensor::from_primitive(mask))
 }
 
@@ -192,9 +215,16 @@ pub fn select_pages<B: LosaBackend>(
 ///
 /// # Shapes
 /// `q`, `q_cached`: `[batch, heads, rows, head_dim]` -> `[batch, rows]` (fp32).
-pub fn query_change<B: LosaBackend>(q: Tensor<B, 4>, q_cached: Tensor<B, 4>) -> Result<Tensor<B, 2>> {
+pub fn query_change<B: LosaBackend>(
+    q: Tensor<B, 4>,
+    q_cached: Tensor<B, 4>,
+) -> Result<Tensor<B, 2>> {
     if q.dims() != q_cached.dims() {
-        return Err(mismatch("query_change: cached queries against q", &q_cached.dims(), &q.dims()));
+        return Err(mismatch(
+            "query_change: cached queries against q",
+            &q_cached.dims(),
+            &q.dims(),
+        ));
     }
     Ok(float(B::losa_query_change(prim(q), prim(q_cached))))
 }
@@ -206,7 +236,10 @@ pub fn query_change<B: LosaBackend>(q: Tensor<B, 4>, q_cached: Tensor<B, 4>) -> 
 pub fn active_rows<B: LosaBackend>(scores: Tensor<B, 2>, k: usize) -> Result<Tensor<B, 2, Int>> {
     let rows = scores.dims()[1];
     if k > rows {
-        return Err(LosaError::ActiveExceedsBlock { active: k, block: rows });
+        return Err(LosaError::ActiveExceedsBlock {
+            active: k,
+            block: rows,
+        });
     }
     Ok(reference::active_rows(scores, k))
 }

@@ -35,9 +35,12 @@ impl<B: Backend> GrowBuffer<B> {
             other => {
                 let old_cap = other.as_ref().map_or(0, |buf| buf.data.dims()[2]);
                 let cap = needed.max(old_cap * 2).max(min_grow);
-                let fresh = Tensor::<B, 4>::zeros([b, h, cap, d], &rows.device()).cast(rows.dtype());
+                let fresh =
+                    Tensor::<B, 4>::zeros([b, h, cap, d], &rows.device()).cast(rows.dtype());
                 match other {
-                    Some(buf) if at > 0 => fresh.slice_assign([0..b, 0..h, 0..at, 0..d], buf.view().narrow(2, 0, at)),
+                    Some(buf) if at > 0 => {
+                        fresh.slice_assign([0..b, 0..h, 0..at, 0..d], buf.view().narrow(2, 0, at))
+                    }
                     _ => fresh,
                 }
             }
@@ -63,9 +66,18 @@ impl<B: LosaBackend> PrefixKv<B> {
     /// attention); `max_len` is the most tokens it may hold (the model's positions).
     pub fn new(page_size: Option<usize>, max_len: usize) -> Result<Self> {
         if page_size == Some(0) {
-            return Err(LosaError::InvalidConfig("page_size must be at least 1".into()));
+            return Err(LosaError::InvalidConfig(
+                "page_size must be at least 1".into(),
+            ));
         }
-        Ok(Self { k: None, v: None, lo: None, hi: None, page_size, max_len })
+        Ok(Self {
+            k: None,
+            v: None,
+            lo: None,
+            hi: None,
+            page_size,
+            max_len,
+        })
     }
 
     /// Tokens held.
@@ -114,7 +126,8 @@ impl<B: LosaBackend> PrefixKv<B> {
             let [nb, nh, _, nd] = k.dims();
             if (nb, nh, nd) != (b, h, d) {
                 return Err(LosaError::ShapeMismatch {
-                    what: "append: new keys against the cached ones (batch, kv_heads, head_dim)".into(),
+                    what: "append: new keys against the cached ones (batch, kv_heads, head_dim)"
+                        .into(),
                     got: vec![nb, nh, nd],
                     expected: vec![b, h, d],
                 });
@@ -123,7 +136,10 @@ impl<B: LosaBackend> PrefixKv<B> {
         let old_len = self.len();
         let added = k.dims()[2];
         if old_len + added > self.max_len {
-            return Err(LosaError::CapacityExceeded { needed: old_len + added, max: self.max_len });
+            return Err(LosaError::CapacityExceeded {
+                needed: old_len + added,
+                max: self.max_len,
+            });
         }
         if added == 0 {
             return Ok(());
@@ -138,8 +154,18 @@ impl<B: LosaBackend> PrefixKv<B> {
             let touched = keys.narrow(2, first_page * page, old_len + added - first_page * page);
             let (lo, hi) = ops::page_bounds(touched, page)?;
             let grow_pages = grow.div_ceil(page);
-            self.lo = Some(GrowBuffer::write(self.lo.take(), lo, first_page, grow_pages));
-            self.hi = Some(GrowBuffer::write(self.hi.take(), hi, first_page, grow_pages));
+            self.lo = Some(GrowBuffer::write(
+                self.lo.take(),
+                lo,
+                first_page,
+                grow_pages,
+            ));
+            self.hi = Some(GrowBuffer::write(
+                self.hi.take(),
+                hi,
+                first_page,
+                grow_pages,
+            ));
         }
         Ok(())
     }

@@ -36,7 +36,10 @@ pub struct LayerState<B: Backend> {
 
 impl<B: Backend> Default for LayerState<B> {
     fn default() -> Self {
-        Self { cached: None, steps: 0 }
+        Self {
+            cached: None,
+            steps: 0,
+        }
     }
 }
 
@@ -96,7 +99,11 @@ impl<B: Backend> StepStats<B> {
 
     /// Active rows / block rows.
     pub fn active_ratio(&self) -> f64 {
-        if self.block_rows == 0 { 0.0 } else { self.active_rows as f64 / self.block_rows as f64 }
+        if self.block_rows == 0 {
+            0.0
+        } else {
+            self.active_rows as f64 / self.block_rows as f64
+        }
     }
 }
 
@@ -104,9 +111,15 @@ use burn::tensor::ElementConversion;
 
 /// Loaded prefix tokens of a page mask: each set page counts its valid rows (the last page may
 /// be ragged).
-fn loaded_tokens<B: Backend>(mask: &Tensor<B, 3, Int>, prefix: usize, page: usize) -> Tensor<B, 1, Int> {
+fn loaded_tokens<B: Backend>(
+    mask: &Tensor<B, 3, Int>,
+    prefix: usize,
+    page: usize,
+) -> Tensor<B, 1, Int> {
     let np = mask.dims()[2];
-    let lengths: Vec<i64> = (0..np).map(|p| (prefix - p * page).min(page) as i64).collect();
+    let lengths: Vec<i64> = (0..np)
+        .map(|p| (prefix - p * page).min(page) as i64)
+        .collect();
     let lengths = Tensor::<B, 1, Int>::from_ints(lengths.as_slice(), &mask.device());
     let [b, h, _] = mask.dims();
     (mask.clone() * lengths.reshape([1, 1, np]).expand([b, h, np])).sum()
@@ -120,7 +133,10 @@ fn sparse_prefix<B: LosaBackend>(
     pages: &PageSelectionConfig,
     scale: f32,
 ) -> Result<(Tensor<B, 4>, Tensor<B, 3>, Tensor<B, 1, Int>)> {
-    let (k, v) = (prefix.keys().expect("non-empty prefix"), prefix.values().expect("non-empty prefix"));
+    let (k, v) = (
+        prefix.keys().expect("non-empty prefix"),
+        prefix.values().expect("non-empty prefix"),
+    );
     let page = pages.page_size;
     if prefix.page_size() != Some(page) {
         return Err(LosaError::InvalidConfig(format!(
@@ -187,7 +203,12 @@ pub fn attend<B: LosaBackend>(
         return Ok((o_b, stats));
     }
     let dense = |q: Tensor<B, 4>| -> Result<(Tensor<B, 4>, Tensor<B, 3>)> {
-        ops::attention(q, prefix.keys().expect("n > 0"), prefix.values().expect("n > 0"), scale)
+        ops::attention(
+            q,
+            prefix.keys().expect("n > 0"),
+            prefix.values().expect("n > 0"),
+            scale,
+        )
     };
     let (o_p, l_p) = match mode {
         AttentionMode::Dense => {
@@ -206,7 +227,11 @@ pub fn attend<B: LosaBackend>(
                 }
                 stats.dense = true;
                 let (o, l) = dense(q.clone())?;
-                state.cached = Some(CachedRows { o: o.clone(), lse: l.clone(), q });
+                state.cached = Some(CachedRows {
+                    o: o.clone(),
+                    lse: l.clone(),
+                    q,
+                });
                 (o, l)
             }
             Some(cached) => {

@@ -10,11 +10,11 @@
 //! Dense attention is the same kernel without a mask: one code path for dense prefix, block and
 //! sparse attention.
 
+use burn::tensor::{DType, Shape};
 use burn_cubecl::{
     CubeRuntime, kernel::into_contiguous, ops::numeric::empty_device_contiguous_dtype,
     tensor::CubeTensor,
 };
-use burn::tensor::{DType, Shape};
 use cubecl::prelude::*;
 
 use super::{NEG_SENTINEL, elemwise_count};
@@ -220,7 +220,12 @@ pub(crate) fn attention<R: CubeRuntime>(
     let device = q.device.clone();
     let rows = b * hq * s;
     let alloc = |shape: Vec<usize>, dtype: DType| {
-        empty_device_contiguous_dtype::<R>(client.clone(), device.clone(), Shape::from(shape), dtype)
+        empty_device_contiguous_dtype::<R>(
+            client.clone(),
+            device.clone(),
+            Shape::from(shape),
+            dtype,
+        )
     };
     let o_part = alloc(vec![rows * num_chunks * d], DType::F32);
     let m_part = alloc(vec![rows * num_chunks], DType::F32);

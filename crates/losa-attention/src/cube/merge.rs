@@ -61,12 +61,22 @@ pub(crate) fn merge<R: CubeRuntime>(
     o2: CubeTensor<R>,
     l2: CubeTensor<R>,
 ) -> (CubeTensor<R>, CubeTensor<R>) {
-    let (o1, l1, o2, l2) = (into_contiguous(o1), into_contiguous(l1), into_contiguous(o2), into_contiguous(l2));
+    let (o1, l1, o2, l2) = (
+        into_contiguous(o1),
+        into_contiguous(l1),
+        into_contiguous(o2),
+        into_contiguous(l2),
+    );
     let shape = o1.meta.shape().clone();
     let [b, h, s, d] = shape.dims::<4>();
     let client = o1.client.clone();
     let o = empty_device_contiguous_dtype::<R>(client.clone(), o1.device.clone(), shape, o1.dtype);
-    let lse = empty_device_contiguous_dtype::<R>(client.clone(), o1.device.clone(), Shape::new([b, h, s]), DType::F32);
+    let lse = empty_device_contiguous_dtype::<R>(
+        client.clone(),
+        o1.device.clone(),
+        Shape::new([b, h, s]),
+        DType::F32,
+    );
     let (count, dim) = elemwise_count(&client, b * h * s * d);
     merge_kernel::launch::<R>(
         &client,

@@ -14,7 +14,10 @@ use burn::tensor::{
     DType,
     ops::{FloatTensor, IntTensor},
 };
-use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement, kernel::into_contiguous, tensor::CubeTensor};
+use burn_cubecl::{
+    BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement, kernel::into_contiguous,
+    tensor::CubeTensor,
+};
 use cubecl::prelude::*;
 
 use crate::backend::{LosaBackend, OutLse, on_primitives};
@@ -26,15 +29,25 @@ pub(crate) const NEG_SENTINEL: f32 = f32::MIN;
 /// Threads per cube of the elementwise kernels.
 const ELEMWISE_CUBE: u32 = 256;
 
-pub(crate) fn elemwise_count<R: Runtime>(client: &ComputeClient<R>, n: usize) -> (CubeCount, CubeDim) {
+pub(crate) fn elemwise_count<R: Runtime>(
+    client: &ComputeClient<R>,
+    n: usize,
+) -> (CubeCount, CubeDim) {
     let dim = CubeDim::new_1d(ELEMWISE_CUBE);
-    (cubecl::calculate_cube_count_elemwise(client, n.max(1), dim), dim)
+    (
+        cubecl::calculate_cube_count_elemwise(client, n.max(1), dim),
+        dim,
+    )
 }
 
 /// Kernels index K/V through their strides (so a view into a larger KV buffer is read in place)
 /// but need the channel dimension packed.
 pub(crate) fn channel_contiguous<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
-    if t.meta.strides()[3] == 1 { t } else { into_contiguous(t) }
+    if t.meta.strides()[3] == 1 {
+        t
+    } else {
+        into_contiguous(t)
+    }
 }
 
 fn kernel_float(dtype: DType) -> bool {
@@ -78,7 +91,11 @@ where
         o2: FloatTensor<Self>,
         l2: FloatTensor<Self>,
     ) -> OutLse<Self> {
-        if !kernel_float(o1.dtype) || o2.dtype != o1.dtype || l1.dtype != DType::F32 || l2.dtype != DType::F32 {
+        if !kernel_float(o1.dtype)
+            || o2.dtype != o1.dtype
+            || l1.dtype != DType::F32
+            || l2.dtype != DType::F32
+        {
             fallback("merge", "dtypes the kernel does not take");
             return on_primitives::merge::<Self>(o1, l1, o2, l2);
         }
@@ -114,9 +131,22 @@ where
     ) -> IntTensor<Self> {
         if scores.dtype != DType::F32 {
             fallback("select pages", "scores are not fp32");
-            return on_primitives::select_pages::<Self>(scores, kv_heads, pages_per_query, keep_first, keep_last);
+            return on_primitives::select_pages::<Self>(
+                scores,
+                kv_heads,
+                pages_per_query,
+                keep_first,
+                keep_last,
+            );
         }
-        pages::select_pages(scores, kv_heads, pages_per_query, keep_first, keep_last, I::dtype())
+        pages::select_pages(
+            scores,
+            kv_heads,
+            pages_per_query,
+            keep_first,
+            keep_last,
+            I::dtype(),
+        )
     }
 
     fn losa_query_change(q: FloatTensor<Self>, q_cached: FloatTensor<Self>) -> FloatTensor<Self> {

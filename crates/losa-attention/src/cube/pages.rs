@@ -169,11 +169,21 @@ fn union_kernel<I: Int>(
     mask[pos] = I::cast_from(hit);
 }
 
-pub(crate) fn page_bounds<R: CubeRuntime>(k: CubeTensor<R>, page_size: usize) -> (CubeTensor<R>, CubeTensor<R>) {
+pub(crate) fn page_bounds<R: CubeRuntime>(
+    k: CubeTensor<R>,
+    page_size: usize,
+) -> (CubeTensor<R>, CubeTensor<R>) {
     let k = channel_contiguous(k);
     let [b, hkv, n, d] = k.meta.shape().dims::<4>();
     let shape = Shape::new([b, hkv, n.div_ceil(page_size), d]);
-    let alloc = || empty_device_contiguous_dtype::<R>(k.client.clone(), k.device.clone(), shape.clone(), k.dtype);
+    let alloc = || {
+        empty_device_contiguous_dtype::<R>(
+            k.client.clone(),
+            k.device.clone(),
+            shape.clone(),
+            k.dtype,
+        )
+    };
     let (lo, hi) = (alloc(), alloc());
     let (count, dim) = elemwise_count(&k.client, shape.num_elements());
     page_bounds_kernel::launch::<R>(
@@ -189,13 +199,22 @@ pub(crate) fn page_bounds<R: CubeRuntime>(k: CubeTensor<R>, page_size: usize) ->
     (lo, hi)
 }
 
-pub(crate) fn page_scores<R: CubeRuntime>(q: CubeTensor<R>, lo: CubeTensor<R>, hi: CubeTensor<R>) -> CubeTensor<R> {
+pub(crate) fn page_scores<R: CubeRuntime>(
+    q: CubeTensor<R>,
+    lo: CubeTensor<R>,
+    hi: CubeTensor<R>,
+) -> CubeTensor<R> {
     let q = into_contiguous(q);
     let (lo, hi) = (channel_contiguous(lo), channel_contiguous(hi));
     let [b, hq, s, _] = q.meta.shape().dims::<4>();
     let np = lo.meta.shape()[2];
     let shape = Shape::new([b, hq, s, np]);
-    let scores = empty_device_contiguous_dtype::<R>(q.client.clone(), q.device.clone(), shape.clone(), DType::F32);
+    let scores = empty_device_contiguous_dtype::<R>(
+        q.client.clone(),
+        q.device.clone(),
+        shape.clone(),
+        DType::F32,
+    );
     let (count, dim) = elemwise_count(&q.client, shape.num_elements());
     page_scores_kernel::launch::<R>(
         &q.client,
@@ -222,7 +241,12 @@ pub(crate) fn select_pages<R: CubeRuntime>(
     let [b, hq, s, np] = scores.meta.shape().dims::<4>();
     let client = scores.client.clone();
     let device = scores.device.clone();
-    let threshold = empty_device_contiguous_dtype::<R>(client.clone(), device.clone(), Shape::new([b * hq * s]), DType::F32);
+    let threshold = empty_device_contiguous_dtype::<R>(
+        client.clone(),
+        device.clone(),
+        Shape::new([b * hq * s]),
+        DType::F32,
+    );
     let (count, dim) = elemwise_count(&client, b * hq * s);
     threshold_kernel::launch::<R>(
         &client,
@@ -232,7 +256,12 @@ pub(crate) fn select_pages<R: CubeRuntime>(
         threshold.clone().into_tensor_arg(),
         pages_per_query,
     );
-    let mask = empty_device_contiguous_dtype::<R>(client.clone(), device, Shape::new([b, kv_heads, np]), int_dtype);
+    let mask = empty_device_contiguous_dtype::<R>(
+        client.clone(),
+        device,
+        Shape::new([b, kv_heads, np]),
+        int_dtype,
+    );
     let (count, dim) = elemwise_count(&client, b * kv_heads * np);
     union_kernel::launch::<R>(
         &client,

@@ -36,10 +36,18 @@ fn query_change_kernel<F: Float>(
     change[pos] = sum / f32::cast_from(h * d);
 }
 
-pub(crate) fn query_change<R: CubeRuntime>(q: CubeTensor<R>, q_cached: CubeTensor<R>) -> CubeTensor<R> {
+pub(crate) fn query_change<R: CubeRuntime>(
+    q: CubeTensor<R>,
+    q_cached: CubeTensor<R>,
+) -> CubeTensor<R> {
     let (q, q_cached) = (into_contiguous(q), into_contiguous(q_cached));
     let [b, _, s, _] = q.meta.shape().dims::<4>();
-    let change = empty_device_contiguous_dtype::<R>(q.client.clone(), q.device.clone(), Shape::new([b, s]), DType::F32);
+    let change = empty_device_contiguous_dtype::<R>(
+        q.client.clone(),
+        q.device.clone(),
+        Shape::new([b, s]),
+        DType::F32,
+    );
     let (count, dim) = elemwise_count(&q.client, b * s);
     query_change_kernel::launch::<R>(
         &q.client,

@@ -42,7 +42,11 @@ pub fn page_bounds<B: Backend>(k: Tensor<B, 4>, page_size: usize) -> (Tensor<B, 
 /// # Shapes
 /// `q`: `[batch, heads, rows, head_dim]`; `lo`, `hi`: `[batch, kv_heads, pages, head_dim]`
 /// -> `[batch, heads, rows, pages]` in fp32.
-pub fn page_scores<B: Backend>(q: Tensor<B, 4>, lo: Tensor<B, 4>, hi: Tensor<B, 4>) -> Tensor<B, 4> {
+pub fn page_scores<B: Backend>(
+    q: Tensor<B, 4>,
+    lo: Tensor<B, 4>,
+    hi: Tensor<B, 4>,
+) -> Tensor<B, 4> {
     let [b, hq, s, d] = q.dims();
     let [_, hkv, np, _] = lo.dims();
     let g = hq / hkv;

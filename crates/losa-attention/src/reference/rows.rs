@@ -81,7 +81,12 @@ pub fn scatter_rows<B: Backend>(
         .scatter(2, index, fresh, IndexingUpdateOp::Add)
         .cast(x.dtype());
     let hit = Tensor::<B, 2, Int>::zeros([b, s], &device)
-        .scatter(1, rows, Tensor::ones([b, k], &device), IndexingUpdateOp::Add)
+        .scatter(
+            1,
+            rows,
+            Tensor::ones([b, k], &device),
+            IndexingUpdateOp::Add,
+        )
         .greater_elem(0)
         .reshape([b, 1, s, 1])
         .expand([b, h, s, d]);
