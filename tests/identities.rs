@@ -4,6 +4,7 @@
 //! - attention split at any key and merged equals unsplit attention;
 //! - the reported density equals a recount of the selected pages;
 //! - LoSA with no active row keeps its step-0 prefix result.
+//!
 //! All comparisons are fp32 against fp32 of the same ops in a different order: 1e-5.
 
 mod common;
@@ -28,6 +29,7 @@ struct Case {
     prefix: PrefixKv<Ref>,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn case(
     seed: u64,
     b: usize,

@@ -95,6 +95,8 @@ pub enum AttentionMode {
     Losa(LosaConfig),
 }
 
+// burn's `Config` derive re-emits the enum without `#[default]`, so the impl is written out.
+#[allow(clippy::derivable_impls)]
 impl Default for AttentionMode {
     fn default() -> Self {
         Self::Dense
@@ -141,7 +143,7 @@ impl AttentionMode {
                     ActiveRows::TopK(k) if k > block => {
                         Err(LosaError::ActiveExceedsBlock { active: k, block })
                     }
-                    ActiveRows::Threshold(t) if !(t >= 0.0) => Err(LosaError::InvalidConfig(
+                    ActiveRows::Threshold(t) if t.is_nan() || t < 0.0 => Err(LosaError::InvalidConfig(
                         format!("active threshold must be a non-negative number, got {t}"),
                     )),
                     _ => Ok(()),

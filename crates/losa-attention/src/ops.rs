@@ -48,7 +48,7 @@ pub(crate) fn check_qkv<B: LosaBackend>(
     if d == 0 {
         return Err(LosaError::Empty("head_dim is 0".into()));
     }
-    if hkv == 0 || hq == 0 || hq % hkv != 0 {
+    if hkv == 0 || hq == 0 || !hq.is_multiple_of(hkv) {
         return Err(LosaError::HeadsNotDivisible {
             heads: hq,
             kv_heads: hkv,
@@ -193,7 +193,7 @@ pub fn select_pages<B: LosaBackend>(
     keep_last: bool,
 ) -> Result<Tensor<B, 3, Int>> {
     let heads = scores.dims()[1];
-    if kv_heads == 0 || heads % kv_heads != 0 {
+    if kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
         return Err(LosaError::HeadsNotDivisible { heads, kv_heads });
     }
     if pages_per_query == 0 {

@@ -125,6 +125,9 @@ fn loaded_tokens<B: Backend>(
     (mask.clone() * lengths.reshape([1, 1, np]).expand([b, h, np])).sum()
 }
 
+/// `(O, LSE, loaded prefix tokens)` of a sparse prefix attention.
+type SparseRows<B> = (Tensor<B, 4>, Tensor<B, 3>, Tensor<B, 1, Int>);
+
 /// Sparse prefix attention of `q` rows: Quest scores against the page bounds, top pages per
 /// (row, head), union per KV head. Returns `(O, LSE, loaded tokens)`.
 fn sparse_prefix<B: LosaBackend>(
@@ -132,7 +135,7 @@ fn sparse_prefix<B: LosaBackend>(
     prefix: &PrefixKv<B>,
     pages: &PageSelectionConfig,
     scale: f32,
-) -> Result<(Tensor<B, 4>, Tensor<B, 3>, Tensor<B, 1, Int>)> {
+) -> Result<SparseRows<B>> {
     let (k, v) = (
         prefix.keys().expect("non-empty prefix"),
         prefix.values().expect("non-empty prefix"),

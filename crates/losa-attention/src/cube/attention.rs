@@ -27,6 +27,7 @@ const MAX_ROWS_PER_CUBE: usize = 128;
 const TARGET_CUBES: usize = 264;
 
 #[cube(launch)]
+#[allow(clippy::manual_div_ceil, clippy::manual_is_multiple_of)]
 #[allow(clippy::too_many_arguments)]
 fn attention_partial<F: Float, I: Int>(
     q: &Tensor<F>,
@@ -148,6 +149,7 @@ fn attention_partial<F: Float, I: Int>(
 }
 
 #[cube(launch)]
+#[allow(clippy::manual_div_ceil, clippy::manual_is_multiple_of)]
 fn attention_combine<F: Float>(
     o_part: &Tensor<f32>,
     m_part: &Tensor<f32>,

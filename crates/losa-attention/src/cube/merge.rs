@@ -10,6 +10,7 @@ use cubecl::prelude::*;
 use super::{NEG_SENTINEL, elemwise_count};
 
 #[cube(launch)]
+#[allow(clippy::manual_div_ceil, clippy::manual_is_multiple_of)]
 #[allow(clippy::too_many_arguments)]
 fn merge_kernel<F: Float>(
     o1: &Tensor<F>,

@@ -11,6 +11,7 @@ use super::{NEG_SENTINEL, channel_contiguous, elemwise_count};
 
 /// One unit per (batch, KV head, page, channel): min and max over the page's valid rows.
 #[cube(launch)]
+#[allow(clippy::manual_div_ceil, clippy::manual_is_multiple_of)]
 fn page_bounds_kernel<F: Float>(
     k: &Tensor<F>,
     lo: &mut Tensor<F>,
@@ -46,6 +47,7 @@ fn page_bounds_kernel<F: Float>(
 
 /// One unit per (batch, head, row, page): `Σ_c max(q_c·lo_c, q_c·hi_c)` in fp32.
 #[cube(launch)]
+#[allow(clippy::manual_div_ceil, clippy::manual_is_multiple_of)]
 fn page_scores_kernel<F: Float>(
     q: &Tensor<F>,
     lo: &Tensor<F>,
@@ -85,6 +87,7 @@ fn page_scores_kernel<F: Float>(
 /// Walks the distinct values from the top, adding their multiplicities until `k` are covered:
 /// `k` passes over the pages at most, no sort and no extra memory.
 #[cube(launch)]
+#[allow(clippy::manual_div_ceil, clippy::manual_is_multiple_of)]
 fn threshold_kernel(scores: &Tensor<f32>, threshold: &mut Tensor<f32>, k: usize) {
     let row = ABSOLUTE_POS;
     if row >= threshold.len() {
@@ -132,6 +135,7 @@ fn threshold_kernel(scores: &Tensor<f32>, threshold: &mut Tensor<f32>, k: usize)
 /// One unit per (batch, KV head, page): is the page at or above the threshold of any packed row
 /// of this KV head, or always kept?
 #[cube(launch)]
+#[allow(clippy::manual_div_ceil, clippy::manual_is_multiple_of)]
 fn union_kernel<I: Int>(
     scores: &Tensor<f32>,
     threshold: &Tensor<f32>,

@@ -10,6 +10,7 @@ use cubecl::prelude::*;
 use super::elemwise_count;
 
 #[cube(launch)]
+#[allow(clippy::manual_div_ceil, clippy::manual_is_multiple_of)]
 fn query_change_kernel<F: Float>(
     q: &Tensor<F>,
     q_cached: &Tensor<F>,
