@@ -5,7 +5,7 @@ the shapes and prefixes of the Rust rows, measures the card's copy bandwidth, an
 everything into `bench/results/attention-<card>.json` (BENCHMARKS.md): every row gets
 `floor_us = bytes / copy bandwidth`.
 
-    python3 bench/attention_anchor.py --rows rows.json --out attention-h100.json --command "..."
+    python3 bench/attention_anchor.py --rows rows-*.json --out attention-h100.json --command "..."
 """
 
 import argparse
@@ -67,14 +67,17 @@ def sdpa_us(hq, hkv, d, block, prefix, dtype):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rows", required=True)
+    ap.add_argument("--rows", required=True, nargs="+")
     ap.add_argument("--out", required=True)
     ap.add_argument("--command", required=True)
     ap.add_argument("--commit", required=True)
     args = ap.parse_args()
-    with open(args.rows) as f:
-        rust = json.load(f)
-    rows = rust["rows"]
+    rows, rust_device = [], None
+    for path in args.rows:
+        with open(path) as f:
+            rust = json.load(f)
+        rows += rust["rows"]
+        rust_device = rust["device"]
     card = torch.cuda.get_device_name(0)
     driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
                             capture_output=True, text=True).stdout.strip()
@@ -96,7 +99,7 @@ def main():
         r["floor_us"] = None if r.get("bytes") is None else r["bytes"] / (bw * 1e9) * 1e6
         r["bandwidth_gbs"] = None if r.get("bytes") is None else r["bytes"] / (r["time_us"] * 1e-6) / 1e9
     out = {"commit": args.commit, "card": card, "driver": driver, "command": args.command,
-           "copy_bandwidth_gbs": bw, "torch": torch.__version__, "rust_device": rust["device"], "rows": rows}
+           "copy_bandwidth_gbs": bw, "torch": torch.__version__, "rust_device": rust_device, "rows": rows}
     with open(args.out, "w") as f:
         json.dump(out, f, indent=1)
     print(f"copy bandwidth {bw:.0f} GB/s; wrote {len(rows)} rows to {args.out}")

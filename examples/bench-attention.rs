@@ -150,6 +150,7 @@ fn make_q(
     );
     let base = k
         .clone()
+        .cast(FloatDType::F32)
         .select(2, pick)
         .reshape([1, hkv, g, 2, block, d])
         .sum_dim(3)

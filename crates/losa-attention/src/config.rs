@@ -143,9 +143,11 @@ impl AttentionMode {
                     ActiveRows::TopK(k) if k > block => {
                         Err(LosaError::ActiveExceedsBlock { active: k, block })
                     }
-                    ActiveRows::Threshold(t) if t.is_nan() || t < 0.0 => Err(LosaError::InvalidConfig(
-                        format!("active threshold must be a non-negative number, got {t}"),
-                    )),
+                    ActiveRows::Threshold(t) if t.is_nan() || t < 0.0 => {
+                        Err(LosaError::InvalidConfig(format!(
+                            "active threshold must be a non-negative number, got {t}"
+                        )))
+                    }
                     _ => Ok(()),
                 }
             }
