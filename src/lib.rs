@@ -1,1 +1,9 @@
+//! # losa
+//!
+//! LoSA (locality-aware sparse attention) for block-wise diffusion language models on burn.
+//! This facade re-exports the workspace crates:
+//! - [`losa_attention`]: the attention op (reference, CubeCL kernels, Fusion custom ops);
+//! - [`losa_models`]: the model families and their Hugging Face checkpoint loader.
+
 pub use losa_attention;
+pub use losa_models;

@@ -1,0 +1,173 @@
+//! The transformer pieces the families share: RMSNorm (fp32), NeoX RoPE, GQA projections with
+//! optional q/k norm and qkv bias, SwiGLU MLP.
+
+use burn::{
+    module::{Module, Param},
+    nn::Linear,
+    tensor::{FloatDType, Tensor, TensorData, backend::Backend},
+};
+
+use crate::config::RopeScaling;
+
+/// RMSNorm `w * x * rsqrt(mean(x^2) + eps)`, computed in fp32 and cast back before the weight
+/// (as the Qwen and LLaMA references do).
+#[derive(Module, Debug)]
+pub struct RmsNorm<B: Backend> {
+    /// Per-channel gain.
+    pub weight: Param<Tensor<B, 1>>,
+    /// Epsilon.
+    #[module(skip)]
+    pub eps: f64,
+}
+
+impl<B: Backend> RmsNorm<B> {
+    /// Normalises the last dimension.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let dtype = x.dtype();
+        let x32 = x.cast(FloatDType::F32);
+        let rms = (x32.clone() * x32.clone())
+            .mean_dim(D - 1)
+            .add_scalar(self.eps)
+            .sqrt()
+            .recip();
+        let normed = (x32 * rms).cast(dtype);
+        let w = self.weight.val();
+        let shape: [usize; D] = core::array::from_fn(|i| if i == D - 1 { w.dims()[0] } else { 1 });
+        normed * w.reshape(shape)
+    }
+}
+
+/// NeoX-style rotary embedding: `x * cos + rotate_half(x) * sin`, `cos`/`sin` of
+/// `cat(freqs, freqs)` at absolute positions `start..start + seq`.
+pub fn apply_rope<B: Backend>(
+    x: Tensor<B, 4>,
+    start: usize,
+    theta: f64,
+    scaling: Option<&RopeScaling>,
+) -> Tensor<B, 4> {
+    let [_, _, s, d] = x.dims();
+    let half = d / 2;
+    let position_scale = match scaling {
+        Some(RopeScaling::Linear(f)) => 1.0 / f,
+        None => 1.0,
+    };
+    let mut cos = Vec::with_capacity(s * d);
+    let mut sin = Vec::with_capacity(s * d);
+    for p in start..start + s {
+        let pos = p as f64 * position_scale;
+        // cat(freqs, freqs): the same frequencies for both halves.
+        for _ in 0..2 {
+            for i in 0..half {
+                let inv_freq = 1.0 / theta.powf(2.0 * i as f64 / d as f64);
+                cos.push((pos * inv_freq).cos() as f32);
+                sin.push((pos * inv_freq).sin() as f32);
+            }
+        }
+    }
+    let device = x.device();
+    let dtype = x.dtype();
+    let cos = Tensor::<B, 2>::from_data(TensorData::new(cos, [s, d]), &device)
+        .cast(dtype)
+        .reshape([1, 1, s, d]);
+    let sin = Tensor::<B, 2>::from_data(TensorData::new(sin, [s, d]), &device)
+        .cast(dtype)
+        .reshape([1, 1, s, d]);
+    let x1 = x.clone().narrow(3, 0, half);
+    let x2 = x.clone().narrow(3, half, half);
+    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+    x * cos + rotated * sin
+}
+
+/// The attention projections of one layer (the attention itself is the caller's).
+#[derive(Module, Debug)]
+pub struct AttentionProj<B: Backend> {
+    /// Query projection `hidden -> heads * head_dim`.
+    pub q: Linear<B>,
+    /// Key projection `hidden -> kv_heads * head_dim`.
+    pub k: Linear<B>,
+    /// Value projection `hidden -> kv_heads * head_dim`.
+    pub v: Linear<B>,
+    /// Output projection `heads * head_dim -> hidden`.
+    pub o: Linear<B>,
+    /// Per-head RMSNorm of q before RoPE (Qwen3).
+    pub q_norm: Option<RmsNorm<B>>,
+    /// Per-head RMSNorm of k before RoPE (Qwen3).
+    pub k_norm: Option<RmsNorm<B>>,
+    /// Query heads.
+    #[module(skip)]
+    pub heads: usize,
+    /// Key/value heads.
+    #[module(skip)]
+    pub kv_heads: usize,
+    /// Channels per head.
+    #[module(skip)]
+    pub head_dim: usize,
+}
+
+impl<B: Backend> AttentionProj<B> {
+    /// q `[b, heads, s, d]`, k and v `[b, kv_heads, s, d]`, q and k normed (if the family does)
+    /// and rotated for positions `start..start + s`.
+    pub fn qkv(
+        &self,
+        x: Tensor<B, 3>,
+        start: usize,
+        theta: f64,
+        scaling: Option<&RopeScaling>,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+        let [b, s, _] = x.dims();
+        let split =
+            |t: Tensor<B, 3>, heads: usize| t.reshape([b, s, heads, self.head_dim]).swap_dims(1, 2);
+        let mut q = split(self.q.forward(x.clone()), self.heads);
+        let mut k = split(self.k.forward(x.clone()), self.kv_heads);
+        let v = split(self.v.forward(x), self.kv_heads);
+        if let Some(norm) = &self.q_norm {
+            q = norm.forward(q);
+        }
+        if let Some(norm) = &self.k_norm {
+            k = norm.forward(k);
+        }
+        (
+            apply_rope(q, start, theta, scaling),
+            apply_rope(k, start, theta, scaling),
+            v,
+        )
+    }
+
+    /// Output projection of the attention result `[b, heads, s, d]`.
+    pub fn out(&self, attn: Tensor<B, 4>) -> Tensor<B, 3> {
+        let [b, h, s, d] = attn.dims();
+        self.o.forward(attn.swap_dims(1, 2).reshape([b, s, h * d]))
+    }
+}
+
+/// SwiGLU MLP `down(silu(gate(x)) * up(x))`.
+#[derive(Module, Debug)]
+pub struct Mlp<B: Backend> {
+    /// Gate projection.
+    pub gate: Linear<B>,
+    /// Up projection.
+    pub up: Linear<B>,
+    /// Down projection.
+    pub down: Linear<B>,
+}
+
+impl<B: Backend> Mlp<B> {
+    /// Applies the MLP.
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let gate = burn::tensor::activation::silu(self.gate.forward(x.clone()));
+        self.down.forward(gate * self.up.forward(x))
+    }
+}
+
+/// One pre-norm decoder layer.
+#[derive(Module, Debug)]
+pub struct DecoderLayer<B: Backend> {
+    /// Norm before attention.
+    pub attn_norm: RmsNorm<B>,
+    /// Attention projections.
+    pub attn: AttentionProj<B>,
+    /// Norm before the MLP.
+    pub mlp_norm: RmsNorm<B>,
+    /// The MLP.
+    pub mlp: Mlp<B>,
+}

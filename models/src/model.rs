@@ -1,0 +1,309 @@
+//! The decoder stack of every family, its KV cache, and its three forward modes:
+//! - [`DlmModel::forward_full`]: a whole sequence with the family's mask (reference checks);
+//! - [`DlmModel::prefill`]: complete prompt blocks against the cache, storing their K/V;
+//! - [`DlmModel::forward_block`]: one block against the cache through the `losa-attention`
+//!   entry (the model config's [`AttentionMode`]), storing its K/V or not (the commit pass).
+
+use burn::{
+    module::{Module, Param},
+    nn::Linear,
+    tensor::{Bool, FloatDType, Int, Tensor, TensorData, backend::Backend},
+};
+use losa_attention::{AttentionMode, LayerState, LosaBackend, PrefixKv, StepStats, attend};
+
+use crate::{
+    config::ModelConfig,
+    error::{LoadError, Result},
+    layers::{DecoderLayer, RmsNorm},
+};
+
+/// Per-layer prefix KV caches (with the page bounds LoSA and Quest need).
+#[derive(Debug, Clone)]
+pub struct KvCache<B: Backend> {
+    layers: Vec<PrefixKv<B>>,
+}
+
+impl<B: LosaBackend> KvCache<B> {
+    /// Tokens cached (the same in every layer).
+    pub fn len(&self) -> usize {
+        self.layers.first().map_or(0, PrefixKv::len)
+    }
+
+    /// True when nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The cache of one layer.
+    pub fn layer(&self, layer: usize) -> &PrefixKv<B> {
+        &self.layers[layer]
+    }
+}
+
+/// Per-layer LoSA states of the block being denoised.
+#[derive(Debug, Clone)]
+pub struct BlockState<B: Backend> {
+    layers: Vec<LayerState<B>>,
+}
+
+impl<B: Backend> BlockState<B> {
+    /// Resets every layer (the next step is step 0 of a new block).
+    pub fn reset(&mut self) {
+        self.layers.iter_mut().for_each(LayerState::reset);
+    }
+}
+
+/// A block-wise diffusion LM: embedding, decoder layers, final norm and LM head.
+#[derive(Module, Debug)]
+pub struct DlmModel<B: Backend> {
+    /// Token embedding `[vocab, hidden]`.
+    pub embed: Param<Tensor<B, 2>>,
+    /// Decoder layers.
+    pub layers: Vec<DecoderLayer<B>>,
+    /// Final norm.
+    pub norm: RmsNorm<B>,
+    /// LM head (`None` when tied to the embedding).
+    pub lm_head: Option<Linear<B>>,
+    /// Architecture and decoding facts.
+    #[module(skip)]
+    pub config: ModelConfig,
+}
+
+/// How the attention of a forward pass sees keys.
+enum Keys<'a, B: Backend> {
+    /// The tokens themselves (and the cache, all visible) with the family mask among the new
+    /// tokens; stores their K/V when a cache is given.
+    Masked(Option<&'a mut KvCache<B>>),
+    /// The `losa-attention` entry against the cache.
+    Step {
+        cache: &'a mut KvCache<B>,
+        state: &'a mut BlockState<B>,
+        store: bool,
+    },
+}
+
+impl<B: LosaBackend> DlmModel<B> {
+    /// The model's configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Changes the prefix attention of the denoising steps (dense, Quest or LoSA).
+    pub fn with_attention(mut self, mode: AttentionMode) -> Self {
+        self.config.attention = mode;
+        self
+    }
+
+    /// An empty KV cache sized for this model and its attention mode.
+    pub fn new_cache(&self) -> Result<KvCache<B>> {
+        let page = self.config.attention.page_size();
+        let layers = (0..self.config.num_layers)
+            .map(|_| PrefixKv::new(page, self.config.max_positions))
+            .collect::<core::result::Result<_, _>>()?;
+        Ok(KvCache { layers })
+    }
+
+    /// Fresh per-layer states for a new block.
+    pub fn new_block_state(&self) -> BlockState<B> {
+        BlockState {
+            layers: (0..self.config.num_layers)
+                .map(|_| LayerState::new())
+                .collect(),
+        }
+    }
+
+    fn ids_tensor(&self, ids: &[Vec<u32>], start: usize) -> Result<Tensor<B, 2, Int>> {
+        let rows = ids.len();
+        let len = ids.first().map_or(0, Vec::len);
+        if rows == 0 || len == 0 {
+            return Err(LoadError::BadInput("empty token batch".into()));
+        }
+        if ids.iter().any(|r| r.len() != len) {
+            return Err(LoadError::BadInput(
+                "token rows of different lengths".into(),
+            ));
+        }
+        if let Some(bad) = ids
+            .iter()
+            .flatten()
+            .find(|&&t| t as usize >= self.config.vocab_size)
+        {
+            return Err(LoadError::BadInput(format!(
+                "token id {bad} outside the vocabulary of {}",
+                self.config.vocab_size
+            )));
+        }
+        if start + len > self.config.max_positions {
+            return Err(LoadError::BadInput(format!(
+                "positions {start}..{} exceed the model's {} positions",
+                start + len,
+                self.config.max_positions
+            )));
+        }
+        let flat: Vec<i64> = ids.iter().flatten().map(|&t| t as i64).collect();
+        let device = self.embed.val().device();
+        Ok(Tensor::from_data(
+            TensorData::new(flat, [rows, len]),
+            &device,
+        ))
+    }
+
+    /// Logits `[batch, seq, vocab]` of a whole sequence from position 0 with the family's mask
+    /// (block-causal with the config's block size, or bidirectional). No cache.
+    pub fn forward_full(&self, ids: &[Vec<u32>]) -> Result<Tensor<B, 3>> {
+        self.run(ids, 0, Keys::Masked(None)).map(|(l, _)| l)
+    }
+
+    /// Runs prompt tokens (starting at a block boundary, after what the cache holds) with the
+    /// family's mask against the cache, and stores their K/V. Returns their logits.
+    pub fn prefill(&self, ids: &[Vec<u32>], cache: &mut KvCache<B>) -> Result<Tensor<B, 3>> {
+        let start = cache.len();
+        self.run(ids, start, Keys::Masked(Some(cache)))
+            .map(|(l, _)| l)
+    }
+
+    /// One denoising step of the current block (positions after the cache): every block token
+    /// attends to the whole cache and bidirectionally to the block, through the configured
+    /// attention mode. With `store`, the block's K/V are appended afterwards (the commit pass).
+    /// Returns the logits `[batch, block, vocab]` and each layer's attention measures.
+    pub fn forward_block(
+        &self,
+        ids: &[Vec<u32>],
+        cache: &mut KvCache<B>,
+        state: &mut BlockState<B>,
+        store: bool,
+    ) -> Result<(Tensor<B, 3>, Vec<StepStats<B>>)> {
+        let start = cache.len();
+        self.run(
+            ids,
+            start,
+            Keys::Step {
+                cache,
+                state,
+                store,
+            },
+        )
+    }
+
+    fn run(
+        &self,
+        ids: &[Vec<u32>],
+        start: usize,
+        mut keys: Keys<'_, B>,
+    ) -> Result<(Tensor<B, 3>, Vec<StepStats<B>>)> {
+        let ids = self.ids_tensor(ids, start)?;
+        let [b, s] = ids.dims();
+        let c = &self.config;
+        let embed = self.embed.val();
+        let mut x = embed
+            .clone()
+            .select(0, ids.reshape([b * s]))
+            .reshape([b, s, c.hidden_size]);
+        let scale = 1.0 / (c.head_dim as f32).sqrt();
+        let mut stats = Vec::new();
+        for (l, layer) in self.layers.iter().enumerate() {
+            let h = layer.attn_norm.forward(x.clone());
+            let (q, k, v) = layer
+                .attn
+                .qkv(h, start, c.rope_theta, c.rope_scaling.as_ref());
+            let attn = match &mut keys {
+                Keys::Masked(cache) => {
+                    // This layer's cached prefix, as it was before this pass stored anything.
+                    let prefix = cache
+                        .as_deref()
+                        .and_then(|c| Some((c.layer(l).keys()?, c.layer(l).values()?)));
+                    let (k_all, v_all) = match prefix {
+                        Some((pk, pv)) => (
+                            Tensor::cat(vec![pk, k.clone()], 2),
+                            Tensor::cat(vec![pv, v.clone()], 2),
+                        ),
+                        None => (k.clone(), v.clone()),
+                    };
+                    let out = masked_attention(q, k_all, v_all, start, self.mask_block(), scale);
+                    if let Some(cache) = cache.as_deref_mut() {
+                        cache.layers[l].append(k, v)?;
+                    }
+                    out
+                }
+                Keys::Step {
+                    cache,
+                    state,
+                    store,
+                } => {
+                    let mode = c.attention.for_layer(l);
+                    let (out, st) = attend(
+                        &mode,
+                        &mut state.layers[l],
+                        q,
+                        k.clone(),
+                        v.clone(),
+                        &cache.layers[l],
+                        scale,
+                    )?;
+                    if *store {
+                        cache.layers[l].append(k, v)?;
+                    }
+                    stats.push(st);
+                    out
+                }
+            };
+            x = x + layer.attn.out(attn);
+            x = x.clone() + layer.mlp.forward(layer.mlp_norm.forward(x));
+        }
+        let x = self.norm.forward(x);
+        let logits = match &self.lm_head {
+            Some(head) => head.forward(x),
+            None => x.matmul(embed.transpose().unsqueeze_dim(0)),
+        };
+        Ok((logits, stats))
+    }
+
+    /// Block size of the family mask among new tokens (`None`: bidirectional).
+    fn mask_block(&self) -> Option<usize> {
+        self.config
+            .family
+            .block_causal()
+            .then_some(self.config.block_size)
+    }
+}
+
+/// Attention of new tokens (absolute positions `start..start + s`) over `[cached ; new]` keys:
+/// every cached key is visible; among new tokens, a key is visible when its block is not after
+/// the query's (block-causal) or always (bidirectional). Softmax in fp32.
+fn masked_attention<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    start: usize,
+    block: Option<usize>,
+    scale: f32,
+) -> Tensor<B, 4> {
+    let [b, hq, s, d] = q.dims();
+    let [_, hkv, n, _] = k.dims();
+    let g = hq / hkv;
+    let dtype = q.dtype();
+    let cached = n - s;
+    let device = q.device();
+    let q = q.cast(FloatDType::F32).reshape([b, hkv, g * s, d]);
+    let mut scores = q
+        .matmul(k.cast(FloatDType::F32).swap_dims(2, 3))
+        .mul_scalar(scale);
+    if let Some(block) = block {
+        let hidden: Vec<bool> = (0..s)
+            .flat_map(|i| {
+                (0..n)
+                    .map(move |j| j >= cached && (start + j - cached) / block > (start + i) / block)
+            })
+            .collect();
+        let hidden = Tensor::<B, 2, Bool>::from_data(TensorData::new(hidden, [s, n]), &device)
+            .reshape([1, 1, 1, s, n])
+            .expand([b, hkv, g, s, n])
+            .reshape([b, hkv, g * s, n]);
+        scores = scores.mask_fill(hidden, f32::NEG_INFINITY);
+    }
+    let probs = burn::tensor::activation::softmax(scores, 3);
+    probs
+        .matmul(v.cast(FloatDType::F32))
+        .reshape([b, hq, s, d])
+        .cast(dtype)
+}
