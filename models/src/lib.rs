@@ -34,6 +34,7 @@
 //! - [`loader`]: validation (missing / unused / mis-shaped tensors) and module construction.
 //! - [`layers`]: RMSNorm, NeoX RoPE, attention projections, SwiGLU MLP, decoder layer.
 //! - [`model`]: [`DlmModel`], its KV cache and the full / prefill / block forward modes.
+//! - [`tokenizer`]: `tokenizer.json` or `vocab.json` + `merges.txt`, and the chat template.
 
 pub mod config;
 pub mod error;
@@ -42,9 +43,11 @@ pub mod keymap;
 pub mod layers;
 pub mod loader;
 pub mod model;
+pub mod tokenizer;
 mod weights;
 
 pub use config::{Family, ModelConfig, RopeScaling};
 pub use error::{LoadError, Result};
 pub use loader::{load, load_config};
 pub use model::{BlockState, DlmModel, KvCache};
+pub use tokenizer::{ChatMessage, Tokenizer};
