@@ -105,7 +105,7 @@ fn every_family_matches_the_reference_logits() {
         let m = model(name);
         assert_eq!(m.config().family, family, "{name}");
         let r = reference(&fixture(name));
-        let full = host(&m.forward_full(&[r.ids.clone()]).unwrap());
+        let full = host(&m.forward_full(std::slice::from_ref(&r.ids)).unwrap());
         assert_close(&format!("{name} full forward"), &full, &r.full, 1e-4, 1e-4);
         assert_close(
             &format!("{name} block step"),

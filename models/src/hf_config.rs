@@ -128,7 +128,7 @@ pub fn model_config(json: &Value) -> Result<ModelConfig> {
                 c.n_layers,
                 heads,
                 c.n_kv_heads.unwrap_or(heads),
-                if heads == 0 { 0 } else { c.d_model / heads },
+                c.d_model.checked_div(heads).unwrap_or(0),
                 c.rms_norm_eps,
                 c.rope_theta,
                 c.max_sequence_length,
@@ -170,7 +170,7 @@ pub fn model_config(json: &Value) -> Result<ModelConfig> {
                 heads,
                 c.num_key_value_heads.unwrap_or(heads),
                 c.head_dim
-                    .unwrap_or(if heads == 0 { 0 } else { c.hidden_size / heads }),
+                    .unwrap_or(c.hidden_size.checked_div(heads).unwrap_or(0)),
                 c.rms_norm_eps,
                 theta,
                 c.max_position_embeddings,

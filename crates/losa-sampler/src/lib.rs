@@ -1,0 +1,20 @@
+//! # losa-sampler
+//!
+//! The block-wise denoising schedule of block diffusion LMs, with the per-layer LoSA state
+//! lifecycle (reset at step 0 of each block, dropped at the commit) and per-step telemetry.
+//!
+//! ## Modules
+//! - [`config`]: [`SamplerConfig`] (steps, policy, threshold, sampling knobs, stop ids).
+//! - [`policy`]: one file per remasking policy.
+//! - `predict`: greedy (on device) or temperature / top-k / top-p sampling (seeded).
+//! - [`generate`]: the SDAR / TraDo block loop and the [`Generation`] result.
+
+pub mod config;
+pub mod error;
+pub mod generate;
+pub mod policy;
+mod predict;
+
+pub use config::{Policy, SamplerConfig};
+pub use error::SamplerError;
+pub use generate::{BlockTelemetry, Generation, StepTelemetry, generate};

@@ -1,0 +1,21 @@
+//! Remasking policies: which masked positions of the block take their predicted token at a step.
+//! One file per policy, as published with SDAR / TraDo.
+
+mod entropy_bounded;
+mod low_confidence_dynamic;
+mod low_confidence_static;
+mod sequential;
+
+pub use entropy_bounded::entropy_bounded;
+pub use low_confidence_dynamic::low_confidence_dynamic;
+pub use low_confidence_static::low_confidence_static;
+pub use sequential::sequential;
+
+/// Indices of the `k` largest confidences among `candidates` (largest first; ties to the lower
+/// position, as a stable sort gives).
+pub(crate) fn top_k(candidates: &[usize], confidence: &[f32], k: usize) -> Vec<usize> {
+    let mut order = candidates.to_vec();
+    order.sort_by(|&a, &b| confidence[b].total_cmp(&confidence[a]));
+    order.truncate(k);
+    order
+}
