@@ -87,19 +87,31 @@ impl SamplerConfig {
             return bad("block size must be at least 1".into());
         }
         if self.steps == 0 || self.steps > block {
-            return bad(format!("steps must be between 1 and the block size {block}, got {}", self.steps));
+            return bad(format!(
+                "steps must be between 1 and the block size {block}, got {}",
+                self.steps
+            ));
         }
         if !(0.0..=1.0).contains(&self.threshold) {
-            return bad(format!("threshold must be within [0, 1], got {}", self.threshold));
+            return bad(format!(
+                "threshold must be within [0, 1], got {}",
+                self.threshold
+            ));
         }
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
-            return bad(format!("temperature must be a non-negative number, got {}", self.temperature));
+            return bad(format!(
+                "temperature must be a non-negative number, got {}",
+                self.temperature
+            ));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return bad(format!("top_p must be within (0, 1], got {}", self.top_p));
         }
         if !(self.entropy_bound.is_finite() && self.entropy_bound >= 0.0) {
-            return bad(format!("entropy bound must be a non-negative number, got {}", self.entropy_bound));
+            return bad(format!(
+                "entropy bound must be a non-negative number, got {}",
+                self.entropy_bound
+            ));
         }
         if self.max_new_tokens == 0 {
             return bad("max_new_tokens must be at least 1".into());
@@ -109,6 +121,8 @@ impl SamplerConfig {
 
     /// Tokens each step must commit: `block / steps`, plus one for the first `block % steps`.
     pub fn quotas(&self, block: usize) -> Vec<usize> {
-        (0..self.steps).map(|s| block / self.steps + usize::from(s < block % self.steps)).collect()
+        (0..self.steps)
+            .map(|s| block / self.steps + usize::from(s < block % self.steps))
+            .collect()
     }
 }

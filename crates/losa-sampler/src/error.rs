@@ -12,7 +12,9 @@ pub enum SamplerError {
     #[error("the prompt is empty")]
     EmptyPrompt,
     /// Prompt plus generation exceed the model's positions.
-    #[error("prompt ({prompt} tokens) plus {new} new tokens, block-aligned to {needed}, exceed the model's {max} positions")]
+    #[error(
+        "prompt ({prompt} tokens) plus {new} new tokens, block-aligned to {needed}, exceed the model's {max} positions"
+    )]
     TooLong {
         /// Prompt tokens.
         prompt: usize,

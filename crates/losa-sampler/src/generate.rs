@@ -89,14 +89,23 @@ pub fn generate<B: LosaBackend>(
     let num_blocks = (p + cfg.max_new_tokens).div_ceil(block);
     let total = num_blocks * block;
     if total > mc.max_positions {
-        return Err(SamplerError::TooLong { prompt: p, new: cfg.max_new_tokens, needed: total, max: mc.max_positions });
+        return Err(SamplerError::TooLong {
+            prompt: p,
+            new: cfg.max_new_tokens,
+            needed: total,
+            max: mc.max_positions,
+        });
     }
     let mask = mc.mask_token_id;
     let stops = cfg.stop_ids.clone().unwrap_or_else(|| mc.stop_ids.clone());
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     let start = Instant::now();
 
-    let mut x: Vec<u32> = prompt.iter().copied().chain(std::iter::repeat_n(mask, total - p)).collect();
+    let mut x: Vec<u32> = prompt
+        .iter()
+        .copied()
+        .chain(std::iter::repeat_n(mask, total - p))
+        .collect();
     let prefill_blocks = p / block;
     let mut cache = model.new_cache()?;
     // Prefill in chunks of whole blocks so the masked attention stays bounded in memory.
@@ -126,17 +135,34 @@ pub fn generate<B: LosaBackend>(
                 break;
             }
             let step_start = Instant::now();
-            let (logits, stats) = model.forward_block(&[cur.clone()], &mut cache, &mut state, false)?;
+            let (logits, stats) =
+                model.forward_block(&[cur.clone()], &mut cache, &mut state, false)?;
             let vocab = mc.vocab_size;
-            let preds = predict(logits.reshape([block, vocab]), cfg, cfg.policy == Policy::EntropyBounded, &mut rng);
-            let quota = quotas.get(step).copied().unwrap_or(masked.len()).min(masked.len());
+            let preds = predict(
+                logits.reshape([block, vocab]),
+                cfg,
+                cfg.policy == Policy::EntropyBounded,
+                &mut rng,
+            );
+            let quota = quotas
+                .get(step)
+                .copied()
+                .unwrap_or(masked.len())
+                .min(masked.len());
             let chosen = match cfg.policy {
-                Policy::LowConfidenceDynamic => policy::low_confidence_dynamic(&masked, &preds.confidence, quota, cfg.threshold),
-                Policy::LowConfidenceStatic => policy::low_confidence_static(&masked, &preds.confidence, quota),
-                Policy::Sequential => policy::sequential(&masked, block, quota),
-                Policy::EntropyBounded => {
-                    policy::entropy_bounded(&masked, preds.entropy.as_deref().expect("requested"), quota, cfg.entropy_bound)
+                Policy::LowConfidenceDynamic => {
+                    policy::low_confidence_dynamic(&masked, &preds.confidence, quota, cfg.threshold)
                 }
+                Policy::LowConfidenceStatic => {
+                    policy::low_confidence_static(&masked, &preds.confidence, quota)
+                }
+                Policy::Sequential => policy::sequential(&masked, block, quota),
+                Policy::EntropyBounded => policy::entropy_bounded(
+                    &masked,
+                    preds.entropy.as_deref().expect("requested"),
+                    quota,
+                    cfg.entropy_bound,
+                ),
             };
             for &i in &chosen {
                 cur[i] = preds.tokens[i];
@@ -146,16 +172,26 @@ pub fn generate<B: LosaBackend>(
                 let densities: Vec<f64> = stats.iter().filter_map(|s| s.density()).collect();
                 (
                     stats.iter().map(|s| s.active_ratio()).sum::<f64>() / n,
-                    (!densities.is_empty()).then(|| densities.iter().sum::<f64>() / densities.len() as f64),
+                    (!densities.is_empty())
+                        .then(|| densities.iter().sum::<f64>() / densities.len() as f64),
                 )
             } else {
                 (f64::NAN, None)
             };
-            steps.push(StepTelemetry { committed: chosen.len(), active_ratio, density, ms: step_start.elapsed().as_secs_f64() * 1e3 });
+            steps.push(StepTelemetry {
+                committed: chosen.len(),
+                active_ratio,
+                density,
+                ms: step_start.elapsed().as_secs_f64() * 1e3,
+            });
         }
         x[range].copy_from_slice(&cur);
         on_block(&cur);
-        blocks.push(BlockTelemetry { index: b, steps, ms: block_start.elapsed().as_secs_f64() * 1e3 });
+        blocks.push(BlockTelemetry {
+            index: b,
+            steps,
+            ms: block_start.elapsed().as_secs_f64() * 1e3,
+        });
         if x[p..].iter().any(|t| stops.contains(t)) {
             break;
         }
@@ -169,7 +205,11 @@ pub fn generate<B: LosaBackend>(
     Ok(Generation {
         tokens,
         stopped: stop_at.is_some(),
-        tokens_per_s: if decode_s > 0.0 { canvas.len() as f64 / decode_s } else { 0.0 },
+        tokens_per_s: if decode_s > 0.0 {
+            canvas.len() as f64 / decode_s
+        } else {
+            0.0
+        },
         canvas,
         blocks,
         prefill_ms,

@@ -27,18 +27,37 @@ fn host(t: Tensor<impl Backend, 1>) -> Vec<f32> {
 }
 
 /// Predictions for the rows of `logits` `[rows, vocab]`.
-pub fn predict<B: Backend>(logits: Tensor<B, 2>, cfg: &SamplerConfig, need_entropy: bool, rng: &mut StdRng) -> Predictions {
+pub fn predict<B: Backend>(
+    logits: Tensor<B, 2>,
+    cfg: &SamplerConfig,
+    need_entropy: bool,
+    rng: &mut StdRng,
+) -> Predictions {
     let [rows, vocab] = logits.dims();
     let logits = logits.cast(FloatDType::F32);
     let entropy = need_entropy.then(|| {
         let p = burn::tensor::activation::softmax(logits.clone(), 1);
-        host((p.clone() * p.clamp_min(1e-12).log()).sum_dim(1).neg().reshape([rows]))
+        host(
+            (p.clone() * p.clamp_min(1e-12).log())
+                .sum_dim(1)
+                .neg()
+                .reshape([rows]),
+        )
     });
     if cfg.temperature == 0.0 {
         let probs = burn::tensor::activation::softmax(logits, 1);
         let (p, idx) = probs.max_dim_with_indices(1);
-        let tokens = idx.reshape([rows]).into_data().convert::<i64>().to_vec::<i64>().expect("ids");
-        return Predictions { tokens: tokens.into_iter().map(|t| t as u32).collect(), confidence: host(p.reshape([rows])), entropy };
+        let tokens = idx
+            .reshape([rows])
+            .into_data()
+            .convert::<i64>()
+            .to_vec::<i64>()
+            .expect("ids");
+        return Predictions {
+            tokens: tokens.into_iter().map(|t| t as u32).collect(),
+            confidence: host(p.reshape([rows])),
+            entropy,
+        };
     }
     let all = host(logits.reshape([rows * vocab]));
     let mut tokens = Vec::with_capacity(rows);
@@ -48,7 +67,11 @@ pub fn predict<B: Backend>(logits: Tensor<B, 2>, cfg: &SamplerConfig, need_entro
         tokens.push(t);
         confidence.push(p);
     }
-    Predictions { tokens, confidence, entropy }
+    Predictions {
+        tokens,
+        confidence,
+        entropy,
+    }
 }
 
 /// Temperature, top-k, top-p, softmax, one draw.
@@ -59,7 +82,10 @@ fn sample_row(row: &[f32], cfg: &SamplerConfig, rng: &mut StdRng) -> (u32, f32) 
         order.truncate(cfg.top_k);
     }
     let max = row[order[0]] / cfg.temperature;
-    let mut weights: Vec<f64> = order.iter().map(|&i| ((row[i] / cfg.temperature - max) as f64).exp()).collect();
+    let mut weights: Vec<f64> = order
+        .iter()
+        .map(|&i| ((row[i] / cfg.temperature - max) as f64).exp())
+        .collect();
     if cfg.top_p < 1.0 {
         let total: f64 = weights.iter().sum();
         let mut cumulative = 0.0;
