@@ -82,19 +82,30 @@ fn page_scores_kernel<F: Float>(
     scores[pos] = u;
 }
 
-/// One unit per (batch, head, row): the `k`-th largest score counted with multiplicity.
+/// Units of the threshold kernel's cube (a power of two: the reductions halve it).
+const THRESHOLD_UNITS: usize = 128;
+
+/// One cube per (batch, head, row): the `k`-th largest score counted with multiplicity.
 ///
-/// Walks the distinct values from the top, adding their multiplicities until `k` are covered:
-/// `k` passes over the pages at most, no sort and no extra memory.
+/// Walks the distinct values from the top, adding their multiplicities until `k` are covered;
+/// each pass is a cube-wide max and a cube-wide count over the row's pages, so a pass costs
+/// `pages / units + log2(units)` steps per unit, no sort and no extra global memory.
 #[cube(launch)]
 #[allow(clippy::manual_div_ceil, clippy::manual_is_multiple_of)]
-fn threshold_kernel(scores: &Tensor<f32>, threshold: &mut Tensor<f32>, k: usize) {
-    let row = ABSOLUTE_POS;
-    if row >= threshold.len() {
-        terminate!();
-    }
+fn threshold_kernel(
+    scores: &Tensor<f32>,
+    threshold: &mut Tensor<f32>,
+    k: usize,
+    #[comptime] units: usize,
+) {
+    let row = CUBE_POS_X as usize + CUBE_POS_Y as usize * CUBE_COUNT_X as usize;
+    let unit = UNIT_POS_X as usize;
     let np = scores.shape(3);
+    let rows = threshold.len();
+    let valid_row = row < rows;
     let base = row * np;
+    let mut best_shared = SharedMemory::<f32>::new(units);
+    let mut count_shared = SharedMemory::<u32>::new(units);
     let mut below = 0.0f32.runtime();
     let mut bounded = false.runtime();
     let mut covered = 0usize.runtime();
@@ -102,25 +113,53 @@ fn threshold_kernel(scores: &Tensor<f32>, threshold: &mut Tensor<f32>, k: usize)
     let mut searching = true.runtime();
     while searching {
         let mut best = NEG_SENTINEL.runtime();
-        let mut found = false.runtime();
-        for p in 0..np {
-            let x = scores[base + p];
-            let under = !bounded || x < below;
-            if under && (!found || x > best) {
-                best = x;
-                found = true;
+        if valid_row {
+            let mut p = unit;
+            while p < np {
+                let x = scores[base + p];
+                if (!bounded || x < below) && x > best {
+                    best = x;
+                }
+                p += units;
             }
         }
-        if found {
-            let mut ties = 0usize.runtime();
-            for p in 0..np {
-                if scores[base + p] == best {
-                    ties += 1;
-                }
+        best_shared[unit] = best;
+        sync_cube();
+        let mut stride = (units / 2).runtime();
+        while stride > 0 {
+            if unit < stride {
+                best_shared[unit] = max(best_shared[unit], best_shared[unit + stride]);
             }
-            covered += ties;
-            result = best;
-            below = best;
+            sync_cube();
+            stride /= 2;
+        }
+        let top = best_shared[0];
+        let mut ties = 0u32.runtime();
+        if valid_row {
+            let mut p = unit;
+            while p < np {
+                if scores[base + p] == top {
+                    ties += 1u32;
+                }
+                p += units;
+            }
+        }
+        count_shared[unit] = ties;
+        sync_cube();
+        let mut stride = (units / 2).runtime();
+        while stride > 0 {
+            if unit < stride {
+                count_shared[unit] = count_shared[unit] + count_shared[unit + stride];
+            }
+            sync_cube();
+            stride /= 2;
+        }
+        let total = count_shared[0] as usize;
+        // Every unit read the same shared values, so the loop condition stays uniform.
+        if top > NEG_SENTINEL && total > 0 {
+            covered += total;
+            result = top;
+            below = top;
             bounded = true;
             if covered >= k {
                 searching = false;
@@ -128,8 +167,11 @@ fn threshold_kernel(scores: &Tensor<f32>, threshold: &mut Tensor<f32>, k: usize)
         } else {
             searching = false;
         }
+        sync_cube();
     }
-    threshold[row] = result;
+    if valid_row && unit == 0 {
+        threshold[row] = result;
+    }
 }
 
 /// One unit per (batch, KV head, page): is the page at or above the threshold of any packed row
@@ -251,14 +293,17 @@ pub(crate) fn select_pages<R: CubeRuntime>(
         Shape::new([b * hq * s]),
         DType::F32,
     );
-    let (count, dim) = elemwise_count(&client, b * hq * s);
+    // One cube per row, spread over two grid dimensions (each is limited to 65,535).
+    let rows = b * hq * s;
+    let (x, y) = (rows.min(65_535), rows.div_ceil(65_535));
     threshold_kernel::launch::<R>(
         &client,
-        count,
-        dim,
+        CubeCount::Static(x as u32, y as u32, 1),
+        CubeDim::new_1d(THRESHOLD_UNITS as u32),
         scores.clone().into_tensor_arg(),
         threshold.clone().into_tensor_arg(),
         pages_per_query,
+        THRESHOLD_UNITS,
     );
     let mask = empty_device_contiguous_dtype::<R>(
         client.clone(),

@@ -82,10 +82,15 @@ pub fn select_pages<B: Backend>(
     } else if s == 0 {
         Tensor::<B, 3, Int>::zeros([b, kv_heads, np], &device)
     } else {
-        let threshold = scores
-            .clone()
-            .topk(pages_per_query, 3)
-            .narrow(3, pages_per_query - 1, 1);
+        // The k-th largest value, counted with multiplicity. Selection is discrete (no gradient
+        // flows through it); a sort is the one top-k that every backend implements, autodiff
+        // included (burn 0.21 leaves `topk` / `argtopk` out of several).
+        let threshold =
+            scores
+                .clone()
+                .detach()
+                .sort_descending(3)
+                .narrow(3, pages_per_query - 1, 1);
         let chosen = scores
             .greater_equal(threshold.expand([b, hq, s, np]))
             .int()
