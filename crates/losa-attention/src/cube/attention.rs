@@ -1,13 +1,16 @@
 //! Paged attention returning `(O, LSE)`: split-K over the keys, then a combine.
 //!
-//! One cube per (key chunk, KV head, batch × row group). Its units are the packed query rows of
-//! one KV head (all `g` query heads × all rows: GQA packing, so each K/V byte is read once per
-//! KV head). K/V tiles are staged in shared memory as fp32; a tile token whose page is not in the
-//! mask is neither loaded nor scored. Each unit keeps an online-softmax partial `(acc, m, l)` in
-//! fp32 and writes it; the combine kernel reduces the chunks per (row, channel) and writes `O` in
-//! the input dtype and `LSE` in fp32. A row that saw no key gets `O = 0`, `LSE = -inf`.
+//! A sparse call first compacts its page mask into a page list per (batch, KV head), so that
+//! the attention kernel visits only selected pages. The attention kernel runs one cube per
+//! (split, KV head, batch x row group); its units are the packed query rows of one KV head (all
+//! `g` query heads x all rows: GQA packing, so each K/V byte is read once per KV head). Split `c`
+//! takes pages `c, c + splits, c + 2 splits, ...` of the list (of all pages when dense, with the
+//! tile as the page), which balances the work whatever the selection. K/V tiles are staged in
+//! shared memory as fp32; each unit keeps an online-softmax partial `(acc, m, l)` in fp32 and
+//! writes it; the combine kernel reduces the splits per (row, channel) and writes `O` in the input
+//! dtype and `LSE` in fp32. A row that saw no key gets `O = 0`, `LSE = -inf`.
 //!
-//! Dense attention is the same kernel without a mask: one code path for dense prefix, block and
+//! Dense attention is the same kernel without a list: one code path for dense prefix, block and
 //! sparse attention.
 
 use burn::tensor::{DType, Shape};
@@ -25,21 +28,78 @@ const TILE_ELEMS: usize = 2048;
 const MAX_ROWS_PER_CUBE: usize = 128;
 /// Cubes the split over keys aims at (enough to fill a large GPU at batch 1).
 const TARGET_CUBES: usize = 264;
+/// Units of the page-list compaction cube (a power of two: the scan doubles its stride).
+const COMPACT_UNITS: usize = 256;
 
+/// One cube per (batch, KV head): the indices of the set pages, in order, and their count.
 #[cube(launch)]
 #[allow(clippy::manual_div_ceil, clippy::manual_is_multiple_of)]
+fn compact_pages<I: Int>(
+    mask: &Tensor<I>,
+    pages: &mut Tensor<u32>,
+    count: &mut Tensor<u32>,
+    #[comptime] units: usize,
+    #[define(I)] _dtype: StorageType,
+) {
+    let bk = CUBE_POS_X as usize + CUBE_POS_Y as usize * CUBE_COUNT_X as usize;
+    let unit = UNIT_POS_X as usize;
+    let np = mask.shape(2);
+    let valid_cube = bk < count.len();
+    let base = bk * np;
+    let mut scan = SharedMemory::<u32>::new(units);
+    let mut offset = 0u32.runtime();
+    let mut start = 0usize.runtime();
+    while start < np {
+        let p = start + unit;
+        let mut flag = 0u32.runtime();
+        // Nested on purpose: a kernel `&&` may evaluate both sides, and the read must be guarded.
+        #[allow(clippy::collapsible_if)]
+        if valid_cube && p < np {
+            if mask[base + p] != I::new(0) {
+                flag = 1u32;
+            }
+        }
+        scan[unit] = flag;
+        sync_cube();
+        // Hillis-Steele inclusive scan of the flags.
+        let mut stride = 1usize.runtime();
+        while stride < units {
+            let mut add = 0u32.runtime();
+            if unit >= stride {
+                add = scan[unit - stride];
+            }
+            sync_cube();
+            scan[unit] += add;
+            sync_cube();
+            stride *= 2;
+        }
+        if flag == 1u32 {
+            pages[base + (offset + scan[unit]) as usize - 1] = p as u32;
+        }
+        let total = scan[units - 1];
+        sync_cube();
+        offset += total;
+        start += units;
+    }
+    if valid_cube && unit == 0 {
+        count[bk] = offset;
+    }
+}
+
+#[cube(launch)]
 #[allow(clippy::too_many_arguments)]
-fn attention_partial<F: Float, I: Int>(
+#[allow(clippy::manual_div_ceil, clippy::manual_is_multiple_of)]
+fn attention_partial<F: Float>(
     q: &Tensor<F>,
     k: &Tensor<F>,
     v: &Tensor<F>,
-    mask: &Tensor<I>,
+    pages: &Tensor<u32>,
+    count: &Tensor<u32>,
     o_part: &mut Tensor<f32>,
     m_part: &mut Tensor<f32>,
     l_part: &mut Tensor<f32>,
     n: usize,
     page_size: usize,
-    chunk_tokens: usize,
     num_chunks: usize,
     row_groups: usize,
     scale: f32,
@@ -47,8 +107,8 @@ fn attention_partial<F: Float, I: Int>(
     #[comptime] group_rows: usize,
     #[comptime] rows_per_cube: usize,
     #[comptime] tile: usize,
-    #[comptime] masked: bool,
-    #[define(F, I)] _dtypes: [StorageType; 2],
+    #[comptime] listed: bool,
+    #[define(F)] _dtype: StorageType,
 ) {
     let chunk = CUBE_POS_X as usize;
     let kvh = CUBE_POS_Y as usize;
@@ -64,7 +124,11 @@ fn attention_partial<F: Float, I: Int>(
     let k_base = bi * k.stride(0) + kvh * k.stride(1);
     let v_base = bi * v.stride(0) + kvh * v.stride(1);
     let np = (n + page_size - 1) / page_size;
-    let mask_base = (bi * hkv + kvh) * np;
+    let list_base = (bi * hkv + kvh) * np;
+    let mut total = np;
+    if listed {
+        total = count[bi * hkv + kvh] as usize;
+    }
 
     let mut qreg = Array::<f32>::new(d);
     let mut acc = Array::<f32>::new(d);
@@ -82,44 +146,28 @@ fn attention_partial<F: Float, I: Int>(
 
     let mut k_tile = SharedMemory::<f32>::new(tile * d);
     let mut v_tile = SharedMemory::<f32>::new(tile * d);
-    let mut allowed = SharedMemory::<u32>::new(tile);
 
-    let start = chunk * chunk_tokens;
-    let end = min(start + chunk_tokens, n);
-    let mut t0 = start;
-    while t0 < end {
-        let mut f = unit;
-        while f < tile {
-            let j = t0 + f;
-            let mut ok = 0u32;
-            if j < end {
-                if masked {
-                    if mask[mask_base + j / page_size] != I::new(0) {
-                        ok = 1u32;
-                    }
-                } else {
-                    ok = 1u32;
-                }
-            }
-            allowed[f] = ok;
-            f += units;
+    let mut i = chunk;
+    while i < total {
+        let mut page = i;
+        if listed {
+            page = pages[list_base + i] as usize;
         }
-        sync_cube();
-        let mut e = unit;
-        while e < tile * d {
-            let tj = e / d;
-            if allowed[tj] == 1u32 {
+        let page_end = min(page * page_size + page_size, n);
+        let mut t0 = page * page_size;
+        while t0 < page_end {
+            let valid = min(tile, page_end - t0);
+            let mut e = unit;
+            while e < valid * d {
+                let j = t0 + e / d;
                 let c = e % d;
-                let j = t0 + tj;
                 k_tile[e] = f32::cast_from(k[k_base + j * k.stride(2) + c]);
                 v_tile[e] = f32::cast_from(v[v_base + j * v.stride(2) + c]);
+                e += units;
             }
-            e += units;
-        }
-        sync_cube();
-        if active {
-            for tj in 0..tile {
-                if allowed[tj] == 1u32 {
+            sync_cube();
+            if active {
+                for tj in 0..valid {
                     let mut dot = 0.0f32;
                     for c in 0..d {
                         dot += qreg[c] * k_tile[tj * d + c];
@@ -134,9 +182,10 @@ fn attention_partial<F: Float, I: Int>(
                     m = m_new;
                 }
             }
+            sync_cube();
+            t0 += tile;
         }
-        sync_cube();
-        t0 += tile;
+        i += num_chunks;
     }
     if active {
         let part = row * num_chunks + chunk;
@@ -192,7 +241,8 @@ fn attention_combine<F: Float>(
     }
 }
 
-/// Host side: validates nothing (the public ops did), picks the split, launches both kernels.
+/// Host side: validates nothing (the public ops did), compacts the mask, picks the split,
+/// launches the kernels.
 ///
 /// `q` `[b, hq, s, d]`, `k`/`v` `[b, hkv, n, d]` with unit stride on the channel, `mask`
 /// `[b, hkv, ceil(n / page)]` or `None`. Requires `n > 0` and `s > 0`.
@@ -202,7 +252,6 @@ pub(crate) fn attention<R: CubeRuntime>(
     v: CubeTensor<R>,
     mask: Option<(CubeTensor<R>, usize)>,
     scale: f32,
-    int_dtype: DType,
 ) -> (CubeTensor<R>, CubeTensor<R>) {
     let q = into_contiguous(q);
     let k = super::channel_contiguous(k);
@@ -213,10 +262,6 @@ pub(crate) fn attention<R: CubeRuntime>(
     let rows_per_cube = group_rows.min(MAX_ROWS_PER_CUBE);
     let row_groups = group_rows.div_ceil(rows_per_cube);
     let tile = (TILE_ELEMS / d).max(1);
-    let base_cubes = b * hkv * row_groups;
-    let num_chunks = TARGET_CUBES.div_ceil(base_cubes).clamp(1, n.div_ceil(tile));
-    let chunk_tokens = n.div_ceil(num_chunks).div_ceil(tile) * tile;
-    let num_chunks = n.div_ceil(chunk_tokens);
 
     let client = q.client.clone();
     let device = q.device.clone();
@@ -229,13 +274,41 @@ pub(crate) fn attention<R: CubeRuntime>(
             dtype,
         )
     };
+    let (listed, page_size, pages, count) = match mask {
+        Some((mask, page_size)) => {
+            let mask = into_contiguous(mask);
+            let np = n.div_ceil(page_size);
+            let pages = alloc(vec![b * hkv * np], DType::U32);
+            let count = alloc(vec![b * hkv], DType::U32);
+            let (x, y) = ((b * hkv).min(65_535), (b * hkv).div_ceil(65_535));
+            compact_pages::launch::<R>(
+                &client,
+                CubeCount::Static(x as u32, y as u32, 1),
+                CubeDim::new_1d(COMPACT_UNITS as u32),
+                mask.clone().into_tensor_arg(),
+                pages.clone().into_tensor_arg(),
+                count.clone().into_tensor_arg(),
+                COMPACT_UNITS,
+                mask.dtype.into(),
+            );
+            (true, page_size, pages, count)
+        }
+        // Dense: every tile is a "page" of the implicit full list.
+        None => (
+            false,
+            tile,
+            alloc(vec![1], DType::U32),
+            alloc(vec![1], DType::U32),
+        ),
+    };
+    let base_cubes = b * hkv * row_groups;
+    let num_chunks = TARGET_CUBES
+        .div_ceil(base_cubes)
+        .clamp(1, n.div_ceil(page_size));
+
     let o_part = alloc(vec![rows * num_chunks * d], DType::F32);
     let m_part = alloc(vec![rows * num_chunks], DType::F32);
     let l_part = alloc(vec![rows * num_chunks], DType::F32);
-    let (masked, mask, page_size) = match mask {
-        Some((m, p)) => (true, into_contiguous(m), p),
-        None => (false, alloc(vec![1], int_dtype), n.max(1)),
-    };
     let units = rows_per_cube.max(32.min(tile * d)) as u32;
     attention_partial::launch::<R>(
         &client,
@@ -244,13 +317,13 @@ pub(crate) fn attention<R: CubeRuntime>(
         q.clone().into_tensor_arg(),
         k.into_tensor_arg(),
         v.into_tensor_arg(),
-        mask.clone().into_tensor_arg(),
+        pages.into_tensor_arg(),
+        count.into_tensor_arg(),
         o_part.clone().into_tensor_arg(),
         m_part.clone().into_tensor_arg(),
         l_part.clone().into_tensor_arg(),
         n,
         page_size,
-        chunk_tokens,
         num_chunks,
         row_groups,
         scale,
@@ -258,8 +331,8 @@ pub(crate) fn attention<R: CubeRuntime>(
         group_rows,
         rows_per_cube,
         tile,
-        masked,
-        [q.dtype.into(), mask.dtype.into()],
+        listed,
+        q.dtype.into(),
     );
     let o = alloc(vec![b, hq, s, d], q.dtype);
     let lse = alloc(vec![b, hq, s], DType::F32);

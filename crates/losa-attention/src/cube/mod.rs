@@ -82,7 +82,7 @@ where
             fallback("attention", "dtypes the kernel does not take");
             return on_primitives::attention::<Self>(q, k, v, page_mask, scale);
         }
-        attention::attention(q, k, v, page_mask, scale, I::dtype())
+        attention::attention(q, k, v, page_mask, scale)
     }
 
     fn losa_merge(
