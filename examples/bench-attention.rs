@@ -298,6 +298,7 @@ fn main() {
                             rows.push(row(json!({"mode": "losa", "step": step_name, "budget": budget, "active": active, "time_us": t,
                                 "density": density_losa, "bytes": if step_name == "ge1" { bytes_losa } else { f64::NAN }})));
                         }
+                        write_rows(&args.out, &rows);
                         eprintln!(
                             "  budget {budget}: quest {t_quest:.1} us (density {density_quest:.4}), losa step0 {t_step0:.1} us, ge1 {t_losa:.1} us (density {density_losa:.4})"
                         );
@@ -306,8 +307,14 @@ fn main() {
             }
         }
     }
-    let rows: Vec<_> = rows
-        .into_iter()
+    write_rows(&args.out, &rows);
+}
+
+/// Writes the rows so far (a run stopped at its time limit keeps what it measured).
+fn write_rows(path: &str, rows: &[serde_json::Value]) {
+    let rows: Vec<serde_json::Value> = rows
+        .iter()
+        .cloned()
         .map(|mut r| {
             if r["bytes"].as_f64().is_none_or(f64::is_nan) {
                 r["bytes"] = serde_json::Value::Null;
@@ -315,14 +322,8 @@ fn main() {
             r
         })
         .collect();
-    std::fs::write(
-        &args.out,
-        serde_json::to_string_pretty(
-            &json!({"device": std::any::type_name::<Dev>(), "rows": rows}),
-        )
-        .expect("json"),
-    )
-    .expect("write rows");
+    let json = json!({"device": std::any::type_name::<Dev>(), "rows": rows});
+    std::fs::write(path, serde_json::to_string_pretty(&json).expect("json")).expect("write rows");
 }
 
 fn dtype_bytes(dtype: FloatDType) -> usize {

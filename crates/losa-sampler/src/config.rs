@@ -40,8 +40,10 @@ pub struct SamplerConfig {
     pub steps: usize,
     /// Remasking policy.
     pub policy: Policy,
-    /// Confidence threshold of the dynamic policy.
+    /// Confidence threshold of the dynamic policy (and of Fast-dLLM v2's sub-block commits).
     pub threshold: f32,
+    /// Fast-dLLM v2 sub-block size; `None` takes the published 8.
+    pub sub_block: Option<usize>,
     /// Entropy bound of the entropy-bounded policy.
     pub entropy_bound: f32,
     /// Sampling temperature; 0 is greedy.
@@ -67,6 +69,7 @@ impl Default for SamplerConfig {
             steps: 4,
             policy: Policy::LowConfidenceDynamic,
             threshold: 0.9,
+            sub_block: None,
             entropy_bound: 0.35,
             temperature: 0.0,
             top_k: 0,

@@ -7,13 +7,16 @@
 //! - [`config`]: [`SamplerConfig`] (steps, policy, threshold, sampling knobs, stop ids).
 //! - [`policy`]: one file per remasking policy.
 //! - `predict`: greedy (on device) or temperature / top-k / top-p sampling (seeded).
-//! - [`generate`]: the SDAR / TraDo block loop and the [`Generation`] result.
+//! - [`generate`]: the entry and the [`Generation`] result; `sdar` and `fast_dllm_v2`: the
+//!   published decode loops of those families.
 
 pub mod config;
 pub mod error;
+mod fast_dllm_v2;
 pub mod generate;
 pub mod policy;
 mod predict;
+mod sdar;
 
 pub use config::{Policy, SamplerConfig};
 pub use error::SamplerError;

@@ -1,0 +1,136 @@
+//! The block loop of SDAR / TraDo's published `block_diffusion_generate`:
+//! prefill the prompt's complete blocks (block-causal, stored); for each block, canvas = prompt
+//! tail + masks; each step runs the block against the cache without storing and commits tokens
+//! by the step's quota and the policy; when no mask is left, one more pass stores the block's
+//! K/V; stop after a block that holds a stop id. The per-layer LoSA state is reset at step 0 of
+//! every block.
+//!
+//! One deliberate difference: a step never commits more tokens than are masked (the reference's
+//! top-k can pick already-committed positions when the quota exceeds the masks left, e.g. next
+//! to a prompt tail, and overwrite them).
+
+use std::time::Instant;
+
+use losa_attention::LosaBackend;
+use losa_models::DlmModel;
+use rand::rngs::StdRng;
+
+use crate::{
+    config::{Policy, SamplerConfig},
+    error::SamplerError,
+    generate::{BlockTelemetry, Decoded, StepTelemetry, prefill, step_measures},
+    policy,
+    predict::predict,
+};
+
+/// Runs the loop; returns the tokens after the prompt and the per-block telemetry.
+pub(crate) fn decode<B: LosaBackend>(
+    model: &DlmModel<B>,
+    prompt: &[u32],
+    cfg: &SamplerConfig,
+    block: usize,
+    stops: &[u32],
+    rng: &mut StdRng,
+    on_block: &mut dyn FnMut(&[u32]),
+) -> Result<Decoded, SamplerError> {
+    let mc = model.config();
+    let p = prompt.len();
+    let num_blocks = (p + cfg.max_new_tokens).div_ceil(block);
+    let total = num_blocks * block;
+    if total > mc.max_positions {
+        return Err(SamplerError::TooLong {
+            prompt: p,
+            new: cfg.max_new_tokens,
+            needed: total,
+            max: mc.max_positions,
+        });
+    }
+    let mask = mc.mask_token_id;
+    let start = Instant::now();
+    let mut x: Vec<u32> = prompt
+        .iter()
+        .copied()
+        .chain(std::iter::repeat_n(mask, total - p))
+        .collect();
+    let prefill_blocks = p / block;
+    let mut cache = model.new_cache()?;
+    if prefill_blocks > 0 {
+        prefill(model, &x[..prefill_blocks * block], &mut cache)?;
+    }
+    let prefill_ms = start.elapsed().as_secs_f64() * 1e3;
+    let quotas = cfg.quotas(block);
+    let mut state = model.new_block_state();
+    let mut blocks = Vec::new();
+    let decode_start = Instant::now();
+    for b in prefill_blocks..num_blocks {
+        let block_start = Instant::now();
+        let range = b * block..(b + 1) * block;
+        let mut cur = x[range.clone()].to_vec();
+        state.reset();
+        let mut steps = Vec::new();
+        for step in 0..=cfg.steps {
+            let masked: Vec<usize> = (0..block).filter(|&i| cur[i] == mask).collect();
+            if masked.is_empty() {
+                model.forward_block(&[cur.clone()], &mut cache, &mut state, true)?;
+                break;
+            }
+            let step_start = Instant::now();
+            let (logits, stats) =
+                model.forward_block(&[cur.clone()], &mut cache, &mut state, false)?;
+            let vocab = mc.vocab_size;
+            let preds = predict(
+                logits.reshape([block, vocab]),
+                cfg,
+                cfg.policy == Policy::EntropyBounded,
+                rng,
+            );
+            let quota = quotas
+                .get(step)
+                .copied()
+                .unwrap_or(masked.len())
+                .min(masked.len());
+            let chosen = match cfg.policy {
+                Policy::LowConfidenceDynamic => {
+                    policy::low_confidence_dynamic(&masked, &preds.confidence, quota, cfg.threshold)
+                }
+                Policy::LowConfidenceStatic => {
+                    policy::low_confidence_static(&masked, &preds.confidence, quota)
+                }
+                Policy::Sequential => policy::sequential(&masked, block, quota),
+                Policy::EntropyBounded => policy::entropy_bounded(
+                    &masked,
+                    preds.entropy.as_deref().expect("requested"),
+                    quota,
+                    cfg.entropy_bound,
+                ),
+            };
+            for &i in &chosen {
+                cur[i] = preds.tokens[i];
+            }
+            let (active_ratio, density) = step_measures(cfg, &stats);
+            steps.push(StepTelemetry {
+                committed: chosen.len(),
+                active_ratio,
+                density,
+                ms: step_start.elapsed().as_secs_f64() * 1e3,
+            });
+        }
+        x[range].copy_from_slice(&cur);
+        on_block(&cur);
+        blocks.push(BlockTelemetry {
+            index: b,
+            steps,
+            ms: block_start.elapsed().as_secs_f64() * 1e3,
+        });
+        if x[p..].iter().any(|t| stops.contains(t)) {
+            break;
+        }
+    }
+    let decoded_blocks = blocks.len();
+    Ok(Decoded {
+        canvas: x[p..(prefill_blocks + decoded_blocks) * block].to_vec(),
+        blocks,
+        prefill_ms,
+        decode_s: decode_start.elapsed().as_secs_f64(),
+    })
+}
