@@ -1,6 +1,7 @@
-//! The sampler against a line-by-line port of SDAR / TraDo's published decode loop run on the
-//! `transformers` model (`models/fixtures/make_fixtures.py`, `decode.json`): the same greedy
-//! tokens, block by block, for several policies, step counts, prompt tails and a stop id.
+//! The sampler against line-by-line ports of SDAR / TraDo's and Fast-dLLM v2's published decode
+//! loops run on the `transformers` models (`models/fixtures/make_fixtures.py`, `decode.json`):
+//! the same greedy tokens, block by block, for several policies, step counts, sub-block sizes,
+//! thresholds, prompt tails and a stop id.
 //! Token sequences are compared exactly. Also: LoSA with a budget covering the prefix and every
 //! row active generates exactly what dense does; a seed reproduces a sampled generation; bad
 //! settings are typed errors.
@@ -74,6 +75,24 @@ fn greedy_generation_matches_the_published_loop() {
                 .iter()
                 .all(|b| b.steps.iter().map(|s| s.committed).sum::<usize>() <= 4)
         );
+    }
+}
+
+#[test]
+fn fast_dllm_v2_generation_matches_the_published_loop() {
+    let dir = fixture("fast_dllm_v2");
+    let cases: Vec<Value> = serde_json::from_slice(&std::fs::read(dir.join("decode.json")).unwrap()).unwrap();
+    let model = load::<Ref>(&dir, &Default::default(), FloatDType::F32).unwrap();
+    for (n, case) in cases.iter().enumerate() {
+        let cfg = SamplerConfig {
+            sub_block: Some(case["sub_block"].as_u64().unwrap() as usize),
+            threshold: case["threshold"].as_f64().unwrap() as f32,
+            max_new_tokens: case["max_new_tokens"].as_u64().unwrap() as usize,
+            stop_ids: Some(ids(&case["stop_ids"])),
+            ..SamplerConfig::default()
+        };
+        let out = generate(&model, &ids(&case["prompt"]), &cfg, |_| {}).unwrap();
+        assert_eq!(out.canvas, ids(&case["canvas"]), "case {n}: {cfg:?}");
     }
 }
 

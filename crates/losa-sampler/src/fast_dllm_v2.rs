@@ -59,7 +59,7 @@ pub(crate) fn decode<B: LosaBackend>(
         let logits = super::generate::prefill(model, &x[..whole], &mut cache)?;
         if p.is_multiple_of(block) {
             let last = logits.narrow(0, whole - 1, 1);
-            x.push(predict(last, &greedy(cfg), false, rng).tokens[0]);
+            x.push(predict(last, mask, &greedy(cfg), false, rng).tokens[0]);
         }
     }
     let prefill_ms = start.elapsed().as_secs_f64() * 1e3;
@@ -92,7 +92,7 @@ pub(crate) fn decode<B: LosaBackend>(
                     ],
                     0,
                 );
-                let preds = predict(shifted.narrow(0, range.start, sub), cfg, false, rng);
+                let preds = predict(shifted.narrow(0, range.start, sub), mask, cfg, false, rng);
                 let conf = |i: usize| preds.confidence[i - range.start];
                 let best = *masked
                     .iter()
@@ -128,7 +128,7 @@ pub(crate) fn decode<B: LosaBackend>(
         }
         let (logits, _) = model.forward_block(&[cur.clone()], &mut cache, &mut state, true)?;
         let last = logits.reshape([block, vocab]).narrow(0, block - 1, 1);
-        x.push(predict(last, &greedy(cfg), false, rng).tokens[0]);
+        x.push(predict(last, mask, &greedy(cfg), false, rng).tokens[0]);
         blocks.push(BlockTelemetry {
             index: b,
             steps,

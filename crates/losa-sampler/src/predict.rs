@@ -26,15 +26,19 @@ fn host(t: Tensor<impl Backend, 1>) -> Vec<f32> {
     t.into_data().convert::<f32>().to_vec().expect("f32 data")
 }
 
-/// Predictions for the rows of `logits` `[rows, vocab]`.
+/// Predictions for the rows of `logits` `[rows, vocab]`. The mask token is never predicted: a
+/// model that predicted it would leave its position masked (and a threshold loop spinning).
 pub fn predict<B: Backend>(
     logits: Tensor<B, 2>,
+    mask_id: u32,
     cfg: &SamplerConfig,
     need_entropy: bool,
     rng: &mut StdRng,
 ) -> Predictions {
     let [rows, vocab] = logits.dims();
-    let logits = logits.cast(FloatDType::F32);
+    let m = mask_id as usize;
+    let never = Tensor::<B, 2>::full([rows, 1], f32::NEG_INFINITY, &logits.device());
+    let logits = logits.cast(FloatDType::F32).slice_assign([0..rows, m..m + 1], never);
     let entropy = need_entropy.then(|| {
         let p = burn::tensor::activation::softmax(logits.clone(), 1);
         host(

@@ -80,6 +80,7 @@ pub(crate) fn decode<B: LosaBackend>(
             let vocab = mc.vocab_size;
             let preds = predict(
                 logits.reshape([block, vocab]),
+                mask,
                 cfg,
                 cfg.policy == Policy::EntropyBounded,
                 rng,
