@@ -81,7 +81,8 @@ fn greedy_generation_matches_the_published_loop() {
 #[test]
 fn fast_dllm_v2_generation_matches_the_published_loop() {
     let dir = fixture("fast_dllm_v2");
-    let cases: Vec<Value> = serde_json::from_slice(&std::fs::read(dir.join("decode.json")).unwrap()).unwrap();
+    let cases: Vec<Value> =
+        serde_json::from_slice(&std::fs::read(dir.join("decode.json")).unwrap()).unwrap();
     let model = load::<Ref>(&dir, &Default::default(), FloatDType::F32).unwrap();
     for (n, case) in cases.iter().enumerate() {
         let cfg = SamplerConfig {

@@ -38,7 +38,9 @@ pub fn predict<B: Backend>(
     let [rows, vocab] = logits.dims();
     let m = mask_id as usize;
     let never = Tensor::<B, 2>::full([rows, 1], f32::NEG_INFINITY, &logits.device());
-    let logits = logits.cast(FloatDType::F32).slice_assign([0..rows, m..m + 1], never);
+    let logits = logits
+        .cast(FloatDType::F32)
+        .slice_assign([0..rows, m..m + 1], never);
     let entropy = need_entropy.then(|| {
         let p = burn::tensor::activation::softmax(logits.clone(), 1);
         host(
