@@ -1,5 +1,6 @@
 //! The sampler against line-by-line ports of SDAR / TraDo's and Fast-dLLM v2's published decode
-//! loops run on the `transformers` models (`models/fixtures/make_fixtures.py`, `decode.json`):
+//! loops, and of LLaDA's loop with Fast-dLLM v1's block prefix cache, run on the `transformers`
+//! models (`models/fixtures/make_fixtures.py`, `decode.json`):
 //! the same greedy tokens, block by block, for several policies, step counts, sub-block sizes,
 //! thresholds, prompt tails and a stop id.
 //! Token sequences are compared exactly. Also: LoSA with a budget covering the prefix and every
@@ -87,6 +88,27 @@ fn fast_dllm_v2_generation_matches_the_published_loop() {
     for (n, case) in cases.iter().enumerate() {
         let cfg = SamplerConfig {
             sub_block: Some(case["sub_block"].as_u64().unwrap() as usize),
+            threshold: case["threshold"].as_f64().unwrap() as f32,
+            max_new_tokens: case["max_new_tokens"].as_u64().unwrap() as usize,
+            stop_ids: Some(ids(&case["stop_ids"])),
+            ..SamplerConfig::default()
+        };
+        let out = generate(&model, &ids(&case["prompt"]), &cfg, |_| {}).unwrap();
+        assert_eq!(out.canvas, ids(&case["canvas"]), "case {n}: {cfg:?}");
+    }
+}
+
+#[test]
+fn llada_generation_matches_the_prefix_cache_loop() {
+    let dir = fixture("llada");
+    let cases: Vec<Value> =
+        serde_json::from_slice(&std::fs::read(dir.join("decode.json")).unwrap()).unwrap();
+    let model = load::<Ref>(&dir, &Default::default(), FloatDType::F32).unwrap();
+    for (n, case) in cases.iter().enumerate() {
+        let cfg = SamplerConfig {
+            block_size: Some(case["block"].as_u64().unwrap() as usize),
+            steps: case["steps"].as_u64().unwrap() as usize,
+            policy: case["policy"].as_str().unwrap().parse().unwrap(),
             threshold: case["threshold"].as_f64().unwrap() as f32,
             max_new_tokens: case["max_new_tokens"].as_u64().unwrap() as usize,
             stop_ids: Some(ids(&case["stop_ids"])),

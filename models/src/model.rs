@@ -72,8 +72,8 @@ pub struct DlmModel<B: Backend> {
 /// How the attention of a forward pass sees keys.
 enum Keys<'a, B: Backend> {
     /// The tokens themselves (and the cache, all visible) with the family mask among the new
-    /// tokens; stores their K/V when a cache is given.
-    Masked(Option<&'a mut KvCache<B>>),
+    /// tokens; stores the K/V of the first `keep` of them (all when `None`) when a cache is given.
+    Masked(Option<&'a mut KvCache<B>>, Option<usize>),
     /// The `losa-attention` entry against the cache.
     Step {
         cache: &'a mut KvCache<B>,
@@ -151,14 +151,38 @@ impl<B: LosaBackend> DlmModel<B> {
     /// Logits `[batch, seq, vocab]` of a whole sequence from position 0 with the family's mask
     /// (block-causal with the config's block size, or bidirectional). No cache.
     pub fn forward_full(&self, ids: &[Vec<u32>]) -> Result<Tensor<B, 3>> {
-        self.run(ids, 0, Keys::Masked(None)).map(|(l, _)| l)
+        self.run(ids, 0, Keys::Masked(None, None)).map(|(l, _)| l)
+    }
+
+    /// [`Self::forward_full`] that also stores, in an empty `cache`, the K/V of the first `keep`
+    /// positions as this pass computed them (attending to the whole sequence): the block prefix
+    /// cache that LLaDA and Dream decode with, refreshed at each block start (Fast-dLLM v1).
+    pub fn forward_full_caching(
+        &self,
+        ids: &[Vec<u32>],
+        cache: &mut KvCache<B>,
+        keep: usize,
+    ) -> Result<Tensor<B, 3>> {
+        if !cache.is_empty() {
+            return Err(LoadError::BadInput(
+                "forward_full_caching needs an empty cache".into(),
+            ));
+        }
+        let len = ids.first().map_or(0, Vec::len);
+        if keep > len {
+            return Err(LoadError::BadInput(format!(
+                "cannot keep {keep} of {len} positions"
+            )));
+        }
+        self.run(ids, 0, Keys::Masked(Some(cache), Some(keep)))
+            .map(|(l, _)| l)
     }
 
     /// Runs prompt tokens (starting at a block boundary, after what the cache holds) with the
     /// family's mask against the cache, and stores their K/V. Returns their logits.
     pub fn prefill(&self, ids: &[Vec<u32>], cache: &mut KvCache<B>) -> Result<Tensor<B, 3>> {
         let start = cache.len();
-        self.run(ids, start, Keys::Masked(Some(cache)))
+        self.run(ids, start, Keys::Masked(Some(cache), None))
             .map(|(l, _)| l)
     }
 
@@ -207,7 +231,7 @@ impl<B: LosaBackend> DlmModel<B> {
                 .attn
                 .qkv(h, start, c.rope_theta, c.rope_scaling.as_ref());
             let attn = match &mut keys {
-                Keys::Masked(cache) => {
+                Keys::Masked(cache, keep) => {
                     // This layer's cached prefix, as it was before this pass stored anything.
                     let prefix = cache
                         .as_deref()
@@ -221,7 +245,8 @@ impl<B: LosaBackend> DlmModel<B> {
                     };
                     let out = masked_attention(q, k_all, v_all, start, self.mask_block(), scale);
                     if let Some(cache) = cache.as_deref_mut() {
-                        cache.layers[l].append(k, v)?;
+                        let n = keep.unwrap_or(s);
+                        cache.layers[l].append(k.narrow(2, 0, n), v.narrow(2, 0, n))?;
                     }
                     out
                 }

@@ -11,7 +11,7 @@ use losa_models::{DlmModel, Family};
 use rand::{SeedableRng, rngs::StdRng};
 use serde::Serialize;
 
-use crate::{config::SamplerConfig, error::SamplerError, fast_dllm_v2, sdar};
+use crate::{config::SamplerConfig, error::SamplerError, fast_dllm_v2, llada, sdar};
 
 /// What one denoising step did.
 #[derive(Debug, Clone, Serialize)]
@@ -128,9 +128,10 @@ pub fn generate<B: LosaBackend>(
         Family::FastDllmV2 => {
             fast_dllm_v2::decode(model, prompt, cfg, block, &stops, &mut rng, &mut on_block)?
         }
+        Family::Llada => llada::decode(model, prompt, cfg, block, &stops, &mut rng, &mut on_block)?,
         other => {
             return Err(SamplerError::Unsupported(format!(
-                "the {other:?} decoding loop is not implemented yet (SDAR / TraDo and Fast-dLLM v2 are)"
+                "the {other:?} decoding loop is not implemented yet (SDAR / TraDo, Fast-dLLM v2 and LLaDA are)"
             )));
         }
     };

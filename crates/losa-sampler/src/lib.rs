@@ -7,13 +7,14 @@
 //! - [`config`]: [`SamplerConfig`] (steps, policy, threshold, sampling knobs, stop ids).
 //! - [`policy`]: one file per remasking policy.
 //! - `predict`: greedy (on device) or temperature / top-k / top-p sampling (seeded).
-//! - [`generate`]: the entry and the [`Generation`] result; `sdar` and `fast_dllm_v2`: the
+//! - [`generate`]: the entry and the [`Generation`] result; `sdar`, `fast_dllm_v2`, `llada`: the
 //!   published decode loops of those families.
 
 pub mod config;
 pub mod error;
 mod fast_dllm_v2;
 pub mod generate;
+mod llada;
 pub mod policy;
 mod predict;
 mod sdar;
