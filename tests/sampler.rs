@@ -36,27 +36,55 @@ fn ids(v: &Value) -> Vec<u32> {
         .collect()
 }
 
+/// A fixture's model and its recorded decode cases (`decode.json`).
+fn decode_cases(name: &str) -> (DlmModel<Ref>, Vec<Value>) {
+    let dir = fixture(name);
+    let cases = serde_json::from_slice(&std::fs::read(dir.join("decode.json")).unwrap()).unwrap();
+    (
+        load::<Ref>(&dir, &Default::default(), FloatDType::F32).unwrap(),
+        cases,
+    )
+}
+
+/// The sampler settings a recorded case ran with (knobs it does not name keep their defaults).
+fn config_of(case: &Value) -> SamplerConfig {
+    let num = |key: &str| case.get(key).and_then(Value::as_u64).map(|v| v as usize);
+    let d = SamplerConfig::default();
+    SamplerConfig {
+        block_size: num("block"),
+        steps: num("steps").unwrap_or(d.steps),
+        sub_block: num("sub_block"),
+        policy: case
+            .get("policy")
+            .map_or(d.policy, |p| p.as_str().unwrap().parse().unwrap()),
+        threshold: case["threshold"].as_f64().unwrap() as f32,
+        max_new_tokens: num("max_new_tokens").unwrap(),
+        stop_ids: Some(ids(&case["stop_ids"])),
+        ..d
+    }
+}
+
+/// Every recorded case of a fixture decodes to the recorded tokens.
+fn assert_decodes_like_the_port(name: &str) {
+    let (model, cases) = decode_cases(name);
+    for (n, case) in cases.iter().enumerate() {
+        let cfg = config_of(case);
+        let out = generate(&model, &ids(&case["prompt"]), &cfg, |_| {}).unwrap();
+        assert_eq!(out.canvas, ids(&case["canvas"]), "{name} case {n}: {cfg:?}");
+    }
+}
+
 #[test]
 fn greedy_generation_matches_the_published_loop() {
-    let cases: Vec<Value> =
-        serde_json::from_slice(&std::fs::read(fixture("sdar").join("decode.json")).unwrap())
-            .unwrap();
-    let model = sdar();
+    assert_decodes_like_the_port("sdar");
+    let (model, cases) = decode_cases("sdar");
     for (n, case) in cases.iter().enumerate() {
-        let cfg = SamplerConfig {
-            steps: case["steps"].as_u64().unwrap() as usize,
-            policy: case["policy"].as_str().unwrap().parse().unwrap(),
-            threshold: case["threshold"].as_f64().unwrap() as f32,
-            max_new_tokens: case["max_new_tokens"].as_u64().unwrap() as usize,
-            stop_ids: Some(ids(&case["stop_ids"])),
-            ..SamplerConfig::default()
-        };
+        let cfg = config_of(case);
         let mut streamed = Vec::new();
         let out = generate(&model, &ids(&case["prompt"]), &cfg, |b| {
             streamed.extend_from_slice(b)
         })
         .unwrap();
-        assert_eq!(out.canvas, ids(&case["canvas"]), "case {n}: {cfg:?}");
         assert!(
             streamed.ends_with(&out.canvas),
             "case {n}: blocks are streamed as they finish"
@@ -81,42 +109,12 @@ fn greedy_generation_matches_the_published_loop() {
 
 #[test]
 fn fast_dllm_v2_generation_matches_the_published_loop() {
-    let dir = fixture("fast_dllm_v2");
-    let cases: Vec<Value> =
-        serde_json::from_slice(&std::fs::read(dir.join("decode.json")).unwrap()).unwrap();
-    let model = load::<Ref>(&dir, &Default::default(), FloatDType::F32).unwrap();
-    for (n, case) in cases.iter().enumerate() {
-        let cfg = SamplerConfig {
-            sub_block: Some(case["sub_block"].as_u64().unwrap() as usize),
-            threshold: case["threshold"].as_f64().unwrap() as f32,
-            max_new_tokens: case["max_new_tokens"].as_u64().unwrap() as usize,
-            stop_ids: Some(ids(&case["stop_ids"])),
-            ..SamplerConfig::default()
-        };
-        let out = generate(&model, &ids(&case["prompt"]), &cfg, |_| {}).unwrap();
-        assert_eq!(out.canvas, ids(&case["canvas"]), "case {n}: {cfg:?}");
-    }
+    assert_decodes_like_the_port("fast_dllm_v2");
 }
 
 #[test]
 fn llada_generation_matches_the_prefix_cache_loop() {
-    let dir = fixture("llada");
-    let cases: Vec<Value> =
-        serde_json::from_slice(&std::fs::read(dir.join("decode.json")).unwrap()).unwrap();
-    let model = load::<Ref>(&dir, &Default::default(), FloatDType::F32).unwrap();
-    for (n, case) in cases.iter().enumerate() {
-        let cfg = SamplerConfig {
-            block_size: Some(case["block"].as_u64().unwrap() as usize),
-            steps: case["steps"].as_u64().unwrap() as usize,
-            policy: case["policy"].as_str().unwrap().parse().unwrap(),
-            threshold: case["threshold"].as_f64().unwrap() as f32,
-            max_new_tokens: case["max_new_tokens"].as_u64().unwrap() as usize,
-            stop_ids: Some(ids(&case["stop_ids"])),
-            ..SamplerConfig::default()
-        };
-        let out = generate(&model, &ids(&case["prompt"]), &cfg, |_| {}).unwrap();
-        assert_eq!(out.canvas, ids(&case["canvas"]), "case {n}: {cfg:?}");
-    }
+    assert_decodes_like_the_port("llada");
 }
 
 #[test]
