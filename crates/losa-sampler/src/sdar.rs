@@ -90,21 +90,7 @@ pub(crate) fn decode<B: LosaBackend>(
                 .copied()
                 .unwrap_or(masked.len())
                 .min(masked.len());
-            let chosen = match cfg.policy {
-                Policy::LowConfidenceDynamic => {
-                    policy::low_confidence_dynamic(&masked, &preds.confidence, quota, cfg.threshold)
-                }
-                Policy::LowConfidenceStatic => {
-                    policy::low_confidence_static(&masked, &preds.confidence, quota)
-                }
-                Policy::Sequential => policy::sequential(&masked, block, quota),
-                Policy::EntropyBounded => policy::entropy_bounded(
-                    &masked,
-                    preds.entropy.as_deref().expect("requested"),
-                    quota,
-                    cfg.entropy_bound,
-                ),
-            };
+            let chosen = policy::choose(cfg, &masked, &preds, quota, block);
             for &i in &chosen {
                 cur[i] = preds.tokens[i];
             }
