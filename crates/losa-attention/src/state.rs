@@ -5,7 +5,7 @@
 //! layer and block, the prefix result `(O_p, L_p)` of every row and the query `Q_s` that produced
 //! it; at steps ≥ 1 only the active rows recompute it, sparsely.
 
-use burn::tensor::{Int, Tensor, backend::Backend};
+use burn::tensor::{ElementConversion, Int, Tensor, backend::Backend};
 
 use crate::{
     LosaBackend,
@@ -107,22 +107,22 @@ impl<B: Backend> StepStats<B> {
     }
 }
 
-use burn::tensor::ElementConversion;
-
 /// Loaded prefix tokens of a page mask: each set page counts its valid rows (the last page may
-/// be ragged).
+/// be ragged). Computed on the device from two sums, so no per-step upload is needed.
 fn loaded_tokens<B: Backend>(
     mask: &Tensor<B, 3, Int>,
     prefix: usize,
     page: usize,
 ) -> Tensor<B, 1, Int> {
     let np = mask.dims()[2];
-    let lengths: Vec<i64> = (0..np)
-        .map(|p| (prefix - p * page).min(page) as i64)
-        .collect();
-    let lengths = Tensor::<B, 1, Int>::from_ints(lengths.as_slice(), &mask.device());
-    let [b, h, _] = mask.dims();
-    (mask.clone() * lengths.reshape([1, 1, np]).expand([b, h, np])).sum()
+    let missing_in_last = (np * page - prefix) as i64;
+    let pages = mask.clone().sum().mul_scalar(page as i64);
+    let last = mask
+        .clone()
+        .narrow(2, np - 1, 1)
+        .sum()
+        .mul_scalar(missing_in_last);
+    pages - last
 }
 
 /// `(O, LSE, loaded prefix tokens)` of a sparse prefix attention.
