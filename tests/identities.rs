@@ -439,3 +439,21 @@ fn gradients_flow_through_the_reference_under_autodiff() {
     let g = host(&g);
     assert!(g.iter().all(|x| x.is_finite()) && g.iter().any(|x| *x != 0.0));
 }
+
+#[test]
+fn losa_for_block_scales_the_active_rows_and_validates() {
+    for (block, active) in [(4, 2), (16, 5), (32, 10), (1, 1)] {
+        let mode = AttentionMode::losa_for_block(block);
+        assert!(mode.validate(block).is_ok(), "block {block}");
+        match mode {
+            AttentionMode::Losa(c) => {
+                assert_eq!(c.active, ActiveRows::TopK(active), "block {block}")
+            }
+            other => panic!("expected LoSA, got {other:?}"),
+        }
+    }
+    assert!(
+        AttentionMode::losa().validate(4).is_err(),
+        "top-5 does not fit a block of 4"
+    );
+}

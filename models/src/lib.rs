@@ -15,8 +15,10 @@
 //! use losa_models::load;
 //!
 //! let device = Default::default();
-//! let model = load::<NdArray>("path/to/SDAR-1.7B-Chat".as_ref(), &device, FloatDType::F32)?
-//!     .with_attention(AttentionMode::losa());
+//! let model = load::<NdArray>("path/to/SDAR-1.7B-Chat".as_ref(), &device, FloatDType::F32)?;
+//! // LoSA defaults (page 16, budget 256, two dense layers), active rows scaled to the block.
+//! let block = model.config().block_size;
+//! let model = model.with_attention(AttentionMode::losa_for_block(block));
 //! let mut cache = model.new_cache()?;
 //! let mut state = model.new_block_state();
 //! let prompt: Vec<u32> = vec![/* token ids, a whole number of blocks */];

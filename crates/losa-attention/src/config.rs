@@ -109,6 +109,17 @@ impl AttentionMode {
         Self::Losa(LosaConfig::new(PageSelectionConfig::new()))
     }
 
+    /// The default LoSA mode with the active count scaled to the block (5 per 16 rows, at least
+    /// one): what to use with a block smaller than 16, where top-5 is more rows than there are.
+    pub fn losa_for_block(block: usize) -> Self {
+        let active = LosaConfig::default_active_for_block(block)
+            .max(1)
+            .min(block);
+        Self::Losa(
+            LosaConfig::new(PageSelectionConfig::new()).with_active(ActiveRows::TopK(active)),
+        )
+    }
+
     /// The default Quest mode (page 16, budget 256, two dense layers).
     pub fn quest() -> Self {
         Self::Quest(QuestConfig::new(PageSelectionConfig::new()))
