@@ -37,45 +37,63 @@ impl<B: Backend> RmsNorm<B> {
     }
 }
 
-/// NeoX-style rotary embedding: `x * cos + rotate_half(x) * sin`, `cos`/`sin` of
-/// `cat(freqs, freqs)` at absolute positions `start..start + seq`.
-pub fn apply_rope<B: Backend>(
-    x: Tensor<B, 4>,
-    start: usize,
-    theta: f64,
-    scaling: Option<&RopeScaling>,
-) -> Tensor<B, 4> {
-    let [_, _, s, d] = x.dims();
-    let half = d / 2;
-    let position_scale = match scaling {
-        Some(RopeScaling::Linear(f)) => 1.0 / f,
-        None => 1.0,
-    };
-    let mut cos = Vec::with_capacity(s * d);
-    let mut sin = Vec::with_capacity(s * d);
-    for p in start..start + s {
-        let pos = p as f64 * position_scale;
-        // cat(freqs, freqs): the same frequencies for both halves.
-        for _ in 0..2 {
-            for i in 0..half {
-                let inv_freq = 1.0 / theta.powf(2.0 * i as f64 / d as f64);
-                cos.push((pos * inv_freq).cos() as f32);
-                sin.push((pos * inv_freq).sin() as f32);
+/// NeoX-style rotary tables: `cos`/`sin` of `cat(freqs, freqs)` at absolute positions
+/// `start..start + seq`, `[1, 1, seq, head_dim]`. Built once per forward pass and shared by every
+/// layer (the positions are the same in all of them).
+#[derive(Debug, Clone)]
+pub struct RopeTables<B: Backend> {
+    cos: Tensor<B, 4>,
+    sin: Tensor<B, 4>,
+}
+
+impl<B: Backend> RopeTables<B> {
+    /// Tables for `seq` positions from `start`, channels `head_dim`, in `dtype`.
+    pub fn new(
+        start: usize,
+        seq: usize,
+        head_dim: usize,
+        theta: f64,
+        scaling: Option<&RopeScaling>,
+        device: &B::Device,
+        dtype: burn::tensor::DType,
+    ) -> Self {
+        let (s, d, half) = (seq, head_dim, head_dim / 2);
+        let position_scale = match scaling {
+            Some(RopeScaling::Linear(f)) => 1.0 / f,
+            None => 1.0,
+        };
+        let mut cos = Vec::with_capacity(s * d);
+        let mut sin = Vec::with_capacity(s * d);
+        for p in start..start + s {
+            let pos = p as f64 * position_scale;
+            // cat(freqs, freqs): the same frequencies for both halves.
+            for _ in 0..2 {
+                for i in 0..half {
+                    let inv_freq = 1.0 / theta.powf(2.0 * i as f64 / d as f64);
+                    cos.push((pos * inv_freq).cos() as f32);
+                    sin.push((pos * inv_freq).sin() as f32);
+                }
             }
         }
+        let table = |v: Vec<f32>| {
+            Tensor::<B, 2>::from_data(TensorData::new(v, [s, d]), device)
+                .cast(dtype)
+                .reshape([1, 1, s, d])
+        };
+        Self {
+            cos: table(cos),
+            sin: table(sin),
+        }
     }
-    let device = x.device();
-    let dtype = x.dtype();
-    let cos = Tensor::<B, 2>::from_data(TensorData::new(cos, [s, d]), &device)
-        .cast(dtype)
-        .reshape([1, 1, s, d]);
-    let sin = Tensor::<B, 2>::from_data(TensorData::new(sin, [s, d]), &device)
-        .cast(dtype)
-        .reshape([1, 1, s, d]);
-    let x1 = x.clone().narrow(3, 0, half);
-    let x2 = x.clone().narrow(3, half, half);
-    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-    x * cos + rotated * sin
+
+    /// `x * cos + rotate_half(x) * sin` for `x` `[b, heads, seq, head_dim]`.
+    pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let half = x.dims()[3] / 2;
+        let x1 = x.clone().narrow(3, 0, half);
+        let x2 = x.clone().narrow(3, half, half);
+        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+        x * self.cos.clone() + rotated * self.sin.clone()
+    }
 }
 
 /// The attention projections of one layer (the attention itself is the caller's).
@@ -106,13 +124,11 @@ pub struct AttentionProj<B: Backend> {
 
 impl<B: Backend> AttentionProj<B> {
     /// q `[b, heads, s, d]`, k and v `[b, kv_heads, s, d]`, q and k normed (if the family does)
-    /// and rotated for positions `start..start + s`.
+    /// and rotated by the pass's RoPE tables.
     pub fn qkv(
         &self,
         x: Tensor<B, 3>,
-        start: usize,
-        theta: f64,
-        scaling: Option<&RopeScaling>,
+        rope: &RopeTables<B>,
     ) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
         let [b, s, _] = x.dims();
         let split =
@@ -126,11 +142,7 @@ impl<B: Backend> AttentionProj<B> {
         if let Some(norm) = &self.k_norm {
             k = norm.forward(k);
         }
-        (
-            apply_rope(q, start, theta, scaling),
-            apply_rope(k, start, theta, scaling),
-            v,
-        )
+        (rope.apply(q), rope.apply(k), v)
     }
 
     /// Output projection of the attention result `[b, heads, s, d]`.

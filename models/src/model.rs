@@ -14,7 +14,7 @@ use losa_attention::{AttentionMode, LayerState, LosaBackend, PrefixKv, StepStats
 use crate::{
     config::ModelConfig,
     error::{LoadError, Result},
-    layers::{DecoderLayer, RmsNorm},
+    layers::{DecoderLayer, RmsNorm, RopeTables},
 };
 
 /// Per-layer prefix KV caches (with the page bounds LoSA and Quest need).
@@ -224,12 +224,26 @@ impl<B: LosaBackend> DlmModel<B> {
             .select(0, ids.reshape([b * s]))
             .reshape([b, s, c.hidden_size]);
         let scale = 1.0 / (c.head_dim as f32).sqrt();
+        let device = embed.device();
+        // Per pass, not per layer: the positions (and so the RoPE tables and the prefill mask)
+        // are the same in every layer. A masked pass always starts right after its cache.
+        let rope = RopeTables::new(
+            start,
+            s,
+            c.head_dim,
+            c.rope_theta,
+            c.rope_scaling.as_ref(),
+            &device,
+            embed.dtype(),
+        );
+        let hidden = match keys {
+            Keys::Masked(..) => hidden_keys::<B>(start, s, start, self.mask_block(), &device),
+            Keys::Step { .. } => None,
+        };
         let mut stats = Vec::new();
         for (l, layer) in self.layers.iter().enumerate() {
             let h = layer.attn_norm.forward(x.clone());
-            let (q, k, v) = layer
-                .attn
-                .qkv(h, start, c.rope_theta, c.rope_scaling.as_ref());
+            let (q, k, v) = layer.attn.qkv(h, &rope);
             let attn = match &mut keys {
                 Keys::Masked(cache, keep) => {
                     // This layer's cached prefix, as it was before this pass stored anything.
@@ -243,7 +257,7 @@ impl<B: LosaBackend> DlmModel<B> {
                         ),
                         None => (k.clone(), v.clone()),
                     };
-                    let out = masked_attention(q, k_all, v_all, start, self.mask_block(), scale);
+                    let out = masked_attention(q, k_all, v_all, hidden.clone(), scale);
                     if let Some(cache) = cache.as_deref_mut() {
                         let n = keep.unwrap_or(s);
                         cache.layers[l].append(k.narrow(2, 0, n), v.narrow(2, 0, n))?;
@@ -292,35 +306,46 @@ impl<B: LosaBackend> DlmModel<B> {
     }
 }
 
-/// Attention of new tokens (absolute positions `start..start + s`) over `[cached ; new]` keys:
-/// every cached key is visible; among new tokens, a key is visible when its block is not after
-/// the query's (block-causal) or always (bidirectional). Softmax in fp32.
+/// Which keys of `[cached ; new]` the new tokens (absolute positions `start..start + s`) may not
+/// see, `[s, cached + s]`: every cached key is visible; among new tokens, a key is hidden when
+/// its block is after the query's. `None` when everything is visible (bidirectional families).
+/// Built once per forward pass: it is the same in every layer.
+fn hidden_keys<B: Backend>(
+    start: usize,
+    s: usize,
+    cached: usize,
+    block: Option<usize>,
+    device: &B::Device,
+) -> Option<Tensor<B, 2, Bool>> {
+    let block = block?;
+    let n = cached + s;
+    let hidden: Vec<bool> = (0..s)
+        .flat_map(|i| {
+            (0..n).map(move |j| j >= cached && (start + j - cached) / block > (start + i) / block)
+        })
+        .collect();
+    Some(Tensor::from_data(TensorData::new(hidden, [s, n]), device))
+}
+
+/// Attention of new tokens over `[cached ; new]` keys, with the keys `hidden` masks out (see
+/// [`hidden_keys`]). Softmax in fp32.
 fn masked_attention<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
-    start: usize,
-    block: Option<usize>,
+    hidden: Option<Tensor<B, 2, Bool>>,
     scale: f32,
 ) -> Tensor<B, 4> {
     let [b, hq, s, d] = q.dims();
     let [_, hkv, n, _] = k.dims();
     let g = hq / hkv;
     let dtype = q.dtype();
-    let cached = n - s;
-    let device = q.device();
     let q = q.cast(FloatDType::F32).reshape([b, hkv, g * s, d]);
     let mut scores = q
         .matmul(k.cast(FloatDType::F32).swap_dims(2, 3))
         .mul_scalar(scale);
-    if let Some(block) = block {
-        let hidden: Vec<bool> = (0..s)
-            .flat_map(|i| {
-                (0..n)
-                    .map(move |j| j >= cached && (start + j - cached) / block > (start + i) / block)
-            })
-            .collect();
-        let hidden = Tensor::<B, 2, Bool>::from_data(TensorData::new(hidden, [s, n]), &device)
+    if let Some(hidden) = hidden {
+        let hidden = hidden
             .reshape([1, 1, 1, s, n])
             .expand([b, hkv, g, s, n])
             .reshape([b, hkv, g * s, n]);
