@@ -220,27 +220,15 @@ fn losa_density_is_lower_than_quest_and_stats_count_active_rows() {
     let c = case(9, 1, 4, 2, 16, 400, 16, 16, 3);
     let (mut sq, mut sl) = (LayerState::new(), LayerState::new());
     let (q_mode, l_mode) = (quest(16, 32), losa(16, 32, ActiveRows::TopK(3)));
+    let step_of = |mode: &AttentionMode, state: &mut LayerState<Ref>, q: &Tensor<Ref, 4>| {
+        let kv = (c.kb.clone(), c.vb.clone());
+        attend(mode, state, q.clone(), kv.0, kv.1, &c.prefix, 0.25)
+            .unwrap()
+            .1
+    };
     for (step, q) in c.q.iter().enumerate() {
-        let (_, st_q) = attend(
-            &q_mode,
-            &mut sq,
-            q.clone(),
-            c.kb.clone(),
-            c.vb.clone(),
-            &c.prefix,
-            0.25,
-        )
-        .unwrap();
-        let (_, st_l) = attend(
-            &l_mode,
-            &mut sl,
-            q.clone(),
-            c.kb.clone(),
-            c.vb.clone(),
-            &c.prefix,
-            0.25,
-        )
-        .unwrap();
+        let st_q = step_of(&q_mode, &mut sq, q);
+        let st_l = step_of(&l_mode, &mut sl, q);
         if step == 0 {
             assert_eq!(st_l.density(), Some(1.0), "LoSA step 0 is dense");
         } else {

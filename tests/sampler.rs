@@ -165,56 +165,34 @@ fn bad_settings_are_typed_errors() {
     let m = sdar();
     let run = |cfg: SamplerConfig, prompt: &[u32]| generate(&m, prompt, &cfg, |_| {});
     let ok = SamplerConfig::default();
-    assert!(matches!(
-        run(
-            SamplerConfig {
-                steps: 5,
-                ..ok.clone()
-            },
-            &[1]
-        ),
-        Err(SamplerError::Config(_))
-    ));
-    assert!(matches!(
-        run(
-            SamplerConfig {
-                steps: 0,
-                ..ok.clone()
-            },
-            &[1]
-        ),
-        Err(SamplerError::Config(_))
-    ));
-    assert!(matches!(
-        run(
-            SamplerConfig {
-                block_size: Some(0),
-                ..ok.clone()
-            },
-            &[1]
-        ),
-        Err(SamplerError::Config(_))
-    ));
-    assert!(matches!(
-        run(
-            SamplerConfig {
-                top_p: 0.0,
-                ..ok.clone()
-            },
-            &[1]
-        ),
-        Err(SamplerError::Config(_))
-    ));
-    assert!(matches!(
-        run(
-            SamplerConfig {
-                max_new_tokens: 0,
-                ..ok.clone()
-            },
-            &[1]
-        ),
-        Err(SamplerError::Config(_))
-    ));
+    let impossible = [
+        SamplerConfig {
+            steps: 5,
+            ..ok.clone()
+        },
+        SamplerConfig {
+            steps: 0,
+            ..ok.clone()
+        },
+        SamplerConfig {
+            block_size: Some(0),
+            ..ok.clone()
+        },
+        SamplerConfig {
+            top_p: 0.0,
+            ..ok.clone()
+        },
+        SamplerConfig {
+            max_new_tokens: 0,
+            ..ok.clone()
+        },
+    ];
+    for cfg in impossible {
+        assert!(
+            matches!(run(cfg.clone(), &[1]), Err(SamplerError::Config(_))),
+            "{cfg:?}"
+        );
+    }
     assert!(matches!(
         run(ok.clone(), &[]),
         Err(SamplerError::EmptyPrompt)
