@@ -9,12 +9,13 @@ use std::{
 
 use burn::tensor::FloatDType;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
 use losa::{
     losa_attention::{
         ActiveRows, AttentionMode, LosaBackend, LosaConfig, PageSelectionConfig, QuestConfig,
     },
     losa_models::{ChatMessage, Tokenizer, load},
-    losa_sampler::{SamplerConfig, generate},
+    losa_sampler::{Progress, SamplerConfig, generate},
 };
 
 /// The model `losa generate` runs when `--model` is not given: shipped with the repository.
@@ -207,34 +208,16 @@ fn run<B: LosaBackend>(args: &GenerateArgs, device: &B::Device) -> CliResult<()>
             .map_err(|e| e.to_string())?;
     }
     let prompt = tokenizer.encode(&text).map_err(|e| e.to_string())?;
-    let fits = prompt.len() + cfg.max_new_tokens <= model.config().max_positions;
-    if prompt.len() > 4096 && fits && !args.json {
-        eprintln!("prefilling {} prompt tokens…", prompt.len());
-    }
-    let mut generated: Vec<u32> = Vec::new();
-    let mut printed = 0;
-    let stops = model.config().stop_ids.clone();
-    let out = generate(&model, &prompt, &cfg, |block_tokens| {
-        if args.json {
-            return;
-        }
-        generated.extend_from_slice(block_tokens);
-        let visible: Vec<u32> = generated
-            .iter()
-            .copied()
-            .take_while(|t| !stops.contains(t))
-            .take(cfg.max_new_tokens)
-            .collect();
-        if let Ok(s) = tokenizer.decode(&visible, true)
-            && s.len() > printed
-            && s.is_char_boundary(printed)
-        {
-            print!("{}", &s[printed..]);
-            let _ = std::io::stdout().flush();
-            printed = s.len();
-        }
-    })
-    .map_err(|e| e.to_string())?;
+    let mut stream = Stream {
+        tokenizer: &tokenizer,
+        stops: model.config().stop_ids.clone(),
+        limit: cfg.max_new_tokens,
+        quiet: args.json,
+        generated: Vec::new(),
+        printed: 0,
+        bar: None,
+    };
+    let out = generate(&model, &prompt, &cfg, &mut stream).map_err(|e| e.to_string())?;
     let text = tokenizer
         .decode(&out.tokens, true)
         .map_err(|e| e.to_string())?;
@@ -246,8 +229,8 @@ fn run<B: LosaBackend>(args: &GenerateArgs, device: &B::Device) -> CliResult<()>
             serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
         );
     } else {
-        if text.len() > printed && text.is_char_boundary(printed) {
-            print!("{}", &text[printed..]);
+        if text.len() > stream.printed && text.is_char_boundary(stream.printed) {
+            print!("{}", &text[stream.printed..]);
         }
         println!();
         eprintln!(
@@ -258,6 +241,63 @@ fn run<B: LosaBackend>(args: &GenerateArgs, device: &B::Device) -> CliResult<()>
         );
     }
     Ok(())
+}
+
+/// Streams finished blocks to standard output and shows a progress bar on standard error while
+/// a long prompt is prefilled (hidden when standard error is not a terminal).
+struct Stream<'a> {
+    tokenizer: &'a Tokenizer,
+    stops: Vec<u32>,
+    limit: usize,
+    /// JSON output: print nothing while generating.
+    quiet: bool,
+    generated: Vec<u32>,
+    /// Bytes of the decoded text already printed.
+    printed: usize,
+    bar: Option<ProgressBar>,
+}
+
+impl Progress for &mut Stream<'_> {
+    fn prefill(&mut self, done: usize, total: usize) {
+        // Short prompts prefill in one chunk: no bar.
+        if self.quiet || total <= 2048 {
+            return;
+        }
+        let bar = self.bar.get_or_insert_with(|| {
+            let bar = ProgressBar::new(total as u64);
+            bar.set_style(
+                ProgressStyle::with_template("prefill {bar:40} {pos}/{len} tokens ({eta})")
+                    .expect("a valid template"),
+            );
+            bar
+        });
+        bar.set_position(done as u64);
+        if done >= total {
+            bar.finish_and_clear();
+        }
+    }
+
+    fn block(&mut self, tokens: &[u32]) {
+        if self.quiet {
+            return;
+        }
+        self.generated.extend_from_slice(tokens);
+        let visible: Vec<u32> = self
+            .generated
+            .iter()
+            .copied()
+            .take_while(|t| !self.stops.contains(t))
+            .take(self.limit)
+            .collect();
+        if let Ok(s) = self.tokenizer.decode(&visible, true)
+            && s.len() > self.printed
+            && s.is_char_boundary(self.printed)
+        {
+            print!("{}", &s[self.printed..]);
+            let _ = std::io::stdout().flush();
+            self.printed = s.len();
+        }
+    }
 }
 
 fn generate_on_device(args: &GenerateArgs) -> CliResult<()> {

@@ -36,15 +36,19 @@
 //! - [`loader`]: validation (missing / unused / mis-shaped tensors) and module construction.
 //! - [`layers`]: RMSNorm, NeoX RoPE, attention projections, SwiGLU MLP, decoder layer.
 //! - [`model`]: [`DlmModel`], its KV cache and the full / prefill / block forward modes.
+//! - `init`: [`DlmModel::random`], random weights of a configuration (training, benchmarks).
+//! - [`save`]: writing an SDAR-layout checkpoint folder.
 //! - [`tokenizer`]: `tokenizer.json` or `vocab.json` + `merges.txt`, and the chat template.
 
 pub mod config;
 pub mod error;
 mod hf_config;
+mod init;
 pub mod keymap;
 pub mod layers;
 pub mod loader;
 pub mod model;
+pub mod save;
 pub mod tokenizer;
 mod weights;
 

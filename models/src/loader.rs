@@ -80,75 +80,111 @@ pub fn load<B: LosaBackend>(
         .into_iter()
         .map(|(n, _, slot)| (slot, tensors.remove(&n).expect("checked present")))
         .collect();
-    let mut take = |slot: Slot| {
-        slots
+    Ok(assemble(config, |slot, _| {
+        let h = slots
             .remove(&slot)
-            .expect("key map covers every slot it builds")
-    };
-    let t1 = |h: HostTensor| {
-        Param::from_tensor(
-            Tensor::<B, 1>::from_data(TensorData::new(h.values, h.shape), device).cast(dtype),
-        )
-    };
-    let t2 = |h: HostTensor| {
-        Tensor::<B, 2>::from_data(TensorData::new(h.values, h.shape), device).cast(dtype)
-    };
-    // nn.Linear stores [out, in]; burn's Linear multiplies by [in, out].
-    let linear = |w: HostTensor, b: Option<HostTensor>| Linear {
-        weight: Param::from_tensor(t2(w).transpose()),
-        bias: b.map(t1),
-    };
-    let norm = |w: HostTensor| RmsNorm {
-        weight: t1(w),
-        eps: config.rms_norm_eps,
-    };
+            .expect("key map covers every slot it builds");
+        let len = h.values.len();
+        Tensor::<B, 1>::from_data(TensorData::new(h.values, [len]), device).cast(dtype)
+    }))
+}
 
-    let embed = Param::from_tensor(t2(take(Slot::Embedding)));
-    let final_norm = norm(take(Slot::FinalNorm));
-    let lm_head = (!config.tie_embeddings).then(|| linear(take(Slot::LmHead), None));
+/// Builds the modules of `config` from one flat tensor per key-map slot: `tensor(slot, shape)`
+/// returns the slot's values, row-major in the checkpoint layout (`nn.Linear`: `[out, in]`).
+/// The one constructor of [`DlmModel`]: loading and random initialisation both go through it.
+pub(crate) fn assemble<B: LosaBackend>(
+    config: ModelConfig,
+    mut tensor: impl FnMut(Slot, &[usize]) -> Tensor<B, 1>,
+) -> DlmModel<B> {
+    let mut parts = Parts {
+        tensors: BTreeMap::new(),
+        shapes: BTreeMap::new(),
+    };
+    for (_, shape, slot) in expected(&config) {
+        parts.tensors.insert(slot, tensor(slot, &shape));
+        parts.shapes.insert(slot, shape);
+    }
+    let eps = config.rms_norm_eps;
+    let embed = Param::from_tensor(parts.matrix(Slot::Embedding));
+    let lm_head = (!config.tie_embeddings).then(|| parts.linear(Slot::LmHead, None));
+    let final_norm = parts.norm(Slot::FinalNorm, eps);
     let layers = (0..config.num_layers)
         .map(|n| {
-            let mut at = |s: LayerSlot| take(Slot::Layer(n, s));
-            let bias =
-                |at: &mut dyn FnMut(LayerSlot) -> HostTensor, s| config.qkv_bias.then(|| at(s));
-            let q_bias = bias(&mut at, LayerSlot::QBias);
-            let k_bias = bias(&mut at, LayerSlot::KBias);
-            let v_bias = bias(&mut at, LayerSlot::VBias);
+            let at = |s: LayerSlot| Slot::Layer(n, s);
+            let bias = |s| config.qkv_bias.then_some(at(s));
+            let mut linear = |w, b| parts.linear(at(w), b);
+            let q = linear(LayerSlot::Q, bias(LayerSlot::QBias));
+            let k = linear(LayerSlot::K, bias(LayerSlot::KBias));
+            let v = linear(LayerSlot::V, bias(LayerSlot::VBias));
+            let o = linear(LayerSlot::O, None);
+            let gate = linear(LayerSlot::Gate, None);
+            let up = linear(LayerSlot::Up, None);
+            let down = linear(LayerSlot::Down, None);
             let (q_norm, k_norm) = if config.qk_norm {
                 (
-                    Some(norm(at(LayerSlot::QNorm))),
-                    Some(norm(at(LayerSlot::KNorm))),
+                    Some(parts.norm(at(LayerSlot::QNorm), eps)),
+                    Some(parts.norm(at(LayerSlot::KNorm), eps)),
                 )
             } else {
                 (None, None)
             };
             DecoderLayer {
-                attn_norm: norm(at(LayerSlot::AttnNorm)),
+                attn_norm: parts.norm(at(LayerSlot::AttnNorm), eps),
                 attn: AttentionProj {
-                    q: linear(at(LayerSlot::Q), q_bias),
-                    k: linear(at(LayerSlot::K), k_bias),
-                    v: linear(at(LayerSlot::V), v_bias),
-                    o: linear(at(LayerSlot::O), None),
+                    q,
+                    k,
+                    v,
+                    o,
                     q_norm,
                     k_norm,
                     heads: config.num_heads,
                     kv_heads: config.num_kv_heads,
                     head_dim: config.head_dim,
                 },
-                mlp_norm: norm(at(LayerSlot::MlpNorm)),
-                mlp: Mlp {
-                    gate: linear(at(LayerSlot::Gate), None),
-                    up: linear(at(LayerSlot::Up), None),
-                    down: linear(at(LayerSlot::Down), None),
-                },
+                mlp_norm: parts.norm(at(LayerSlot::MlpNorm), eps),
+                mlp: Mlp { gate, up, down },
             }
         })
         .collect();
-    Ok(DlmModel {
+    DlmModel {
         embed,
         layers,
         norm: final_norm,
         lm_head,
         config,
-    })
+    }
+}
+
+/// The flat tensors of every slot, handed out once each as module parts.
+struct Parts<B: LosaBackend> {
+    tensors: BTreeMap<Slot, Tensor<B, 1>>,
+    shapes: BTreeMap<Slot, Vec<usize>>,
+}
+
+impl<B: LosaBackend> Parts<B> {
+    fn vector(&mut self, slot: Slot) -> Tensor<B, 1> {
+        self.tensors
+            .remove(&slot)
+            .expect("key map covers every slot it builds")
+    }
+
+    fn matrix(&mut self, slot: Slot) -> Tensor<B, 2> {
+        let [rows, cols] = [self.shapes[&slot][0], self.shapes[&slot][1]];
+        self.vector(slot).reshape([rows, cols])
+    }
+
+    /// nn.Linear stores `[out, in]`; burn's Linear multiplies by `[in, out]`.
+    fn linear(&mut self, weight: Slot, bias: Option<Slot>) -> Linear<B> {
+        Linear {
+            weight: Param::from_tensor(self.matrix(weight).transpose()),
+            bias: bias.map(|b| Param::from_tensor(self.vector(b))),
+        }
+    }
+
+    fn norm(&mut self, slot: Slot, eps: f64) -> RmsNorm<B> {
+        RmsNorm {
+            weight: Param::from_tensor(self.vector(slot)),
+            eps,
+        }
+    }
 }

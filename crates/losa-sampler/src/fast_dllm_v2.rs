@@ -16,7 +16,7 @@ use rand::rngs::StdRng;
 use crate::{
     config::SamplerConfig,
     error::SamplerError,
-    generate::{BlockTelemetry, Decoded, StepTelemetry, step_measures},
+    generate::{BlockTelemetry, Decoded, Progress, StepTelemetry, step_measures},
     predict::predict,
 };
 
@@ -29,7 +29,7 @@ pub(crate) fn decode<B: LosaBackend>(
     block: usize,
     stops: &[u32],
     rng: &mut StdRng,
-    on_block: &mut dyn FnMut(&[u32]),
+    progress: &mut dyn Progress,
 ) -> Result<Decoded, SamplerError> {
     let mc = model.config();
     let sub = cfg.sub_block.unwrap_or(8).min(block);
@@ -56,7 +56,7 @@ pub(crate) fn decode<B: LosaBackend>(
     let start = std::time::Instant::now();
     if p >= block {
         let whole = p / block * block;
-        let logits = super::generate::prefill(model, &x[..whole], &mut cache)?;
+        let logits = super::generate::prefill(model, &x[..whole], &mut cache, progress)?;
         if p.is_multiple_of(block) {
             let last = logits.narrow(0, whole - 1, 1);
             x.push(predict(last, mask, &greedy(cfg), false, rng).tokens[0]);
@@ -117,7 +117,7 @@ pub(crate) fn decode<B: LosaBackend>(
             }
         }
         x[b * block..(b + 1) * block].copy_from_slice(&cur);
-        on_block(&cur);
+        progress.block(&cur);
         if finished {
             blocks.push(BlockTelemetry {
                 index: b,

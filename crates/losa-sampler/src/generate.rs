@@ -11,7 +11,7 @@ use losa_models::{DlmModel, Family};
 use rand::{SeedableRng, rngs::StdRng};
 use serde::Serialize;
 
-use crate::{config::SamplerConfig, error::SamplerError, fast_dllm_v2, llada, sdar};
+use crate::{bidirectional, config::SamplerConfig, error::SamplerError, fast_dllm_v2, sdar};
 
 /// What one denoising step did.
 #[derive(Debug, Clone, Serialize)]
@@ -68,12 +68,31 @@ pub(crate) struct Decoded {
     pub decode_s: f64,
 }
 
+/// What a caller hears while a generation runs: prompt prefill progress and finished blocks.
+/// Any `FnMut(&[u32])` closure is a `Progress` that streams blocks and ignores the prefill.
+pub trait Progress {
+    /// `done` of `total` prompt tokens are in the KV cache (after each prefill chunk).
+    fn prefill(&mut self, done: usize, total: usize) {
+        let _ = (done, total);
+    }
+    /// A block is final: its tokens (block-aligned, stop ids included).
+    fn block(&mut self, tokens: &[u32]);
+}
+
+impl<F: FnMut(&[u32])> Progress for F {
+    fn block(&mut self, tokens: &[u32]) {
+        self(tokens)
+    }
+}
+
 /// Prefills `tokens` (whole blocks) in chunks of at most 512 tokens, so that the masked attention
-/// stays bounded in memory; returns the logits of the last chunk's rows `[rows, vocab]`.
+/// stays bounded in memory, reporting each chunk; returns the logits of the last chunk's rows
+/// `[rows, vocab]`.
 pub(crate) fn prefill<B: LosaBackend>(
     model: &DlmModel<B>,
     tokens: &[u32],
     cache: &mut losa_models::KvCache<B>,
+    progress: &mut dyn Progress,
 ) -> Result<Tensor<B, 2>, SamplerError> {
     let block = model.config().block_size.max(1);
     let chunk = (512 / block).max(1) * block;
@@ -85,6 +104,7 @@ pub(crate) fn prefill<B: LosaBackend>(
         let [_, rows, vocab] = logits.dims();
         last = Some(logits.reshape([rows, vocab]));
         done = end;
+        progress.prefill(done, tokens.len());
     }
     Ok(last.expect("prefill of at least one token"))
 }
@@ -106,13 +126,13 @@ pub(crate) fn step_measures<B: LosaBackend>(
     )
 }
 
-/// Generates after `prompt` with the loop of the model's family, calling `on_block` with each
-/// finished block's tokens.
+/// Generates after `prompt` with the loop of the model's family, telling `progress` about the
+/// prompt prefill and each finished block (a closure `|block: &[u32]| ...` streams blocks).
 pub fn generate<B: LosaBackend>(
     model: &DlmModel<B>,
     prompt: &[u32],
     cfg: &SamplerConfig,
-    mut on_block: impl FnMut(&[u32]),
+    mut progress: impl Progress,
 ) -> Result<Generation, SamplerError> {
     let mc = model.config();
     let block = cfg.block_size.unwrap_or(mc.block_size);
@@ -124,15 +144,12 @@ pub fn generate<B: LosaBackend>(
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     let start = Instant::now();
     let decoded = match mc.family {
-        Family::Sdar => sdar::decode(model, prompt, cfg, block, &stops, &mut rng, &mut on_block)?,
+        Family::Sdar => sdar::decode(model, prompt, cfg, block, &stops, &mut rng, &mut progress)?,
         Family::FastDllmV2 => {
-            fast_dllm_v2::decode(model, prompt, cfg, block, &stops, &mut rng, &mut on_block)?
+            fast_dllm_v2::decode(model, prompt, cfg, block, &stops, &mut rng, &mut progress)?
         }
-        Family::Llada => llada::decode(model, prompt, cfg, block, &stops, &mut rng, &mut on_block)?,
-        other => {
-            return Err(SamplerError::Unsupported(format!(
-                "the {other:?} decoding loop is not implemented yet (SDAR / TraDo, Fast-dLLM v2 and LLaDA are)"
-            )));
+        Family::Llada | Family::Dream => {
+            bidirectional::decode(model, prompt, cfg, block, &stops, &mut rng, &mut progress)?
         }
     };
     let canvas = decoded.canvas;

@@ -7,18 +7,19 @@
 //! - [`config`]: [`SamplerConfig`] (steps, policy, threshold, sampling knobs, stop ids).
 //! - [`policy`]: one file per remasking policy.
 //! - `predict`: greedy (on device) or temperature / top-k / top-p sampling (seeded).
-//! - [`generate`]: the entry and the [`Generation`] result; `sdar`, `fast_dllm_v2`, `llada`: the
-//!   published decode loops of those families.
+//! - [`generate`]: the entry and the [`Generation`] result; `sdar`, `fast_dllm_v2`: the published
+//!   decode loops of those families; `bidirectional`: LLaDA's and Dream's loops over a block
+//!   prefix cache (Fast-dLLM v1).
 
+mod bidirectional;
 pub mod config;
 pub mod error;
 mod fast_dllm_v2;
 pub mod generate;
-mod llada;
 pub mod policy;
 mod predict;
 mod sdar;
 
 pub use config::{Policy, SamplerConfig};
 pub use error::SamplerError;
-pub use generate::{BlockTelemetry, Generation, StepTelemetry, generate};
+pub use generate::{BlockTelemetry, Generation, Progress, StepTelemetry, generate};

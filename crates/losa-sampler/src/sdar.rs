@@ -18,7 +18,7 @@ use rand::rngs::StdRng;
 use crate::{
     config::{Policy, SamplerConfig},
     error::SamplerError,
-    generate::{BlockTelemetry, Decoded, StepTelemetry, prefill, step_measures},
+    generate::{BlockTelemetry, Decoded, Progress, StepTelemetry, prefill, step_measures},
     policy,
     predict::predict,
 };
@@ -31,7 +31,7 @@ pub(crate) fn decode<B: LosaBackend>(
     block: usize,
     stops: &[u32],
     rng: &mut StdRng,
-    on_block: &mut dyn FnMut(&[u32]),
+    progress: &mut dyn Progress,
 ) -> Result<Decoded, SamplerError> {
     let mc = model.config();
     let p = prompt.len();
@@ -55,7 +55,7 @@ pub(crate) fn decode<B: LosaBackend>(
     let prefill_blocks = p / block;
     let mut cache = model.new_cache()?;
     if prefill_blocks > 0 {
-        prefill(model, &x[..prefill_blocks * block], &mut cache)?;
+        prefill(model, &x[..prefill_blocks * block], &mut cache, progress)?;
     }
     let prefill_ms = start.elapsed().as_secs_f64() * 1e3;
     let quotas = cfg.quotas(block);
@@ -103,7 +103,7 @@ pub(crate) fn decode<B: LosaBackend>(
             });
         }
         x[range].copy_from_slice(&cur);
-        on_block(&cur);
+        progress.block(&cur);
         blocks.push(BlockTelemetry {
             index: b,
             steps,
