@@ -15,7 +15,7 @@ use losa::{
         ActiveRows, AttentionMode, LosaBackend, LosaConfig, PageSelectionConfig, QuestConfig,
     },
     losa_models::{ChatMessage, Tokenizer, load},
-    losa_sampler::{Progress, SamplerConfig, generate},
+    losa_sampler::{Progress, SamplerConfig, generate_with_progress},
 };
 
 /// The model `losa generate` runs when `--model` is not given: shipped with the repository.
@@ -217,7 +217,8 @@ fn run<B: LosaBackend>(args: &GenerateArgs, device: &B::Device) -> CliResult<()>
         printed: 0,
         bar: None,
     };
-    let out = generate(&model, &prompt, &cfg, &mut stream).map_err(|e| e.to_string())?;
+    let out =
+        generate_with_progress(&model, &prompt, &cfg, &mut stream).map_err(|e| e.to_string())?;
     let text = tokenizer
         .decode(&out.tokens, true)
         .map_err(|e| e.to_string())?;
@@ -257,7 +258,7 @@ struct Stream<'a> {
     bar: Option<ProgressBar>,
 }
 
-impl Progress for &mut Stream<'_> {
+impl Progress for Stream<'_> {
     fn prefill(&mut self, done: usize, total: usize) {
         // Short prompts prefill in one chunk: no bar.
         if self.quiet || total <= 2048 {

@@ -68,8 +68,8 @@ pub(crate) struct Decoded {
     pub decode_s: f64,
 }
 
-/// What a caller hears while a generation runs: prompt prefill progress and finished blocks.
-/// Any `FnMut(&[u32])` closure is a `Progress` that streams blocks and ignores the prefill.
+/// What a caller hears while a generation runs: prompt prefill progress and finished blocks
+/// (see [`generate_with_progress`]).
 pub trait Progress {
     /// `done` of `total` prompt tokens are in the KV cache (after each prefill chunk).
     fn prefill(&mut self, done: usize, total: usize) {
@@ -79,9 +79,12 @@ pub trait Progress {
     fn block(&mut self, tokens: &[u32]);
 }
 
-impl<F: FnMut(&[u32])> Progress for F {
+/// A closure hearing finished blocks only.
+struct Blocks<F>(F);
+
+impl<F: FnMut(&[u32])> Progress for Blocks<F> {
     fn block(&mut self, tokens: &[u32]) {
-        self(tokens)
+        (self.0)(tokens)
     }
 }
 
@@ -126,13 +129,23 @@ pub(crate) fn step_measures<B: LosaBackend>(
     )
 }
 
-/// Generates after `prompt` with the loop of the model's family, telling `progress` about the
-/// prompt prefill and each finished block (a closure `|block: &[u32]| ...` streams blocks).
+/// Generates after `prompt` with the loop of the model's family, calling `on_block` with each
+/// finished block's tokens.
 pub fn generate<B: LosaBackend>(
     model: &DlmModel<B>,
     prompt: &[u32],
     cfg: &SamplerConfig,
-    mut progress: impl Progress,
+    on_block: impl FnMut(&[u32]),
+) -> Result<Generation, SamplerError> {
+    generate_with_progress(model, prompt, cfg, &mut Blocks(on_block))
+}
+
+/// [`generate`] telling `progress` about the prompt prefill as well as each finished block.
+pub fn generate_with_progress<B: LosaBackend>(
+    model: &DlmModel<B>,
+    prompt: &[u32],
+    cfg: &SamplerConfig,
+    progress: &mut dyn Progress,
 ) -> Result<Generation, SamplerError> {
     let mc = model.config();
     let block = cfg.block_size.unwrap_or(mc.block_size);
@@ -144,12 +157,12 @@ pub fn generate<B: LosaBackend>(
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     let start = Instant::now();
     let decoded = match mc.family {
-        Family::Sdar => sdar::decode(model, prompt, cfg, block, &stops, &mut rng, &mut progress)?,
+        Family::Sdar => sdar::decode(model, prompt, cfg, block, &stops, &mut rng, progress)?,
         Family::FastDllmV2 => {
-            fast_dllm_v2::decode(model, prompt, cfg, block, &stops, &mut rng, &mut progress)?
+            fast_dllm_v2::decode(model, prompt, cfg, block, &stops, &mut rng, progress)?
         }
         Family::Llada | Family::Dream => {
-            bidirectional::decode(model, prompt, cfg, block, &stops, &mut rng, &mut progress)?
+            bidirectional::decode(model, prompt, cfg, block, &stops, &mut rng, progress)?
         }
     };
     let canvas = decoded.canvas;

@@ -22,4 +22,6 @@ mod sdar;
 
 pub use config::{Policy, SamplerConfig};
 pub use error::SamplerError;
-pub use generate::{BlockTelemetry, Generation, Progress, StepTelemetry, generate};
+pub use generate::{
+    BlockTelemetry, Generation, Progress, StepTelemetry, generate, generate_with_progress,
+};
