@@ -1,6 +1,9 @@
-"""Regenerates the README's benchmark table from the committed result file (never typed by hand).
+"""Regenerates the README's tables from the committed result files (never typed by hand).
 
-    python3 bench/readme_tables.py        (rewrites the section between the README's markers)
+    python3 bench/readme_tables.py        (rewrites the sections between the README's markers)
+
+- attention-table: bench/results/attention-h100.json (`examples/bench-attention.rs` + `bench/attention_anchor.py`)
+- eval-table: bench/results/eval-retrieval.json (`losa eval --sweep`)
 """
 
 import json
@@ -9,6 +12,8 @@ import os
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULT = os.path.join(ROOT, "bench", "results", "attention-h100.json")
 START, END = "<!-- attention-table:start -->", "<!-- attention-table:end -->"
+EVAL_RESULT = os.path.join(ROOT, "bench", "results", "eval-retrieval.json")
+EVAL_START, EVAL_END = "<!-- eval-table:start -->", "<!-- eval-table:end -->"
 
 
 def table(data, budget=256, page=16):
@@ -47,16 +52,60 @@ def table(data, budget=256, page=16):
     return "\n".join(out)
 
 
+def eval_table(data):
+    runs = data["runs"]
+    pct = lambda r: f"{100 * r['accuracy']:.1f}"
+    dens = lambda r: "-" if r["mean_density"] is None else f"{r['mean_density']:.3f}"
+    out = [
+        f"Model `{os.path.relpath(data['model'], ROOT) if os.path.isabs(data['model']) else data['model']}`, "
+        f"{data['backend'].split('::')[-1]}, block {data['block_size']}, {data['steps']} steps per block "
+        f"({data['policy']}, threshold {data['threshold']}), page {data['page_size']}, "
+        f"{data['dense_layers']} leading dense layer(s); held-out sets of fixed seeds. "
+        "Exact match in %, measured KV density in parentheses.",
+        "",
+    ]
+    for context in sorted({r["context"] for r in runs}):
+        at = [r for r in runs if r["context"] == context]
+        dense = [r for r in at if r["attention"] == "dense"]
+        actives = sorted({r["active"] for r in at if r["attention"] == "losa"})
+        budgets = sorted({r["budget"] for r in at if r["budget"] is not None})
+        items = at[0]["items"]
+        head = f"**{context} tokens** ({items} items, prompts {at[0]['mean_prompt_tokens']:.0f} tokens on average)"
+        if dense:
+            head += f": dense {pct(dense[0])}%"
+        out += [head, ""]
+        if not budgets:
+            continue
+        out.append("| budget | Quest | " + " | ".join(f"LoSA k={k}" for k in actives) + " |")
+        out.append("| --- | --- | " + " | ".join("---" for _ in actives) + " |")
+        for b in budgets:
+            quest = [r for r in at if r["attention"] == "quest" and r["budget"] == b]
+            cells = [f"{pct(quest[0])} ({dens(quest[0])})" if quest else "-"]
+            for k in actives:
+                losa = [r for r in at if r["attention"] == "losa" and r["budget"] == b and r["active"] == k]
+                cells.append(f"{pct(losa[0])} ({dens(losa[0])})" if losa else "-")
+            out.append(f"| {b} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out).rstrip()
+
+
+def replace(readme, start, end, body):
+    head, rest = readme.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return head + start + "\n" + body + "\n" + end + tail
+
+
 def main():
-    with open(RESULT) as f:
-        data = json.load(f)
     readme_path = os.path.join(ROOT, "README.md")
     with open(readme_path) as f:
         readme = f.read()
-    head, rest = readme.split(START, 1)
-    _, tail = rest.split(END, 1)
+    with open(RESULT) as f:
+        readme = replace(readme, START, END, table(json.load(f)))
+    if os.path.exists(EVAL_RESULT) and EVAL_START in readme:
+        with open(EVAL_RESULT) as f:
+            readme = replace(readme, EVAL_START, EVAL_END, eval_table(json.load(f)))
     with open(readme_path, "w") as f:
-        f.write(head + START + "\n" + table(data) + "\n" + END + tail)
+        f.write(readme)
 
 
 if __name__ == "__main__":

@@ -309,7 +309,8 @@ impl<B: LosaBackend> DlmModel<B> {
 /// Which keys of `[cached ; new]` the new tokens (absolute positions `start..start + s`) may not
 /// see, `[s, cached + s]`: every cached key is visible; among new tokens, a key is hidden when
 /// its block is after the query's. `None` when everything is visible (bidirectional families).
-/// Built once per forward pass: it is the same in every layer.
+/// Built once per forward pass on the device (it is the same in every layer; at training lengths
+/// a host-built mask would cost more than the pass).
 fn hidden_keys<B: Backend>(
     start: usize,
     s: usize,
@@ -317,14 +318,20 @@ fn hidden_keys<B: Backend>(
     block: Option<usize>,
     device: &B::Device,
 ) -> Option<Tensor<B, 2, Bool>> {
-    let block = block?;
-    let n = cached + s;
-    let hidden: Vec<bool> = (0..s)
-        .flat_map(|i| {
-            (0..n).map(move |j| j >= cached && (start + j - cached) / block > (start + i) / block)
-        })
-        .collect();
-    Some(Tensor::from_data(TensorData::new(hidden, [s, n]), device))
+    let block = block? as i64;
+    let (first, last) = (start as i64, (start + s) as i64);
+    let blocks = Tensor::<B, 1, Int>::arange(first..last, device).div_scalar(block);
+    let query = blocks.clone().reshape([s, 1]).expand([s, s]);
+    let key = blocks.reshape([1, s]).expand([s, s]);
+    let among_new = key.greater(query);
+    Some(if cached == 0 {
+        among_new
+    } else {
+        Tensor::cat(
+            vec![Tensor::<B, 2, Bool>::zeros([s, cached], device), among_new],
+            1,
+        )
+    })
 }
 
 /// Attention of new tokens over `[cached ; new]` keys, with the keys `hidden` masks out (see

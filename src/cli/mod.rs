@@ -1,0 +1,218 @@
+//! The `losa` subcommands and what they share: devices, dtypes, attention and decoding flags.
+
+pub mod eval;
+pub mod generate;
+pub mod train;
+
+use clap::{Args, ValueEnum};
+use losa::{
+    losa_attention::{
+        ActiveRows, AttentionMode, LosaBackend, LosaConfig, PageSelectionConfig, QuestConfig,
+    },
+    losa_sampler::SamplerConfig,
+};
+
+/// A one-line error for the user.
+pub type CliResult<T> = Result<T, String>;
+
+/// The model `losa generate` and `losa eval` run when `--model` is not given: shipped with the
+/// repository.
+pub const DEFAULT_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/shipped/sdar-tiny");
+
+/// Where tensors live.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Device {
+    /// burn's NdArray backend.
+    Cpu,
+    /// wgpu (Vulkan / Metal / DX12) with the CubeCL kernels.
+    Wgpu,
+    /// CUDA with the CubeCL kernels.
+    Cuda,
+}
+
+/// Weight and activation dtype.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Dtype {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl Dtype {
+    pub fn float(self) -> burn::tensor::FloatDType {
+        match self {
+            Dtype::F32 => burn::tensor::FloatDType::F32,
+            Dtype::F16 => burn::tensor::FloatDType::F16,
+            Dtype::Bf16 => burn::tensor::FloatDType::BF16,
+        }
+    }
+}
+
+/// Prefix attention of the denoising steps.
+#[derive(Clone, Copy, Debug, PartialEq, ValueEnum)]
+pub enum Attention {
+    Dense,
+    Quest,
+    Losa,
+}
+
+/// Attention flags shared by `generate` and `eval`.
+#[derive(Args, Debug, Clone)]
+pub struct AttentionArgs {
+    /// Prefix attention of the denoising steps.
+    #[arg(long, value_enum, default_value = "losa")]
+    pub attention: Attention,
+    /// Per-query token budget (Quest, LoSA).
+    #[arg(long, default_value_t = 256)]
+    pub budget: usize,
+    /// Page size in tokens (Quest, LoSA).
+    #[arg(long, default_value_t = 16)]
+    pub page_size: usize,
+    /// Active rows per step (LoSA); default 5 per 16 block tokens.
+    #[arg(long)]
+    pub active: Option<usize>,
+    /// Leading layers kept dense (Quest, LoSA).
+    #[arg(long, default_value_t = 2)]
+    pub dense_layers: usize,
+}
+
+/// The attention mode of `kind` with these page settings, checked against the block size.
+pub fn attention_mode(
+    kind: Attention,
+    budget: usize,
+    page_size: usize,
+    active: Option<usize>,
+    dense_layers: usize,
+    block: usize,
+) -> CliResult<AttentionMode> {
+    let pages = PageSelectionConfig::new()
+        .with_page_size(page_size)
+        .with_budget(budget);
+    pages.validate().map_err(|e| e.to_string())?;
+    let mode = match kind {
+        Attention::Dense => AttentionMode::Dense,
+        Attention::Quest => {
+            AttentionMode::Quest(QuestConfig::new(pages).with_dense_layers(dense_layers))
+        }
+        Attention::Losa => {
+            let k = active.unwrap_or_else(|| LosaConfig::default_active_for_block(block));
+            AttentionMode::Losa(
+                LosaConfig::new(pages)
+                    .with_active(ActiveRows::TopK(k))
+                    .with_dense_layers(dense_layers),
+            )
+        }
+    };
+    mode.validate(block).map_err(|e| e.to_string())?;
+    Ok(mode)
+}
+
+impl AttentionArgs {
+    pub fn mode(&self, block: usize) -> CliResult<AttentionMode> {
+        attention_mode(
+            self.attention,
+            self.budget,
+            self.page_size,
+            self.active,
+            self.dense_layers,
+            block,
+        )
+    }
+}
+
+/// Decoding flags shared by `generate` and `eval`.
+#[derive(Args, Debug, Clone)]
+pub struct DecodeArgs {
+    /// Block size (default: the model's).
+    #[arg(long)]
+    pub block_size: Option<usize>,
+    /// Denoising steps per block.
+    #[arg(long, default_value_t = 4)]
+    pub steps: usize,
+    /// Confidence threshold of the dynamic policy.
+    #[arg(long, default_value_t = 0.9)]
+    pub threshold: f32,
+    /// Remasking policy: low_confidence_dynamic, low_confidence_static, sequential, entropy_bounded.
+    #[arg(long, default_value = "low_confidence_dynamic")]
+    pub policy: String,
+    /// Sampling temperature (0: greedy).
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Top-k filter (0: off).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Top-p filter (1: off).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Sampling seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl DecodeArgs {
+    /// The sampler settings of these flags.
+    pub fn sampler(&self, max_new_tokens: usize) -> CliResult<SamplerConfig> {
+        Ok(SamplerConfig {
+            block_size: self.block_size,
+            steps: self.steps,
+            policy: self
+                .policy
+                .parse()
+                .map_err(|e: losa::losa_sampler::SamplerError| e.to_string())?,
+            threshold: self.threshold,
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            seed: self.seed,
+            max_new_tokens,
+            ..SamplerConfig::default()
+        })
+    }
+}
+
+/// Work that runs on any backend with the LoSA op.
+pub trait Job {
+    fn run<B: LosaBackend>(self, device: &B::Device) -> CliResult<()>;
+}
+
+fn missing(device: Device) -> String {
+    format!(
+        "this build has no {device:?} device: rebuild with --features {}",
+        format!("{device:?}").to_lowercase()
+    )
+}
+
+/// Runs `job` on the backend of `device`.
+pub fn on_device(device: Device, job: impl Job) -> CliResult<()> {
+    match device {
+        Device::Cpu => job.run::<burn::backend::NdArray<f32>>(&Default::default()),
+        #[cfg(feature = "wgpu")]
+        Device::Wgpu => job.run::<burn::backend::Wgpu<f32, i32>>(&Default::default()),
+        #[cfg(feature = "cuda")]
+        Device::Cuda => job.run::<burn::backend::Cuda<f32, i32>>(&Default::default()),
+        #[allow(unreachable_patterns)]
+        other => Err(missing(other)),
+    }
+}
+
+/// Work that trains: runs on the autodiff backend of a device.
+pub trait TrainJob {
+    fn run<B>(self, device: &B::Device) -> CliResult<()>
+    where
+        B: burn::tensor::backend::AutodiffBackend + LosaBackend,
+        B::InnerBackend: LosaBackend;
+}
+
+/// Runs `job` on the autodiff backend of `device`.
+pub fn on_autodiff_device(device: Device, job: impl TrainJob) -> CliResult<()> {
+    use burn::backend::Autodiff;
+    match device {
+        Device::Cpu => job.run::<Autodiff<burn::backend::NdArray<f32>>>(&Default::default()),
+        #[cfg(feature = "wgpu")]
+        Device::Wgpu => job.run::<Autodiff<burn::backend::Wgpu<f32, i32>>>(&Default::default()),
+        #[cfg(feature = "cuda")]
+        Device::Cuda => job.run::<Autodiff<burn::backend::Cuda<f32, i32>>>(&Default::default()),
+        #[allow(unreachable_patterns)]
+        other => Err(missing(other)),
+    }
+}

@@ -1,0 +1,167 @@
+//! `losa-train` on the CPU with a micro recipe: a run stopped by its time limit leaves a
+//! checkpoint and `training.json` that the next run resumes from (same step counter, weights
+//! reloaded), the loss is finite and recorded, and the saved folder loads as an SDAR checkpoint
+//! whose tokenizer speaks the retrieval task's vocabulary.
+
+mod common;
+
+use std::time::Duration;
+
+use burn::{backend::Autodiff, tensor::FloatDType};
+use common::Ref;
+use losa::losa_models::{Tokenizer, load};
+use losa_tasks::{RetrievalSpec, TaskVocab};
+use losa_train::{
+    Stage, TrainConfig, train,
+    trainer::{Event, RunLimits},
+};
+
+fn micro() -> TrainConfig {
+    TrainConfig {
+        hidden: 32,
+        layers: 1,
+        heads: 2,
+        kv_heads: 1,
+        head_dim: 16,
+        intermediate: 64,
+        block_size: 8,
+        max_positions: 256,
+        stages: vec![Stage {
+            min_context: 96,
+            max_context: 112,
+            steps: 3,
+            batch_tokens: 200,
+        }],
+        eval_items: 2,
+        eval_every: 100,
+        checkpoint_every: 100,
+        ..TrainConfig::default()
+    }
+}
+
+#[test]
+fn a_stopped_run_resumes_from_its_checkpoint() {
+    let out = std::env::temp_dir().join(format!("losa-train-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let device = Default::default();
+    // A zero time limit stops after the first step, saving it.
+    let first = train::<Autodiff<Ref>>(
+        &micro(),
+        &out,
+        &device,
+        RunLimits {
+            time: Some(Duration::ZERO),
+        },
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(first.steps_done, 1);
+    assert!(out.join("training.json").exists());
+    let mut steps_seen = Vec::new();
+    let mut evals = 0;
+    let second =
+        train::<Autodiff<Ref>>(&micro(), &out, &device, RunLimits::default(), |e| match e {
+            Event::Step(r) => steps_seen.push(r.step),
+            Event::Eval(_) => evals += 1,
+            Event::Saved(_) => {}
+        })
+        .unwrap();
+    assert_eq!(steps_seen, vec![2, 3], "the step counter continues");
+    assert_eq!(evals, 1, "the stage's end is evaluated");
+    assert_eq!(second.steps_done, 3);
+    assert_eq!(second.steps.len(), 3);
+    assert!(
+        second
+            .steps
+            .iter()
+            .all(|s| s.loss.is_finite() && s.loss > 0.0)
+    );
+    // A finished run does nothing more.
+    let third = train::<Autodiff<Ref>>(&micro(), &out, &device, RunLimits::default(), |_| {
+        panic!("nothing left to train")
+    })
+    .unwrap();
+    assert_eq!(third.steps_done, 3);
+    // The folder is an SDAR checkpoint with the task tokenizer.
+    let model = load::<Ref>(&out, &device, FloatDType::F32).unwrap();
+    let vocab = TaskVocab::new();
+    assert_eq!(model.config().vocab_size, vocab.len());
+    assert_eq!(model.config().block_size, 8);
+    let tokenizer = Tokenizer::from_dir(&out).unwrap();
+    let e = RetrievalSpec::new(100).example(&vocab, 5).unwrap();
+    assert_eq!(tokenizer.encode(&vocab.text(&e.prompt)).unwrap(), e.prompt);
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
+fn impossible_recipes_are_refused_before_training() {
+    let out = std::env::temp_dir().join(format!("losa-train-bad-{}", std::process::id()));
+    let mut too_long = micro();
+    too_long.stages[0].max_context = 1000; // beyond the 256 positions
+    let mut too_short = micro();
+    too_short.stages[0].min_context = 20;
+    let mut no_stage = micro();
+    no_stage.stages.clear();
+    for bad in [too_long, too_short, no_stage] {
+        let err = train::<Autodiff<Ref>>(
+            &bad,
+            &out,
+            &Default::default(),
+            RunLimits::default(),
+            |_| {},
+        )
+        .unwrap_err();
+        assert!(!err.to_string().is_empty());
+        assert!(!out.join("training.json").exists(), "nothing written");
+    }
+}
+
+/// The whole path (noising, forward, masked loss, backward, AdamW) can fit one fixed batch:
+/// a wiring mistake anywhere (a parameter without gradient, a wrong target index) stops this.
+#[test]
+fn one_batch_is_overfit() {
+    use burn::{
+        module::AutodiffModule,
+        optim::{AdamWConfig, GradientsParams, Optimizer},
+    };
+    use losa::losa_models::DlmModel;
+    use losa_tasks::retrieval::answer_with_eos;
+    use losa_train::{noise_example, objective::masked_loss};
+    use rand::{SeedableRng, rngs::StdRng};
+
+    type B = Autodiff<Ref>;
+    let vocab = TaskVocab::new();
+    let cfg = micro();
+    let device = Default::default();
+    let mut model =
+        DlmModel::<B>::random(cfg.model_config(&vocab), &device, FloatDType::F32, 1).unwrap();
+    let mut rng = StdRng::seed_from_u64(0);
+    let eos = vocab.known(losa_tasks::vocab::EOS);
+    let mask = vocab.known(losa_tasks::vocab::MASK);
+    let rows: Vec<_> = (0..2)
+        .map(|i| {
+            let e = RetrievalSpec::new(80).example(&vocab, i).unwrap();
+            noise_example(
+                &e.prompt,
+                &answer_with_eos(&vocab, &e.answer),
+                eos,
+                mask,
+                8,
+                &mut rng,
+            )
+        })
+        .collect();
+    let mut optim = AdamWConfig::new().init::<B, DlmModel<B>>();
+    let mut losses = Vec::new();
+    for _ in 0..60 {
+        let (loss, _) = masked_loss(&model, &rows, eos).unwrap();
+        losses.push(loss.clone().into_scalar());
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(1e-2, model, grads);
+    }
+    let (first, last) = (losses[0], *losses.last().unwrap());
+    assert!(last < 0.2 * first, "loss {first} -> {last}: {losses:?}");
+    let (_, hits) = masked_loss(&model.valid(), &rows, eos).unwrap();
+    let n: usize = rows.iter().map(|r| r.targets.len()).sum();
+    assert_eq!(hits, n, "every masked token is predicted");
+}
