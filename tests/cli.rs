@@ -140,3 +140,111 @@ fn bad_arguments_exit_nonzero_with_one_line() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
+
+/// `losa train` writes a checkpoint that `losa eval --sweep` runs: dense, Quest at every budget
+/// and LoSA at every budget and active count, on the same held-out items, into one result file.
+#[test]
+fn train_then_eval_sweep_writes_the_result_file() {
+    let dir = std::env::temp_dir().join(format!("losa-cli-train-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let ckpt = dir.join("ckpt");
+    let ckpt = ckpt.to_str().unwrap();
+    let out = losa(&[
+        "train",
+        "--out",
+        ckpt,
+        "--stages",
+        "80-112:2:300",
+        "--hidden",
+        "32",
+        "--layers",
+        "2",
+        "--intermediate",
+        "64",
+        "--eval-items",
+        "1",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("2 of 2 steps done"));
+    let result = dir.join("eval.json");
+    let out = losa(&[
+        "eval",
+        "--model",
+        ckpt,
+        "--lengths",
+        "160",
+        "--items",
+        "2",
+        "--sweep",
+        "--budgets",
+        "16,32",
+        "--actives",
+        "1,2",
+        "--dense-layers",
+        "0",
+        "--steps",
+        "8",
+        "--max-new-tokens",
+        "16",
+        "--out",
+        result.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&result).unwrap()).unwrap();
+    let runs = report["runs"].as_array().unwrap();
+    let kinds: Vec<(&str, Option<u64>, Option<u64>)> = runs
+        .iter()
+        .map(|r| {
+            (
+                r["attention"].as_str().unwrap(),
+                r["budget"].as_u64(),
+                r["active"].as_u64(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ("dense", None, None),
+            ("quest", Some(16), None),
+            ("quest", Some(32), None),
+            ("losa", Some(16), Some(1)),
+            ("losa", Some(16), Some(2)),
+            ("losa", Some(32), Some(1)),
+            ("losa", Some(32), Some(2)),
+        ]
+    );
+    for r in runs {
+        assert_eq!(r["items"], 2);
+        let acc = r["accuracy"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&acc));
+        if r["attention"] != "dense" {
+            let d = r["mean_density"].as_f64().unwrap();
+            assert!(d > 0.0 && d <= 1.0, "{r}");
+        }
+    }
+    // A checkpoint without the task vocabulary is refused with one line.
+    let out = losa(&[
+        "eval",
+        "--lengths",
+        "160",
+        "--items",
+        "1",
+        "--attention",
+        "dense",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not the retrieval task vocabulary"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

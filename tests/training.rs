@@ -165,3 +165,63 @@ fn one_batch_is_overfit() {
     let n: usize = rows.iter().map(|r| r.targets.len()).sum();
     assert_eq!(hits, n, "every masked token is predicted");
 }
+
+/// The objective, the backward pass and AdamW learn what attention must learn for retrieval:
+/// copying tokens from elsewhere in the sequence (here a random 8-token span, asked again two
+/// blocks later). A 2-layer model does it within 200 steps; a broken mask, position or gradient
+/// path would leave it at chance.
+#[test]
+fn the_objective_learns_to_copy_through_attention() {
+    use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+    use losa::losa_models::DlmModel;
+    use losa_train::{noise_drill, objective::masked_loss};
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+
+    type B = Autodiff<Ref>;
+    let vocab = TaskVocab::new();
+    let cfg = TrainConfig {
+        hidden: 32,
+        layers: 2,
+        heads: 2,
+        kv_heads: 1,
+        head_dim: 16,
+        intermediate: 64,
+        ..micro()
+    };
+    let mut model = DlmModel::<B>::random(
+        cfg.model_config(&vocab),
+        &Default::default(),
+        FloatDType::F32,
+        1,
+    )
+    .unwrap();
+    let mut optim = AdamWConfig::new().init::<B, DlmModel<B>>();
+    let mut rng = StdRng::seed_from_u64(0);
+    let (eos, mask) = (
+        vocab.known(losa_tasks::vocab::EOS),
+        vocab.known(losa_tasks::vocab::MASK),
+    );
+    let mut last = Vec::new();
+    for step in 0..200 {
+        let rows: Vec<_> = (0..16)
+            .map(|_| {
+                let span: Vec<u32> = (0..8)
+                    .map(|_| vocab.value_word(rng.random_range(0..32)))
+                    .collect();
+                let mut context = span.clone();
+                context.push(vocab.known("."));
+                let question = vec![vocab.known("key"); 7];
+                noise_drill(&context, &[(question, span)], eos, mask, 8, &mut rng)
+            })
+            .collect();
+        let (loss, _) = masked_loss(&model, &rows, eos).unwrap();
+        if step >= 190 {
+            last.push(loss.clone().into_scalar());
+        }
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(1e-2, model, grads);
+    }
+    let mean = last.iter().sum::<f32>() / last.len() as f32;
+    // Chance is ln(32) = 3.5 nats.
+    assert!(mean < 0.3, "copy loss after 200 steps: {last:?}");
+}

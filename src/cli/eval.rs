@@ -201,9 +201,7 @@ impl EvalArgs {
         }
         // Check them all before running anything.
         for &(kind, budget, active) in &out {
-            if kind != Attention::Dense {
-                self.mode(kind, budget, active, block)?;
-            }
+            self.mode(kind, budget, active, block)?;
         }
         Ok(out)
     }
@@ -215,6 +213,9 @@ impl EvalArgs {
         active: Option<usize>,
         block: usize,
     ) -> CliResult<AttentionMode> {
+        if kind == Attention::Dense {
+            return Ok(AttentionMode::Dense);
+        }
         let a = &self.attention;
         attention_mode(kind, budget, a.page_size, active, a.dense_layers, block)
     }

@@ -2,9 +2,10 @@
 //!
 //! A prompt is a list of records `key K1 K2 value w1 .. wn .` (two key syllables, a value of
 //! 8 to 24 words, all drawn at random, keys distinct within a prompt) filling the context, then
-//! the question `what is the value of key K1 K2 ? answer` about one record chosen uniformly (so
-//! every depth of the context is asked about). The answer is that record's value; a model ends
-//! it with the end-of-text token.
+//! the question `what is the value of key K1 K2 ? key K1 K2 value` about one record chosen
+//! uniformly (so every depth of the context is asked about): the prompt ends by opening the
+//! record again, and the answer is that record's value, which a model ends with the end-of-text
+//! token.
 //!
 //! Examples are functions of a seed. Held-out sets use seeds with the top bit set
 //! ([`RetrievalSpec::eval_set`]); training draws seeds with it clear
@@ -69,8 +70,8 @@ pub struct RetrievalSpec {
     pub max_value: usize,
 }
 
-/// Tokens of the question: `what is the value of key K1 K2 ? answer`.
-const QUESTION_TOKENS: usize = 10;
+/// Tokens of the question: `what is the value of key K1 K2 ? key K1 K2 value`.
+pub const QUESTION_TOKENS: usize = 13;
 /// Tokens of a record besides its value: `key K1 K2 value` and `.`.
 const RECORD_OVERHEAD: usize = 5;
 /// The top bit marks held-out seeds.
@@ -191,7 +192,10 @@ impl RetrievalSpec {
                     vocab.key_syllable(a),
                     vocab.key_syllable(b),
                     w("?"),
-                    w("answer"),
+                    w("key"),
+                    vocab.key_syllable(a),
+                    vocab.key_syllable(b),
+                    w("value"),
                 ];
                 (question, values[order[i]].clone())
             })
@@ -240,7 +244,7 @@ mod tests {
             assert!((8..=24).contains(&e.answer.len()));
             // The asked key's record in the prompt carries the answer right after `value`.
             let text = v.text(&e.prompt);
-            let q = &e.prompt[e.prompt.len() - 4..e.prompt.len() - 2];
+            let q = &e.prompt[e.prompt.len() - 3..e.prompt.len() - 1];
             let at = e
                 .prompt
                 .windows(3)

@@ -30,12 +30,12 @@ pub const SYNTAX: [&str; 10] = [
 
 const CONSONANTS: &str = "bdfghjklmnprstvz";
 const VOWELS: &str = "aeiou";
-const CODAS: &str = "nrlsxmkt";
 
 /// Number of key syllables (capitalised consonant-vowel).
 pub const KEY_SYLLABLES: usize = 80;
-/// Number of value words (consonant-vowel-consonant).
-pub const VALUE_WORDS: usize = 512;
+/// Number of value words (consonant-vowel-consonant-vowel): enough that a word rarely repeats
+/// within an 8K context, so copying a value is not ambiguous.
+pub const VALUE_WORDS: usize = 2048;
 
 /// The task vocabulary: every token string in id order.
 #[derive(Debug, Clone)]
@@ -74,13 +74,13 @@ impl TaskVocab {
             .collect();
         tokens.extend(syllables);
         let value_start = tokens.len() as u32;
-        let words: Vec<String> = CONSONANTS
+        let syllables: Vec<String> = CONSONANTS
             .chars()
-            .flat_map(|c| {
-                VOWELS
-                    .chars()
-                    .flat_map(move |v| CODAS.chars().map(move |k| format!("{c}{v}{k}")))
-            })
+            .flat_map(|c| VOWELS.chars().map(move |v| format!("{c}{v}")))
+            .collect();
+        let words: Vec<String> = syllables
+            .iter()
+            .flat_map(|a| syllables.iter().map(move |b| format!("{a}{b}")))
             .take(VALUE_WORDS)
             .collect();
         tokens.extend(words);
@@ -192,7 +192,7 @@ mod tests {
             v.key_syllable(79),
             v.known("value"),
             v.value_word(0),
-            v.value_word(511),
+            v.value_word(VALUE_WORDS - 1),
             v.known("."),
         ];
         let text = v.text(&ids);

@@ -128,7 +128,7 @@ impl Default for TrainConfig {
             rope_theta: 10_000.0,
             stages: vec![
                 Stage {
-                    min_context: 96,
+                    min_context: 80,
                     max_context: 512,
                     steps: 1500,
                     batch_tokens: 16_384,
@@ -188,7 +188,7 @@ impl TrainConfig {
     /// Questions per example at `context`: as many of [`Self::questions`] as the positions hold
     /// (each takes a question, the longest answer, end of text and block padding).
     fn questions_at(&self, context: usize) -> usize {
-        let per_question = 10 + 24 + 1 + self.block_size;
+        let per_question = losa_tasks::retrieval::QUESTION_TOKENS + 24 + 1 + self.block_size;
         let room = self.max_positions.saturating_sub(context) / per_question;
         self.questions.min(room).max(1)
     }
