@@ -8,23 +8,19 @@
 //! `--sweep` runs dense, then Quest at every `--budgets` value and LoSA at every budget and
 //! `--actives` count, on the same items.
 
-use std::{
-    path::{Path, PathBuf},
-    time::Instant,
-};
+use std::{path::PathBuf, time::Instant};
 
 use clap::{Args, ValueEnum};
 use losa::{
     losa_attention::{AttentionMode, LosaBackend},
-    losa_models::{ChatMessage, DlmModel, Tokenizer, load},
+    losa_models::{ChatMessage, DlmModel, Tokenizer},
     losa_sampler::{Generation, SamplerConfig, generate},
 };
 use losa_tasks::{RetrievalSpec, TaskVocab, exact_match, read_gsm8k};
 use serde::Serialize;
 
 use super::{
-    Attention, AttentionArgs, CliResult, DEFAULT_MODEL, DecodeArgs, Device, Dtype, Job,
-    attention_mode,
+    Attention, AttentionArgs, CliResult, DecodeArgs, Device, Dtype, Job, attention_mode, open_model,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, ValueEnum, Serialize)]
@@ -257,12 +253,7 @@ fn run_set<B: LosaBackend>(
 impl Job for &EvalArgs {
     fn run<B: LosaBackend>(self, device: &B::Device) -> CliResult<()> {
         let args = self;
-        let dir: &Path = args.model.as_deref().unwrap_or(Path::new(DEFAULT_MODEL));
-        if !dir.is_dir() {
-            return Err(format!("model folder {} does not exist", dir.display()));
-        }
-        let tokenizer = Tokenizer::from_dir(dir).map_err(|e| e.to_string())?;
-        let base = load::<B>(dir, device, args.dtype.float()).map_err(|e| e.to_string())?;
+        let (dir, tokenizer, base) = open_model::<B>(args.model.as_deref(), device, args.dtype)?;
         let block = args.decode.block_size.unwrap_or(base.config().block_size);
         let settings = args.settings(block)?;
         let default_new = match args.task {

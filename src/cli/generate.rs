@@ -3,18 +3,18 @@
 
 use std::{
     io::{Read, Write},
-    path::{Path, PathBuf},
+    path::PathBuf,
 };
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use losa::{
     losa_attention::LosaBackend,
-    losa_models::{ChatMessage, Tokenizer, load},
+    losa_models::{ChatMessage, Tokenizer},
     losa_sampler::{Progress, generate_with_progress},
 };
 
-use super::{AttentionArgs, CliResult, DEFAULT_MODEL, DecodeArgs, Device, Dtype, Job};
+use super::{AttentionArgs, CliResult, DecodeArgs, Device, Dtype, Job, open_model};
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
@@ -66,13 +66,7 @@ fn read_prompt(args: &GenerateArgs) -> CliResult<String> {
 impl Job for &GenerateArgs {
     fn run<B: LosaBackend>(self, device: &B::Device) -> CliResult<()> {
         let args = self;
-        let dir: &Path = args.model.as_deref().unwrap_or(Path::new(DEFAULT_MODEL));
-        if !dir.is_dir() {
-            return Err(format!("model folder {} does not exist", dir.display()));
-        }
-        let dtype = args.dtype.float();
-        let tokenizer = Tokenizer::from_dir(dir).map_err(|e| e.to_string())?;
-        let model = load::<B>(dir, device, dtype).map_err(|e| e.to_string())?;
+        let (_, tokenizer, model) = open_model::<B>(args.model.as_deref(), device, args.dtype)?;
         let block = args.decode.block_size.unwrap_or(model.config().block_size);
         let model = model.with_attention(args.attention.mode(block)?);
         let cfg = args.decode.sampler(args.max_new_tokens)?;

@@ -19,6 +19,26 @@ pub type CliResult<T> = Result<T, String>;
 /// repository.
 pub const DEFAULT_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/shipped/sdar-tiny");
 
+/// The checkpoint folder (`--model`, else the shipped model), its tokenizer and its weights.
+pub fn open_model<B: LosaBackend>(
+    model: Option<&std::path::Path>,
+    device: &B::Device,
+    dtype: Dtype,
+) -> CliResult<(
+    std::path::PathBuf,
+    losa::losa_models::Tokenizer,
+    losa::losa_models::DlmModel<B>,
+)> {
+    let dir = model.unwrap_or(std::path::Path::new(DEFAULT_MODEL));
+    if !dir.is_dir() {
+        return Err(format!("model folder {} does not exist", dir.display()));
+    }
+    let tokenizer = losa::losa_models::Tokenizer::from_dir(dir).map_err(|e| e.to_string())?;
+    let weights =
+        losa::losa_models::load::<B>(dir, device, dtype.float()).map_err(|e| e.to_string())?;
+    Ok((dir.to_path_buf(), tokenizer, weights))
+}
+
 /// Where tensors live.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Device {
