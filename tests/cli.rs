@@ -87,7 +87,29 @@ fn json_output_parses_and_carries_telemetry() {
 #[test]
 fn bad_arguments_exit_nonzero_with_one_line() {
     let long = temp_file("long", &"alpha beta gamma delta ".repeat(3000));
+    let run_dir = std::env::temp_dir().join(format!("losa-cli-bad-train-{}", std::process::id()));
+    let run_dir = run_dir.to_str().unwrap();
     let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["train", "--out", run_dir, "--stages", "10-20:1:100"],
+            "too short",
+        ),
+        (
+            vec!["train", "--out", run_dir, "--stages", "80:1"],
+            "bad stage",
+        ),
+        (
+            vec!["train", "--out", run_dir, "--lr", "0"],
+            "lr must be positive",
+        ),
+        (vec!["eval", "--task", "gsm8k"], "needs --data"),
+        (
+            vec!["eval", "--task", "gsm8k", "--data", "/no/such/test.jsonl"],
+            "cannot read",
+        ),
+        (vec!["eval", "--lengths", "10"], "too short"),
+        (vec!["eval", "--sweep", "--budgets", "0"], "budget"),
+        (vec!["eval", "--model", "/no/such/model"], "does not exist"),
         (
             vec!["generate", "--prompt", "x", "--policy", "fastest"],
             "unknown policy",
@@ -139,6 +161,10 @@ fn bad_arguments_exit_nonzero_with_one_line() {
         );
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
+    assert!(
+        !std::path::Path::new(run_dir).join("training.json").exists(),
+        "refused recipes write nothing"
+    );
 }
 
 /// `losa train` writes a checkpoint that `losa eval --sweep` runs: dense, Quest at every budget
