@@ -1,6 +1,7 @@
 //! The `losa` command-line program: `losa generate` runs a block-wise diffusion LM checkpoint
 //! with dense, Quest or LoSA attention and streams its text; `losa train` trains the small
-//! retrieval model; `losa eval` measures accuracy and KV density of attention modes.
+//! retrieval model; `losa eval` measures accuracy and KV density of attention modes; `losa bench
+//! generate` times generation on a real model shape.
 
 mod cli;
 
@@ -27,6 +28,8 @@ enum Command {
     Train(cli::train::TrainArgs),
     /// Accuracy and KV density of dense / Quest / LoSA on a task set.
     Eval(cli::eval::EvalArgs),
+    /// Speed benchmarks.
+    Bench(cli::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +57,9 @@ fn main() -> ExitCode {
         Command::Generate(args) => cli::on_device(args.device, args),
         Command::Train(args) => cli::on_autodiff_device(args.device, args),
         Command::Eval(args) => cli::on_device(args.device, args),
+        Command::Bench(cli::bench::BenchArgs {
+            what: cli::bench::Bench::Generate(args),
+        }) => cli::on_device(args.device, args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -274,3 +274,50 @@ fn train_then_eval_sweep_writes_the_result_file() {
     assert_eq!(err.trim().lines().count(), 1);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `losa bench generate` runs every mode with the same number of steps on a random model and
+/// writes one row per (prompt, mode, steps).
+#[test]
+fn bench_generate_writes_a_row_per_run() {
+    let result = std::env::temp_dir().join(format!("losa-cli-bench-{}.json", std::process::id()));
+    let out = losa(&[
+        "bench",
+        "generate",
+        "--shape",
+        "tiny",
+        "--prompt-tokens",
+        "96",
+        "--steps",
+        "2,4",
+        "--blocks",
+        "1",
+        "--dtype",
+        "f32",
+        "--budget",
+        "32",
+        "--active",
+        "2",
+        "--dense-layers",
+        "1",
+        "--out",
+        result.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&result).unwrap()).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 6);
+    for r in rows {
+        assert_eq!(
+            r["blocks"], 1,
+            "a 96-token prompt is whole blocks: one new block"
+        );
+        assert!(r["tokens_per_s"].as_f64().unwrap() > 0.0);
+        assert!(r["prefill_ms"].as_f64().unwrap() > 0.0);
+    }
+    std::fs::remove_file(&result).unwrap();
+}

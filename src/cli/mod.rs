@@ -1,5 +1,6 @@
 //! The `losa` subcommands and what they share: devices, dtypes, attention and decoding flags.
 
+pub mod bench;
 pub mod eval;
 pub mod generate;
 pub mod train;

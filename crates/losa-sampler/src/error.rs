@@ -28,6 +28,9 @@ pub enum SamplerError {
     /// The model family's decoding loop is not implemented yet.
     #[error("{0}")]
     Unsupported(String),
+    /// The device failed while running the model.
+    #[error("device error: {0}")]
+    Device(String),
     /// The model refused an input.
     #[error(transparent)]
     Model(#[from] losa_models::LoadError),

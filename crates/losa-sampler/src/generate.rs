@@ -105,8 +105,12 @@ pub(crate) fn prefill<B: LosaBackend>(
         let end = (done + chunk).min(tokens.len());
         let logits = model.prefill(&[tokens[done..end].to_vec()], cache)?;
         let [_, rows, vocab] = logits.dims();
+        let device = logits.device();
         last = Some(logits.reshape([rows, vocab]));
         done = end;
+        // Wait for the chunk, so that progress and the prefill time are what the device did,
+        // not what was queued.
+        B::sync(&device).map_err(|e| SamplerError::Device(format!("{e:?}")))?;
         progress.prefill(done, tokens.len());
     }
     Ok(last.expect("prefill of at least one token"))

@@ -1,0 +1,267 @@
+//! `losa bench generate`: end-to-end generation speed of dense, Quest and LoSA on a model of a
+//! real architecture and size with random weights (no checkpoint needed), a random prompt of N
+//! tokens and the full sampler with fixed quotas, so that every mode runs the same number of
+//! denoising steps. Writes `bench/results/generate-<name>.json`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand, ValueEnum};
+use losa::{
+    losa_attention::{AttentionMode, LosaBackend},
+    losa_models::{DlmModel, Family, ModelConfig},
+    losa_sampler::{Policy, SamplerConfig, generate},
+};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use serde::Serialize;
+
+use super::{Attention, CliResult, Device, Dtype, Job, attention_mode};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub what: Bench,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Bench {
+    /// Generation speed at long prompts on a real model shape with random weights.
+    Generate(GenerateBenchArgs),
+}
+
+/// Published architectures (config.json of the SDAR checkpoints), and a tiny one for tests.
+#[derive(Clone, Copy, Debug, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Shape {
+    /// SDAR-8B / TraDo-8B: 36 layers, hidden 4096, 32/8 heads of 128.
+    Sdar8b,
+    /// SDAR-1.7B: 28 layers, hidden 2048, 16/8 heads of 128.
+    Sdar1_7b,
+    /// 2 layers, hidden 64: for testing the command.
+    Tiny,
+}
+
+impl Shape {
+    fn config(self, positions: usize) -> ModelConfig {
+        // (vocab, hidden, intermediate, layers, heads, kv heads, head dim)
+        let (v, h, i, l, q, kv, d) = match self {
+            Shape::Sdar8b => (151_936, 4096, 12_288, 36, 32, 8, 128),
+            Shape::Sdar1_7b => (151_936, 2048, 6144, 28, 16, 8, 128),
+            Shape::Tiny => (1000, 64, 128, 2, 4, 2, 16),
+        };
+        ModelConfig {
+            family: Family::Sdar,
+            vocab_size: v,
+            hidden_size: h,
+            intermediate_size: i,
+            num_layers: l,
+            num_heads: q,
+            num_kv_heads: kv,
+            head_dim: d,
+            rms_norm_eps: 1e-6,
+            rope_theta: 1e6,
+            rope_scaling: None,
+            max_positions: positions,
+            qk_norm: true,
+            qkv_bias: false,
+            tie_embeddings: false,
+            mask_token_id: v as u32 - 1,
+            stop_ids: Vec::new(),
+            block_size: 16,
+            attention: AttentionMode::Dense,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateBenchArgs {
+    /// Model architecture.
+    #[arg(long, value_enum, default_value = "sdar8b")]
+    shape: Shape,
+    /// Prompt lengths, tokens.
+    #[arg(long, value_delimiter = ',', default_value = "32768,65536")]
+    prompt_tokens: Vec<usize>,
+    /// Denoising steps per block (fixed quotas: block / steps tokens per step).
+    #[arg(long, value_delimiter = ',', default_value = "4,8")]
+    steps: Vec<usize>,
+    /// Attention modes.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "dense,quest,losa"
+    )]
+    attention: Vec<Attention>,
+    /// Blocks of 16 tokens to generate per run.
+    #[arg(long, default_value_t = 4)]
+    blocks: usize,
+    /// Per-query token budget (Quest, LoSA).
+    #[arg(long, default_value_t = 256)]
+    budget: usize,
+    /// Page size (Quest, LoSA).
+    #[arg(long, default_value_t = 16)]
+    page_size: usize,
+    /// LoSA active rows.
+    #[arg(long, default_value_t = 5)]
+    active: usize,
+    /// Leading dense layers (Quest, LoSA).
+    #[arg(long, default_value_t = 2)]
+    dense_layers: usize,
+    /// Device.
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: Device,
+    /// Weight and activation dtype.
+    #[arg(long, value_enum, default_value = "bf16")]
+    dtype: Dtype,
+    /// Seed of the weights and the prompt.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Result file.
+    #[arg(long, default_value = "bench/results/generate.json")]
+    out: PathBuf,
+}
+
+#[derive(Debug, Serialize)]
+struct Row {
+    prompt_tokens: usize,
+    attention: &'static str,
+    steps: usize,
+    blocks: usize,
+    prefill_ms: f64,
+    decode_ms: f64,
+    ms_per_block: f64,
+    ms_per_step: f64,
+    tokens_per_s: f64,
+}
+
+impl Job for &GenerateBenchArgs {
+    fn run<B: LosaBackend>(self, device: &B::Device) -> CliResult<()> {
+        let args = self;
+        let block = 16;
+        let longest = args.prompt_tokens.iter().copied().max().unwrap_or(0);
+        let config = args.shape.config(longest + args.blocks * block + block);
+        let weights_bytes = weight_count(&config) * dtype_bytes(args.dtype);
+        let started = std::time::Instant::now();
+        let base = DlmModel::<B>::random(config.clone(), device, args.dtype.float(), args.seed)
+            .map_err(|e| e.to_string())?;
+        eprintln!(
+            "{:?}: {:.2}B parameters built in {:.0} s",
+            args.shape,
+            weight_count(&config) as f64 / 1e9,
+            started.elapsed().as_secs_f64()
+        );
+        let mut rng = StdRng::seed_from_u64(args.seed);
+        let mut model = base;
+        let mut rows = Vec::new();
+        for &n in &args.prompt_tokens {
+            // Random ordinary tokens (never the mask token).
+            let prompt: Vec<u32> = (0..n)
+                .map(|_| rng.random_range(0..config.mask_token_id))
+                .collect();
+            for &kind in &args.attention {
+                let mode = attention_mode(
+                    kind,
+                    args.budget,
+                    args.page_size,
+                    Some(args.active),
+                    args.dense_layers,
+                    block,
+                )?;
+                model = model.with_attention(mode);
+                for &steps in &args.steps {
+                    let cfg = SamplerConfig {
+                        block_size: Some(block),
+                        steps,
+                        // Fixed quotas: every mode commits block / steps tokens per step.
+                        policy: Policy::LowConfidenceStatic,
+                        max_new_tokens: args.blocks * block,
+                        stop_ids: Some(Vec::new()),
+                        telemetry: false,
+                        ..SamplerConfig::default()
+                    };
+                    let g = generate(&model, &prompt, &cfg, |_| {}).map_err(|e| e.to_string())?;
+                    let decode_ms = g.total_ms - g.prefill_ms;
+                    let done = g.blocks.len().max(1) as f64;
+                    let row = Row {
+                        prompt_tokens: n,
+                        attention: match kind {
+                            Attention::Dense => "dense",
+                            Attention::Quest => "quest",
+                            Attention::Losa => "losa",
+                        },
+                        steps,
+                        blocks: g.blocks.len(),
+                        prefill_ms: g.prefill_ms,
+                        decode_ms,
+                        ms_per_block: decode_ms / done,
+                        ms_per_step: decode_ms / (done * steps as f64),
+                        tokens_per_s: g.canvas.len() as f64 / (decode_ms / 1e3),
+                    };
+                    eprintln!(
+                        "prompt {:>6}  {:<5} {} steps  prefill {:>8.0} ms  {:>7.1} ms/block  {:>7.1} tokens/s",
+                        n, row.attention, steps, row.prefill_ms, row.ms_per_block, row.tokens_per_s
+                    );
+                    rows.push(row);
+                }
+            }
+        }
+        let kv_bytes_per_token =
+            config.num_layers * 2 * config.num_kv_heads * config.head_dim * dtype_bytes(args.dtype);
+        let report = serde_json::json!({
+            "shape": args.shape,
+            "backend": std::any::type_name::<B>(),
+            "dtype": format!("{:?}", args.dtype).to_lowercase(),
+            "block_size": block,
+            "budget": args.budget,
+            "page_size": args.page_size,
+            "active": args.active,
+            "dense_layers": args.dense_layers,
+            "weights_bytes": weights_bytes,
+            "kv_bytes_per_token": kv_bytes_per_token,
+            "rows": rows,
+        });
+        if let Some(parent) = args.out.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        }
+        std::fs::write(
+            &args.out,
+            serde_json::to_string_pretty(&report).map_err(|e| e.to_string())? + "\n",
+        )
+        .map_err(|e| format!("cannot write {}: {e}", args.out.display()))?;
+        println!("wrote {}", args.out.display());
+        Ok(())
+    }
+}
+
+/// Parameters of a configuration (embedding, LM head, layers).
+fn weight_count(c: &ModelConfig) -> usize {
+    let (h, i) = (c.hidden_size, c.intermediate_size);
+    let (q, kv) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
+    let layer = h * q * 2 + h * kv * 2 + 3 * h * i + 2 * h + 2 * c.head_dim;
+    let head = if c.tie_embeddings {
+        0
+    } else {
+        c.vocab_size * h
+    };
+    c.vocab_size * h + head + h + c.num_layers * layer
+}
+
+fn dtype_bytes(d: Dtype) -> usize {
+    match d {
+        Dtype::F32 => 4,
+        Dtype::F16 | Dtype::Bf16 => 2,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sdar_8b_has_about_8b_parameters() {
+        let n = weight_count(&Shape::Sdar8b.config(1024)) as f64 / 1e9;
+        assert!((8.0..8.4).contains(&n), "{n}");
+        let n = weight_count(&Shape::Sdar1_7b.config(1024)) as f64 / 1e9;
+        assert!((1.9..2.1).contains(&n), "{n}");
+    }
+}
