@@ -11,6 +11,22 @@ fn losa(args: &[&str]) -> Output {
         .expect("spawn losa")
 }
 
+/// Runs `losa` and asserts it succeeded.
+fn losa_ok(args: &[&str]) -> Output {
+    let out = losa(args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A JSON result file.
+fn read_json(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
 fn temp_file(name: &str, text: &str) -> String {
     let path = std::env::temp_dir().join(format!("losa-cli-{}-{name}", std::process::id()));
     std::fs::write(&path, text).unwrap();
@@ -21,7 +37,7 @@ fn temp_file(name: &str, text: &str) -> String {
 fn generates_from_a_prompt_file_with_each_attention_mode() {
     let file = temp_file("prompt", "Find the value of key alpha.");
     for mode in ["dense", "quest", "losa"] {
-        let out = losa(&[
+        let out = losa_ok(&[
             "generate",
             "--prompt-file",
             &file,
@@ -33,11 +49,6 @@ fn generates_from_a_prompt_file_with_each_attention_mode() {
             "2",
         ]);
         assert!(
-            out.status.success(),
-            "{mode}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
             String::from_utf8_lossy(&out.stderr).contains("tokens in"),
             "{mode}: summary on stderr"
         );
@@ -46,7 +57,7 @@ fn generates_from_a_prompt_file_with_each_attention_mode() {
 
 #[test]
 fn json_output_parses_and_carries_telemetry() {
-    let out = losa(&[
+    let out = losa_ok(&[
         "generate",
         "--prompt",
         "The key of the vault is",
@@ -61,11 +72,6 @@ fn json_output_parses_and_carries_telemetry() {
         "--dense-layers",
         "0",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
     let generation = &json["generation"];
     assert!(json["text"].is_string());
@@ -175,7 +181,7 @@ fn train_then_eval_sweep_writes_the_result_file() {
     let _ = std::fs::remove_dir_all(&dir);
     let ckpt = dir.join("ckpt");
     let ckpt = ckpt.to_str().unwrap();
-    let out = losa(&[
+    let out = losa_ok(&[
         "train",
         "--out",
         ckpt,
@@ -190,14 +196,9 @@ fn train_then_eval_sweep_writes_the_result_file() {
         "--eval-items",
         "1",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("2 of 2 steps done"));
     let result = dir.join("eval.json");
-    let out = losa(&[
+    losa_ok(&[
         "eval",
         "--model",
         ckpt,
@@ -219,13 +220,7 @@ fn train_then_eval_sweep_writes_the_result_file() {
         "--out",
         result.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&result).unwrap()).unwrap();
+    let report = read_json(&result);
     let runs = report["runs"].as_array().unwrap();
     let kinds: Vec<(&str, Option<u64>, Option<u64>)> = runs
         .iter()
@@ -280,7 +275,7 @@ fn train_then_eval_sweep_writes_the_result_file() {
 #[test]
 fn bench_generate_writes_a_row_per_run() {
     let result = std::env::temp_dir().join(format!("losa-cli-bench-{}.json", std::process::id()));
-    let out = losa(&[
+    losa_ok(&[
         "bench",
         "generate",
         "--shape",
@@ -302,13 +297,7 @@ fn bench_generate_writes_a_row_per_run() {
         "--out",
         result.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&result).unwrap()).unwrap();
+    let report = read_json(&result);
     let rows = report["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 6);
     for r in rows {

@@ -30,7 +30,10 @@ use rand::rngs::StdRng;
 use crate::{
     config::{Policy, SamplerConfig},
     error::SamplerError,
-    generate::{BlockTelemetry, Decoded, Progress, StepTelemetry, step_measures},
+    generate::{
+        BlockTelemetry, Decoded, Progress, StepTelemetry, check_positions, masked_canvas,
+        step_measures,
+    },
     policy,
     predict::predict,
 };
@@ -50,19 +53,8 @@ pub(crate) fn decode<B: LosaBackend>(
     let p = prompt.len();
     let num_blocks = cfg.max_new_tokens.div_ceil(block);
     let total = p + num_blocks * block;
-    if total > mc.max_positions {
-        return Err(SamplerError::TooLong {
-            prompt: p,
-            new: cfg.max_new_tokens,
-            needed: total,
-            max: mc.max_positions,
-        });
-    }
-    let mut x: Vec<u32> = prompt
-        .iter()
-        .copied()
-        .chain(std::iter::repeat_n(mask, total - p))
-        .collect();
+    check_positions(mc.max_positions, p, cfg.max_new_tokens, total)?;
+    let mut x = masked_canvas(prompt, total, mask);
     let shifted = mc.family.shifted_logits();
     let quotas = cfg.quotas(block);
     let mut state = model.new_block_state();

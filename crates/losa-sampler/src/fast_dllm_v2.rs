@@ -16,7 +16,9 @@ use rand::rngs::StdRng;
 use crate::{
     config::SamplerConfig,
     error::SamplerError,
-    generate::{BlockTelemetry, Decoded, Progress, StepTelemetry, step_measures},
+    generate::{
+        BlockTelemetry, Decoded, Progress, StepTelemetry, check_positions, prefill, step_measures,
+    },
     predict::predict,
 };
 
@@ -43,20 +45,13 @@ pub(crate) fn decode<B: LosaBackend>(
     let p = prompt.len();
     let num_blocks = cfg.max_new_tokens / block + p / block;
     let needed = (num_blocks + 1) * block;
-    if needed > mc.max_positions {
-        return Err(SamplerError::TooLong {
-            prompt: p,
-            new: cfg.max_new_tokens,
-            needed,
-            max: mc.max_positions,
-        });
-    }
+    check_positions(mc.max_positions, p, cfg.max_new_tokens, needed)?;
     let mut x = prompt.to_vec();
     let mut cache = model.new_cache()?;
     let start = std::time::Instant::now();
     if p >= block {
         let whole = p / block * block;
-        let logits = super::generate::prefill(model, &x[..whole], &mut cache, progress)?;
+        let logits = prefill(model, &x[..whole], &mut cache, progress)?;
         if p.is_multiple_of(block) {
             let last = logits.narrow(0, whole - 1, 1);
             x.push(predict(last, mask, &greedy(cfg), false, rng).tokens[0]);

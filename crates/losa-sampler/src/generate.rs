@@ -88,6 +88,31 @@ impl<F: FnMut(&[u32])> Progress for Blocks<F> {
     }
 }
 
+/// Checks that a loop needing `needed` positions for `prompt` plus `new` tokens fits the model.
+pub(crate) fn check_positions(
+    max_positions: usize,
+    prompt: usize,
+    new: usize,
+    needed: usize,
+) -> Result<(), SamplerError> {
+    if needed > max_positions {
+        return Err(SamplerError::TooLong {
+            prompt,
+            new,
+            needed,
+            max: max_positions,
+        });
+    }
+    Ok(())
+}
+
+/// The prompt followed by mask tokens up to `total` positions.
+pub(crate) fn masked_canvas(prompt: &[u32], total: usize, mask: u32) -> Vec<u32> {
+    let mut x = prompt.to_vec();
+    x.resize(total.max(prompt.len()), mask);
+    x
+}
+
 /// Prefills `tokens` (whole blocks) in chunks of at most 512 tokens, so that the masked attention
 /// stays bounded in memory, reporting each chunk; returns the logits of the last chunk's rows
 /// `[rows, vocab]`.

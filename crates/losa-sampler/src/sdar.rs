@@ -18,7 +18,10 @@ use rand::rngs::StdRng;
 use crate::{
     config::{Policy, SamplerConfig},
     error::SamplerError,
-    generate::{BlockTelemetry, Decoded, Progress, StepTelemetry, prefill, step_measures},
+    generate::{
+        BlockTelemetry, Decoded, Progress, StepTelemetry, check_positions, masked_canvas, prefill,
+        step_measures,
+    },
     policy,
     predict::predict,
 };
@@ -37,21 +40,10 @@ pub(crate) fn decode<B: LosaBackend>(
     let p = prompt.len();
     let num_blocks = (p + cfg.max_new_tokens).div_ceil(block);
     let total = num_blocks * block;
-    if total > mc.max_positions {
-        return Err(SamplerError::TooLong {
-            prompt: p,
-            new: cfg.max_new_tokens,
-            needed: total,
-            max: mc.max_positions,
-        });
-    }
+    check_positions(mc.max_positions, p, cfg.max_new_tokens, total)?;
     let mask = mc.mask_token_id;
     let start = Instant::now();
-    let mut x: Vec<u32> = prompt
-        .iter()
-        .copied()
-        .chain(std::iter::repeat_n(mask, total - p))
-        .collect();
+    let mut x = masked_canvas(prompt, total, mask);
     let prefill_blocks = p / block;
     let mut cache = model.new_cache()?;
     if prefill_blocks > 0 {
