@@ -183,11 +183,7 @@ impl Job for &GenerateBenchArgs {
                     let done = g.blocks.len().max(1) as f64;
                     let row = Row {
                         prompt_tokens: n,
-                        attention: match kind {
-                            Attention::Dense => "dense",
-                            Attention::Quest => "quest",
-                            Attention::Losa => "losa",
-                        },
+                        attention: kind.name(),
                         steps,
                         blocks: g.blocks.len(),
                         prefill_ms: g.prefill_ms,

@@ -284,11 +284,7 @@ impl Job for &EvalArgs {
                 let sparse = kind != Attention::Dense;
                 let run = Run {
                     context: *context,
-                    attention: match kind {
-                        Attention::Dense => "dense",
-                        Attention::Quest => "quest",
-                        Attention::Losa => "losa",
-                    },
+                    attention: kind.name(),
                     budget: sparse.then_some(budget),
                     page_size: sparse.then_some(args.attention.page_size),
                     active: match &mode {

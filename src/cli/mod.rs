@@ -77,6 +77,17 @@ pub enum Attention {
     Losa,
 }
 
+impl Attention {
+    /// The mode's name in result files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Attention::Dense => "dense",
+            Attention::Quest => "quest",
+            Attention::Losa => "losa",
+        }
+    }
+}
+
 /// Attention flags shared by `generate` and `eval`.
 #[derive(Args, Debug, Clone)]
 pub struct AttentionArgs {

@@ -174,10 +174,6 @@ impl RetrievalSpec {
         let mut asked: Vec<usize> = (0..keys.len()).collect();
         asked.shuffle(&mut rng);
         asked.truncate(questions.max(1));
-        // The single-question case draws its record as `example` always did.
-        if questions <= 1 {
-            asked = vec![rng.random_range(0..keys.len())];
-        }
         let questions = asked
             .iter()
             .map(|&i| {

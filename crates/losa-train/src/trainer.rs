@@ -17,7 +17,7 @@ use std::{
 use burn::{
     module::AutodiffModule,
     optim::{AdamWConfig, GradientsParams, Optimizer},
-    tensor::{FloatDType, backend::AutodiffBackend},
+    tensor::{ElementConversion, FloatDType, backend::AutodiffBackend},
 };
 use losa_attention::{AttentionMode, LosaBackend};
 use losa_models::{DlmModel, Family, LoadError, ModelConfig, load};
@@ -424,7 +424,7 @@ where
         }
         let n = rows.iter().map(|r| r.targets.len()).sum::<usize>();
         let (loss, hits) = masked_loss(&model, &rows, eos)?;
-        let loss_value = f64::from(loss.clone().into_scalar().to_f32_lossy());
+        let loss_value: f64 = loss.clone().into_scalar().elem();
         if !loss_value.is_finite() {
             return Err(TrainError::Config(format!(
                 "the loss diverged at step {step} (lr {}); lower --lr",
@@ -466,14 +466,4 @@ where
     log.seconds = prior_seconds + started.elapsed().as_secs_f64();
     save(&model.valid(), &log, out)?;
     Ok(log)
-}
-
-trait Lossy {
-    fn to_f32_lossy(self) -> f32;
-}
-
-impl<E: burn::tensor::ElementConversion> Lossy for E {
-    fn to_f32_lossy(self) -> f32 {
-        self.elem::<f32>()
-    }
 }
