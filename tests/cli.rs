@@ -114,6 +114,14 @@ fn bad_arguments_exit_nonzero_with_one_line() {
             "cannot read",
         ),
         (vec!["eval", "--lengths", "10"], "too short"),
+        (
+            vec!["generate", "--prompt", "x", "--dtype", "bf16"],
+            "f32 only",
+        ),
+        (
+            vec!["bench", "generate", "--shape", "tiny", "--dtype", "f16"],
+            "f32 only",
+        ),
         (vec!["eval", "--sweep", "--budgets", "0"], "budget"),
         (vec!["eval", "--model", "/no/such/model"], "does not exist"),
         (
@@ -307,6 +315,15 @@ fn bench_generate_writes_a_row_per_run() {
         );
         assert!(r["tokens_per_s"].as_f64().unwrap() > 0.0);
         assert!(r["prefill_ms"].as_f64().unwrap() > 0.0);
+        // The profiled run splits the block passes into parts whose shares add up to one.
+        let shares: f64 = ["attention_share", "mlp_share", "rest_share"]
+            .iter()
+            .map(|k| r[*k].as_f64().unwrap())
+            .sum();
+        assert!((shares - 1.0).abs() < 1e-9, "{shares}");
+        assert!(r["parts"]["attention_ms"].as_f64().unwrap() > 0.0);
     }
+    // One prefill per prompt length, shared by every mode and step count.
+    assert_eq!(report["prefills"].as_array().unwrap().len(), 1);
     std::fs::remove_file(&result).unwrap();
 }

@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::FloatDType;
 use common::Ref;
-use losa::losa_attention::{ActiveRows, AttentionMode, LosaConfig, PageSelectionConfig};
+use losa::losa_attention::{
+    ActiveRows, AttentionMode, LosaConfig, PageSelectionConfig, QuestConfig,
+};
 use losa::losa_models::{DlmModel, load};
 use losa::losa_sampler::{Policy, SamplerConfig, SamplerError, generate};
 use serde_json::Value;
@@ -240,4 +242,106 @@ fn policies_pick_what_their_rules_say() {
         "lowest entropies within the bound"
     );
     assert_eq!(entropy_bounded(&masked, &entropy, 4, 0.0), vec![1, 3, 2, 0]);
+}
+
+/// One shared prefill serves several attention modes and step counts: every generation from it
+/// is token for token the one that prefills by itself, and a profiled run reports its parts
+/// without changing the tokens.
+#[test]
+fn a_shared_prefill_generates_what_a_fresh_prefill_generates() {
+    use losa::losa_sampler::{Progress, generate_prefilled, prefill_prompt};
+    struct Quiet;
+    impl Progress for Quiet {
+        fn block(&mut self, _: &[u32]) {}
+    }
+    let pages = PageSelectionConfig::new().with_page_size(4).with_budget(8);
+    let quest = AttentionMode::Quest(QuestConfig::new(pages.clone()).with_dense_layers(0));
+    let losa = AttentionMode::Losa(
+        LosaConfig::new(pages)
+            .with_active(ActiveRows::TopK(2))
+            .with_dense_layers(0),
+    );
+    // 22 tokens: five whole blocks of 4 prefilled, a tail of 2 in the first generated block.
+    let prompt: Vec<u32> = (3..25).collect();
+    let shared = prefill_prompt(
+        &sdar().with_attention(quest.clone()),
+        &prompt,
+        None,
+        &mut Quiet,
+    )
+    .unwrap();
+    assert_eq!(shared.prompt(), &prompt[..]);
+    for mode in [AttentionMode::Dense, quest, losa] {
+        let model = sdar().with_attention(mode.clone());
+        for steps in [2, 4] {
+            let cfg = SamplerConfig {
+                steps,
+                policy: Policy::LowConfidenceStatic,
+                max_new_tokens: 12,
+                stop_ids: Some(vec![]),
+                ..SamplerConfig::default()
+            };
+            let fresh = generate(&model, &prompt, &cfg, |_| {}).unwrap();
+            let reused = generate_prefilled(&model, &shared, &cfg, &mut Quiet).unwrap();
+            assert_eq!(reused.canvas, fresh.canvas, "{mode:?}, {steps} steps");
+            assert_eq!(reused.prefill_ms, shared.prefill_ms());
+            assert!(reused.parts.is_none());
+            let profiled = SamplerConfig {
+                profile: true,
+                ..cfg
+            };
+            let p = generate_prefilled(&model, &shared, &profiled, &mut Quiet).unwrap();
+            assert_eq!(p.canvas, fresh.canvas, "profiling changes nothing");
+            let parts = p.parts.unwrap();
+            assert!(parts.attention_ms > 0.0 && parts.mlp_ms > 0.0 && parts.rest_ms > 0.0);
+        }
+    }
+    // The shared cache stays as it was: a second use still matches.
+    let cfg = SamplerConfig {
+        max_new_tokens: 8,
+        stop_ids: Some(vec![]),
+        ..SamplerConfig::default()
+    };
+    let again = generate_prefilled(&sdar(), &shared, &cfg, &mut Quiet).unwrap();
+    assert_eq!(
+        again.canvas,
+        generate(&sdar(), &prompt, &cfg, |_| {}).unwrap().canvas
+    );
+}
+
+/// Sharing a prefill with another block size, a page size the cache lacks, or a family whose
+/// loop prefills differently is a typed error.
+#[test]
+fn a_shared_prefill_refuses_what_it_cannot_serve() {
+    use losa::losa_sampler::{Progress, generate_prefilled, prefill_prompt};
+    struct Quiet;
+    impl Progress for Quiet {
+        fn block(&mut self, _: &[u32]) {}
+    }
+    let prompt: Vec<u32> = (3..25).collect();
+    let dense = prefill_prompt(&sdar(), &prompt, None, &mut Quiet).unwrap();
+    let cfg = SamplerConfig::default();
+    let other_block = SamplerConfig {
+        block_size: Some(8),
+        ..cfg.clone()
+    };
+    assert!(matches!(
+        generate_prefilled(&sdar(), &dense, &other_block, &mut Quiet),
+        Err(SamplerError::Config(m)) if m.contains("block size")
+    ));
+    let pages = PageSelectionConfig::new().with_page_size(4).with_budget(8);
+    let quest = AttentionMode::Quest(QuestConfig::new(pages));
+    assert!(matches!(
+        generate_prefilled(&sdar().with_attention(quest), &dense, &cfg, &mut Quiet),
+        Err(SamplerError::Config(m)) if m.contains("page size")
+    ));
+    let (llada, _) = decode_cases("llada");
+    assert!(matches!(
+        prefill_prompt(&llada, &prompt, None, &mut Quiet),
+        Err(SamplerError::Unsupported(_))
+    ));
+    assert!(matches!(
+        prefill_prompt(&sdar(), &[], None, &mut Quiet),
+        Err(SamplerError::EmptyPrompt)
+    ));
 }

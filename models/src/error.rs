@@ -77,6 +77,9 @@ pub enum LoadError {
     /// Token ids outside the vocabulary or a sequence longer than the model's positions.
     #[error("bad input: {0}")]
     BadInput(String),
+    /// The device failed while running the model.
+    #[error("device error: {0}")]
+    Device(String),
 }
 
 /// Result alias of this crate.

@@ -55,5 +55,5 @@ mod weights;
 pub use config::{Family, ModelConfig, RopeScaling};
 pub use error::{LoadError, Result};
 pub use loader::{load, load_config};
-pub use model::{BlockState, DlmModel, KvCache};
+pub use model::{BlockState, DlmModel, KvCache, PartTimes};
 pub use tokenizer::{ChatMessage, Tokenizer};

@@ -4,6 +4,8 @@
 //! - [`DlmModel::forward_block`]: one block against the cache through the `losa-attention`
 //!   entry (the model config's [`AttentionMode`]), storing its K/V or not (the commit pass).
 
+use std::time::Instant;
+
 use burn::{
     module::{Module, Param},
     nn::Linear,
@@ -32,6 +34,11 @@ impl<B: LosaBackend> KvCache<B> {
     /// True when nothing is cached.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The page size whose bounds the cache keeps (`None`: no bounds).
+    pub fn page_size(&self) -> Option<usize> {
+        self.layers.first().and_then(PrefixKv::page_size)
     }
 
     /// The cache of one layer.
@@ -151,7 +158,8 @@ impl<B: LosaBackend> DlmModel<B> {
     /// Logits `[batch, seq, vocab]` of a whole sequence from position 0 with the family's mask
     /// (block-causal with the config's block size, or bidirectional). No cache.
     pub fn forward_full(&self, ids: &[Vec<u32>]) -> Result<Tensor<B, 3>> {
-        self.run(ids, 0, Keys::Masked(None, None)).map(|(l, _)| l)
+        self.run(ids, 0, Keys::Masked(None, None), None)
+            .map(|(l, _)| l)
     }
 
     /// [`Self::forward_full`] that also stores, in an empty `cache`, the K/V of the first `keep`
@@ -174,7 +182,7 @@ impl<B: LosaBackend> DlmModel<B> {
                 "cannot keep {keep} of {len} positions"
             )));
         }
-        self.run(ids, 0, Keys::Masked(Some(cache), Some(keep)))
+        self.run(ids, 0, Keys::Masked(Some(cache), Some(keep)), None)
             .map(|(l, _)| l)
     }
 
@@ -182,7 +190,7 @@ impl<B: LosaBackend> DlmModel<B> {
     /// family's mask against the cache, and stores their K/V. Returns their logits.
     pub fn prefill(&self, ids: &[Vec<u32>], cache: &mut KvCache<B>) -> Result<Tensor<B, 3>> {
         let start = cache.len();
-        self.run(ids, start, Keys::Masked(Some(cache), None))
+        self.run(ids, start, Keys::Masked(Some(cache), None), None)
             .map(|(l, _)| l)
     }
 
@@ -206,6 +214,31 @@ impl<B: LosaBackend> DlmModel<B> {
                 state,
                 store,
             },
+            None,
+        )
+    }
+
+    /// [`Self::forward_block`] with the device synchronised after every part of every layer,
+    /// adding each part's wall time to `times`. The syncs slow the pass down; use it for the
+    /// shares of attention, MLP and the rest, not for the step time.
+    pub fn forward_block_profiled(
+        &self,
+        ids: &[Vec<u32>],
+        cache: &mut KvCache<B>,
+        state: &mut BlockState<B>,
+        store: bool,
+        times: &mut PartTimes,
+    ) -> Result<(Tensor<B, 3>, Vec<StepStats<B>>)> {
+        let start = cache.len();
+        self.run(
+            ids,
+            start,
+            Keys::Step {
+                cache,
+                state,
+                store,
+            },
+            Some(times),
         )
     }
 
@@ -214,7 +247,12 @@ impl<B: LosaBackend> DlmModel<B> {
         ids: &[Vec<u32>],
         start: usize,
         mut keys: Keys<'_, B>,
+        times: Option<&mut PartTimes>,
     ) -> Result<(Tensor<B, 3>, Vec<StepStats<B>>)> {
+        let mut lap = times.map(|times| Lap {
+            times,
+            last: Instant::now(),
+        });
         let ids = self.ids_tensor(ids, start)?;
         let [b, s] = ids.dims();
         let c = &self.config;
@@ -244,6 +282,7 @@ impl<B: LosaBackend> DlmModel<B> {
         for (l, layer) in self.layers.iter().enumerate() {
             let h = layer.attn_norm.forward(x.clone());
             let (q, k, v) = layer.attn.qkv(h, &rope);
+            Lap::mark::<B>(&mut lap, &device, Part::Rest)?;
             let attn = match &mut keys {
                 Keys::Masked(cache, keep) => {
                     // This layer's cached prefix, as it was before this pass stored anything.
@@ -286,14 +325,18 @@ impl<B: LosaBackend> DlmModel<B> {
                     out
                 }
             };
+            Lap::mark::<B>(&mut lap, &device, Part::Attention)?;
             x = x + layer.attn.out(attn);
+            Lap::mark::<B>(&mut lap, &device, Part::Rest)?;
             x = x.clone() + layer.mlp.forward(layer.mlp_norm.forward(x));
+            Lap::mark::<B>(&mut lap, &device, Part::Mlp)?;
         }
         let x = self.norm.forward(x);
         let logits = match &self.lm_head {
             Some(head) => head.forward(x),
             None => x.matmul(embed.transpose().unsqueeze_dim(0)),
         };
+        Lap::mark::<B>(&mut lap, &device, Part::Rest)?;
         Ok((logits, stats))
     }
 
@@ -303,6 +346,56 @@ impl<B: LosaBackend> DlmModel<B> {
             .family
             .block_causal()
             .then_some(self.config.block_size)
+    }
+}
+
+/// Wall time of a profiled pass by part, ms (see [`DlmModel::forward_block_profiled`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct PartTimes {
+    /// The attention op of every layer (prefix and block attention, LoSA selection included).
+    pub attention_ms: f64,
+    /// Post-attention norm and SwiGLU MLP of every layer.
+    pub mlp_ms: f64,
+    /// Everything else: embedding, RoPE tables, pre-attention norms, Q/K/V and output
+    /// projections, final norm and LM head.
+    pub rest_ms: f64,
+}
+
+impl PartTimes {
+    /// Sum of the parts, ms.
+    pub fn total_ms(&self) -> f64 {
+        self.attention_ms + self.mlp_ms + self.rest_ms
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Part {
+    Attention,
+    Mlp,
+    Rest,
+}
+
+/// The running clock of a profiled pass.
+struct Lap<'a> {
+    times: &'a mut PartTimes,
+    last: Instant,
+}
+
+impl Lap<'_> {
+    /// Waits for the device and books the time since the last mark to `part` (nothing when
+    /// the pass is not profiled).
+    fn mark<B: Backend>(lap: &mut Option<Self>, device: &B::Device, part: Part) -> Result<()> {
+        let Some(lap) = lap else { return Ok(()) };
+        B::sync(device).map_err(|e| LoadError::Device(format!("{e:?}")))?;
+        let now = Instant::now();
+        let ms = (now - lap.last).as_secs_f64() * 1e3;
+        lap.last = now;
+        match part {
+            Part::Attention => lap.times.attention_ms += ms,
+            Part::Mlp => lap.times.mlp_ms += ms,
+            Part::Rest => lap.times.rest_ms += ms,
+        }
+        Ok(())
     }
 }
 

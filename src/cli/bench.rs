@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand, ValueEnum};
 use losa::{
     losa_attention::{AttentionMode, LosaBackend},
-    losa_models::{DlmModel, Family, ModelConfig},
-    losa_sampler::{Policy, SamplerConfig, generate},
+    losa_models::{DlmModel, Family, ModelConfig, PartTimes},
+    losa_sampler::{Policy, Progress, SamplerConfig, generate_prefilled, prefill_prompt},
 };
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde::Serialize;
@@ -111,7 +111,7 @@ pub struct GenerateBenchArgs {
     pub device: Device,
     /// Weight and activation dtype.
     #[arg(long, value_enum, default_value = "bf16")]
-    dtype: Dtype,
+    pub dtype: Dtype,
     /// Seed of the weights and the prompt.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -131,6 +131,19 @@ struct Row {
     ms_per_block: f64,
     ms_per_step: f64,
     tokens_per_s: f64,
+    /// Time by part of one more, profiled run (a device sync after every part).
+    parts: PartTimes,
+    /// Shares of attention, MLP and the rest in the profiled run.
+    attention_share: f64,
+    mlp_share: f64,
+    rest_share: f64,
+}
+
+/// Hears nothing: the bench prints its own lines.
+struct Quiet;
+
+impl Progress for Quiet {
+    fn block(&mut self, _: &[u32]) {}
 }
 
 impl Job for &GenerateBenchArgs {
@@ -152,11 +165,29 @@ impl Job for &GenerateBenchArgs {
         let mut rng = StdRng::seed_from_u64(args.seed);
         let mut model = base;
         let mut rows = Vec::new();
+        // Every mode shares the page size, so one prefill (with page bounds) serves them all.
+        let paged = attention_mode(
+            Attention::Quest,
+            args.budget,
+            args.page_size,
+            None,
+            args.dense_layers,
+            block,
+        )?;
+        let mut prefills = Vec::new();
         for &n in &args.prompt_tokens {
             // Random ordinary tokens (never the mask token).
             let prompt: Vec<u32> = (0..n)
                 .map(|_| rng.random_range(0..config.mask_token_id))
                 .collect();
+            model = model.with_attention(paged.clone());
+            let prefilled = prefill_prompt(&model, &prompt, Some(block), &mut Quiet)
+                .map_err(|e| e.to_string())?;
+            eprintln!("prompt {n:>6}  prefill {:>8.0} ms", prefilled.prefill_ms());
+            prefills.push(serde_json::json!({
+                "prompt_tokens": n,
+                "prefill_ms": prefilled.prefill_ms(),
+            }));
             for &kind in &args.attention {
                 let mode = attention_mode(
                     kind,
@@ -178,7 +209,17 @@ impl Job for &GenerateBenchArgs {
                         telemetry: false,
                         ..SamplerConfig::default()
                     };
-                    let g = generate(&model, &prompt, &cfg, |_| {}).map_err(|e| e.to_string())?;
+                    let g = generate_prefilled(&model, &prefilled, &cfg, &mut Quiet)
+                        .map_err(|e| e.to_string())?;
+                    let profiled = SamplerConfig {
+                        profile: true,
+                        ..cfg
+                    };
+                    let parts = generate_prefilled(&model, &prefilled, &profiled, &mut Quiet)
+                        .map_err(|e| e.to_string())?
+                        .parts
+                        .ok_or("the profiled run reported no parts")?;
+                    let share = |ms: f64| ms / parts.total_ms().max(f64::MIN_POSITIVE);
                     let decode_ms = g.total_ms - g.prefill_ms;
                     let done = g.blocks.len().max(1) as f64;
                     let row = Row {
@@ -191,10 +232,21 @@ impl Job for &GenerateBenchArgs {
                         ms_per_block: decode_ms / done,
                         ms_per_step: decode_ms / (done * steps as f64),
                         tokens_per_s: g.canvas.len() as f64 / (decode_ms / 1e3),
+                        attention_share: share(parts.attention_ms),
+                        mlp_share: share(parts.mlp_ms),
+                        rest_share: share(parts.rest_ms),
+                        parts,
                     };
                     eprintln!(
-                        "prompt {:>6}  {:<5} {} steps  prefill {:>8.0} ms  {:>7.1} ms/block  {:>7.1} tokens/s",
-                        n, row.attention, steps, row.prefill_ms, row.ms_per_block, row.tokens_per_s
+                        "prompt {:>6}  {:<5} {} steps  {:>7.1} ms/block  {:>7.1} tokens/s  attention {:.0}% mlp {:.0}% rest {:.0}%",
+                        n,
+                        row.attention,
+                        steps,
+                        row.ms_per_block,
+                        row.tokens_per_s,
+                        row.attention_share * 100.0,
+                        row.mlp_share * 100.0,
+                        row.rest_share * 100.0
                     );
                     rows.push(row);
                 }
@@ -205,7 +257,7 @@ impl Job for &GenerateBenchArgs {
         let report = serde_json::json!({
             "shape": args.shape,
             "backend": std::any::type_name::<B>(),
-            "dtype": format!("{:?}", args.dtype).to_lowercase(),
+            "dtype": args.dtype.name(),
             "block_size": block,
             "budget": args.budget,
             "page_size": args.page_size,
@@ -213,6 +265,7 @@ impl Job for &GenerateBenchArgs {
             "dense_layers": args.dense_layers,
             "weights_bytes": weights_bytes,
             "kv_bytes_per_token": kv_bytes_per_token,
+            "prefills": prefills,
             "rows": rows,
         });
         if let Some(parent) = args.out.parent() {

@@ -73,7 +73,7 @@ pub struct EvalArgs {
     pub device: Device,
     /// Weight and activation dtype.
     #[arg(long, value_enum, default_value = "f32")]
-    dtype: Dtype,
+    pub dtype: Dtype,
     /// Result file (default: bench/results/eval-<task>.json).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -322,7 +322,7 @@ impl Job for &EvalArgs {
             "task": args.task,
             "model": dir.display().to_string(),
             "backend": std::any::type_name::<B>(),
-            "dtype": format!("{:?}", args.dtype).to_lowercase(),
+            "dtype": args.dtype.name(),
             "block_size": block,
             "steps": cfg.steps,
             "policy": args.decode.policy,

@@ -42,7 +42,7 @@ pub struct GenerateArgs {
     pub device: Device,
     /// Weight and activation dtype.
     #[arg(long, value_enum, default_value = "f32")]
-    dtype: Dtype,
+    pub dtype: Dtype,
     /// Print the result and its telemetry as JSON instead of streaming text.
     #[arg(long)]
     json: bool,

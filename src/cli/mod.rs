@@ -60,6 +60,28 @@ pub enum Dtype {
 }
 
 impl Dtype {
+    /// Refuses a dtype the device's backend cannot compute in (burn would panic).
+    pub fn check_on(self, device: Device) -> CliResult<()> {
+        match (device, self) {
+            (Device::Cpu, Dtype::F16 | Dtype::Bf16) => Err(format!(
+                "the cpu device (burn's NdArray) computes in f32 only, not {}: use --dtype f32",
+                self.name()
+            )),
+            (Device::Wgpu, Dtype::Bf16) => {
+                Err("wgpu has no bf16: use --dtype f32 or f16".to_string())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "f32",
+            Dtype::F16 => "f16",
+            Dtype::Bf16 => "bf16",
+        }
+    }
+
     pub fn float(self) -> burn::tensor::FloatDType {
         match self {
             Dtype::F32 => burn::tensor::FloatDType::F32,

@@ -24,15 +24,15 @@
 use std::time::Instant;
 
 use losa_attention::LosaBackend;
-use losa_models::DlmModel;
+use losa_models::{DlmModel, PartTimes};
 use rand::rngs::StdRng;
 
 use crate::{
     config::{Policy, SamplerConfig},
     error::SamplerError,
     generate::{
-        BlockTelemetry, Decoded, Progress, StepTelemetry, check_positions, masked_canvas,
-        step_measures,
+        BlockTelemetry, Decoded, Progress, StepTelemetry, block_pass, check_positions,
+        masked_canvas, step_measures,
     },
     policy,
     predict::predict,
@@ -58,6 +58,7 @@ pub(crate) fn decode<B: LosaBackend>(
     let shifted = mc.family.shifted_logits();
     let quotas = cfg.quotas(block);
     let mut state = model.new_block_state();
+    let mut parts = cfg.profile.then(PartTimes::default);
     let mut blocks = Vec::new();
     let decode_start = Instant::now();
     for b in 0..num_blocks {
@@ -82,8 +83,14 @@ pub(crate) fn decode<B: LosaBackend>(
                     (rows.narrow(0, start, block), Vec::new(), 0)
                 }
             } else {
-                let (l, st) =
-                    model.forward_block(&[x[start..].to_vec()], &mut cache, &mut state, false)?;
+                let (l, st) = block_pass(
+                    model,
+                    &x[start..],
+                    &mut cache,
+                    &mut state,
+                    false,
+                    &mut parts,
+                )?;
                 let rows = l.reshape([total - start, vocab]);
                 if shifted {
                     (rows.narrow(0, 0, block - 1), st, 1)
@@ -144,6 +151,7 @@ pub(crate) fn decode<B: LosaBackend>(
         blocks,
         prefill_ms: 0.0,
         decode_s: decode_start.elapsed().as_secs_f64(),
+        parts,
     })
 }
 

@@ -60,6 +60,9 @@ pub struct SamplerConfig {
     pub stop_ids: Option<Vec<u32>>,
     /// Read KV density and active rows of every layer and step (one device read per layer).
     pub telemetry: bool,
+    /// Time the block passes by part (attention, MLP, the rest) with a device sync after every
+    /// part; slows generation down ([`crate::Generation::parts`]).
+    pub profile: bool,
 }
 
 impl Default for SamplerConfig {
@@ -78,6 +81,7 @@ impl Default for SamplerConfig {
             max_new_tokens: 128,
             stop_ids: None,
             telemetry: true,
+            profile: false,
         }
     }
 }

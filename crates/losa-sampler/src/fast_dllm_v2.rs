@@ -10,14 +10,15 @@
 //! the prefill when the prompt is not longer than a block, so its first block would not see it).
 
 use losa_attention::LosaBackend;
-use losa_models::DlmModel;
+use losa_models::{DlmModel, PartTimes};
 use rand::rngs::StdRng;
 
 use crate::{
     config::SamplerConfig,
     error::SamplerError,
     generate::{
-        BlockTelemetry, Decoded, Progress, StepTelemetry, check_positions, prefill, step_measures,
+        BlockTelemetry, Decoded, Progress, StepTelemetry, block_pass, check_positions, prefill,
+        step_measures,
     },
     predict::predict,
 };
@@ -59,6 +60,7 @@ pub(crate) fn decode<B: LosaBackend>(
     }
     let prefill_ms = start.elapsed().as_secs_f64() * 1e3;
     let mut state = model.new_block_state();
+    let mut parts = cfg.profile.then(PartTimes::default);
     let mut blocks = Vec::new();
     let decode_start = std::time::Instant::now();
     let mut finished = false;
@@ -77,7 +79,7 @@ pub(crate) fn decode<B: LosaBackend>(
                 }
                 let step_start = std::time::Instant::now();
                 let (logits, stats) =
-                    model.forward_block(&[cur.clone()], &mut cache, &mut state, false)?;
+                    block_pass(model, &cur, &mut cache, &mut state, false, &mut parts)?;
                 let logits = logits.reshape([block, vocab]);
                 // Shift: position i reads the logits of i - 1; the block's first reads its own.
                 let shifted = burn::tensor::Tensor::cat(
@@ -121,7 +123,7 @@ pub(crate) fn decode<B: LosaBackend>(
             });
             break;
         }
-        let (logits, _) = model.forward_block(&[cur.clone()], &mut cache, &mut state, true)?;
+        let (logits, _) = block_pass(model, &cur, &mut cache, &mut state, true, &mut parts)?;
         let last = logits.reshape([block, vocab]).narrow(0, block - 1, 1);
         x.push(predict(last, mask, &greedy(cfg), false, rng).tokens[0]);
         blocks.push(BlockTelemetry {
@@ -135,6 +137,7 @@ pub(crate) fn decode<B: LosaBackend>(
         blocks,
         prefill_ms,
         decode_s: decode_start.elapsed().as_secs_f64(),
+        parts,
     })
 }
 

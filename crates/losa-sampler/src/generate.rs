@@ -3,11 +3,11 @@
 
 use std::time::Instant;
 
-use burn::tensor::Tensor;
+use burn::tensor::{Tensor, backend::Backend};
 use losa_attention::StepStats;
 
 use losa_attention::LosaBackend;
-use losa_models::{DlmModel, Family};
+use losa_models::{BlockState, DlmModel, Family, KvCache, PartTimes};
 use rand::{SeedableRng, rngs::StdRng};
 use serde::Serialize;
 
@@ -54,6 +54,9 @@ pub struct Generation {
     pub total_ms: f64,
     /// Generated tokens (`canvas`) per second of decoding (prefill excluded).
     pub tokens_per_s: f64,
+    /// With [`SamplerConfig::profile`]: the block passes' time by part, measured with a device
+    /// sync after every part (prefill and LLaDA/Dream's full refresh passes excluded).
+    pub parts: Option<PartTimes>,
 }
 
 /// What a family's decode loop produced.
@@ -66,6 +69,8 @@ pub(crate) struct Decoded {
     pub prefill_ms: f64,
     /// Decoding time, s.
     pub decode_s: f64,
+    /// Block-pass time by part, when profiled.
+    pub parts: Option<PartTimes>,
 }
 
 /// What a caller hears while a generation runs: prompt prefill progress and finished blocks
@@ -141,6 +146,23 @@ pub(crate) fn prefill<B: LosaBackend>(
     Ok(last.expect("prefill of at least one token"))
 }
 
+/// One block pass (a denoising step, or with `store` the commit pass), profiled by part when
+/// `parts` is set.
+pub(crate) fn block_pass<B: LosaBackend>(
+    model: &DlmModel<B>,
+    ids: &[u32],
+    cache: &mut KvCache<B>,
+    state: &mut BlockState<B>,
+    store: bool,
+    parts: &mut Option<PartTimes>,
+) -> Result<(Tensor<B, 3>, Vec<StepStats<B>>), SamplerError> {
+    let ids = [ids.to_vec()];
+    Ok(match parts {
+        Some(times) => model.forward_block_profiled(&ids, cache, state, store, times)?,
+        None => model.forward_block(&ids, cache, state, store)?,
+    })
+}
+
 /// Mean active ratio and KV density over the layers of one step (NaN / `None` without
 /// telemetry).
 pub(crate) fn step_measures<B: LosaBackend>(
@@ -176,6 +198,100 @@ pub fn generate_with_progress<B: LosaBackend>(
     cfg: &SamplerConfig,
     progress: &mut dyn Progress,
 ) -> Result<Generation, SamplerError> {
+    run(model, prompt, None, cfg, progress)
+}
+
+/// A prompt whose complete blocks are in a KV cache, to generate from several times (other
+/// attention modes or sampler settings) without prefilling it again. Block-causal SDAR / TraDo
+/// models only: their prefill does not depend on the sampler settings.
+#[derive(Debug, Clone)]
+pub struct PrefilledPrompt<B: Backend> {
+    prompt: Vec<u32>,
+    block: usize,
+    cache: KvCache<B>,
+    prefill_ms: f64,
+}
+
+impl<B: Backend> PrefilledPrompt<B> {
+    /// The prompt.
+    pub fn prompt(&self) -> &[u32] {
+        &self.prompt
+    }
+
+    /// Time the prefill took, ms.
+    pub fn prefill_ms(&self) -> f64 {
+        self.prefill_ms
+    }
+}
+
+/// Prefills `prompt`'s complete blocks (of `block_size`, the model's when `None`) once, for
+/// [`generate_prefilled`]. The cache keeps the page bounds of the model's current attention
+/// mode: prefill with the page size that the later modes use.
+pub fn prefill_prompt<B: LosaBackend>(
+    model: &DlmModel<B>,
+    prompt: &[u32],
+    block_size: Option<usize>,
+    progress: &mut dyn Progress,
+) -> Result<PrefilledPrompt<B>, SamplerError> {
+    let mc = model.config();
+    if mc.family != Family::Sdar {
+        return Err(SamplerError::Unsupported(format!(
+            "prompt prefill sharing is implemented for SDAR / TraDo models, not {:?}",
+            mc.family
+        )));
+    }
+    if prompt.is_empty() {
+        return Err(SamplerError::EmptyPrompt);
+    }
+    let block = block_size.unwrap_or(mc.block_size);
+    if block == 0 {
+        return Err(SamplerError::Config("block size must be at least 1".into()));
+    }
+    let (cache, prefill_ms) = sdar::prefill_prompt(model, prompt, block, progress)?;
+    Ok(PrefilledPrompt {
+        prompt: prompt.to_vec(),
+        block,
+        cache,
+        prefill_ms,
+    })
+}
+
+/// [`generate_with_progress`] after a [`prefill_prompt`] made with the same model weights; the
+/// prefill time is the shared one. The block size must be the prefill's, and a paged attention
+/// mode must use the page size the cache was built with.
+pub fn generate_prefilled<B: LosaBackend>(
+    model: &DlmModel<B>,
+    prefilled: &PrefilledPrompt<B>,
+    cfg: &SamplerConfig,
+    progress: &mut dyn Progress,
+) -> Result<Generation, SamplerError> {
+    let mc = model.config();
+    let block = cfg.block_size.unwrap_or(mc.block_size);
+    if block != prefilled.block {
+        return Err(SamplerError::Config(format!(
+            "the prompt was prefilled with block size {}, not {block}",
+            prefilled.block
+        )));
+    }
+    if let Some(page) = mc.attention.page_size()
+        && prefilled.cache.page_size() != Some(page)
+    {
+        return Err(SamplerError::Config(format!(
+            "the prompt was prefilled with page size {:?}; the attention mode needs {page}",
+            prefilled.cache.page_size()
+        )));
+    }
+    let shared = (prefilled.cache.clone(), prefilled.prefill_ms);
+    run(model, &prefilled.prompt, Some(shared), cfg, progress)
+}
+
+fn run<B: LosaBackend>(
+    model: &DlmModel<B>,
+    prompt: &[u32],
+    prefilled: Option<(KvCache<B>, f64)>,
+    cfg: &SamplerConfig,
+    progress: &mut dyn Progress,
+) -> Result<Generation, SamplerError> {
     let mc = model.config();
     let block = cfg.block_size.unwrap_or(mc.block_size);
     cfg.validate(block)?;
@@ -185,8 +301,16 @@ pub fn generate_with_progress<B: LosaBackend>(
     let stops = cfg.stop_ids.clone().unwrap_or_else(|| mc.stop_ids.clone());
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     let start = Instant::now();
+    let shared_ms = prefilled.as_ref().map_or(0.0, |(_, ms)| *ms);
     let decoded = match mc.family {
-        Family::Sdar => sdar::decode(model, prompt, cfg, block, &stops, &mut rng, progress)?,
+        Family::Sdar => sdar::decode(
+            model, prompt, prefilled, cfg, block, &stops, &mut rng, progress,
+        )?,
+        _ if prefilled.is_some() => {
+            return Err(SamplerError::Unsupported(
+                "prompt prefill sharing is implemented for SDAR / TraDo models".into(),
+            ));
+        }
         Family::FastDllmV2 => {
             fast_dllm_v2::decode(model, prompt, cfg, block, &stops, &mut rng, progress)?
         }
@@ -209,6 +333,7 @@ pub fn generate_with_progress<B: LosaBackend>(
         canvas,
         blocks: decoded.blocks,
         prefill_ms: decoded.prefill_ms,
-        total_ms: start.elapsed().as_secs_f64() * 1e3,
+        total_ms: shared_ms + start.elapsed().as_secs_f64() * 1e3,
+        parts: decoded.parts,
     })
 }

@@ -23,5 +23,6 @@ mod sdar;
 pub use config::{Policy, SamplerConfig};
 pub use error::SamplerError;
 pub use generate::{
-    BlockTelemetry, Generation, Progress, StepTelemetry, generate, generate_with_progress,
+    BlockTelemetry, Generation, PrefilledPrompt, Progress, StepTelemetry, generate,
+    generate_prefilled, generate_with_progress, prefill_prompt,
 };

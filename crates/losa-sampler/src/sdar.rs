@@ -12,24 +12,43 @@
 use std::time::Instant;
 
 use losa_attention::LosaBackend;
-use losa_models::DlmModel;
+use losa_models::{DlmModel, KvCache, PartTimes};
 use rand::rngs::StdRng;
 
 use crate::{
     config::{Policy, SamplerConfig},
     error::SamplerError,
     generate::{
-        BlockTelemetry, Decoded, Progress, StepTelemetry, check_positions, masked_canvas, prefill,
-        step_measures,
+        BlockTelemetry, Decoded, Progress, StepTelemetry, block_pass, check_positions,
+        masked_canvas, prefill, step_measures,
     },
     policy,
     predict::predict,
 };
 
-/// Runs the loop; returns the tokens after the prompt and the per-block telemetry.
+/// Prefills the prompt's complete blocks; returns the cache and the time taken, ms.
+pub(crate) fn prefill_prompt<B: LosaBackend>(
+    model: &DlmModel<B>,
+    prompt: &[u32],
+    block: usize,
+    progress: &mut dyn Progress,
+) -> Result<(KvCache<B>, f64), SamplerError> {
+    let start = Instant::now();
+    let mut cache = model.new_cache()?;
+    let whole = prompt.len() / block * block;
+    if whole > 0 {
+        prefill(model, &prompt[..whole], &mut cache, progress)?;
+    }
+    Ok((cache, start.elapsed().as_secs_f64() * 1e3))
+}
+
+/// Runs the loop, after `prefilled` (the cache of [`prefill_prompt`] and its time) when given;
+/// returns the tokens after the prompt and the per-block telemetry.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn decode<B: LosaBackend>(
     model: &DlmModel<B>,
     prompt: &[u32],
+    prefilled: Option<(KvCache<B>, f64)>,
     cfg: &SamplerConfig,
     block: usize,
     stops: &[u32],
@@ -42,14 +61,13 @@ pub(crate) fn decode<B: LosaBackend>(
     let total = num_blocks * block;
     check_positions(mc.max_positions, p, cfg.max_new_tokens, total)?;
     let mask = mc.mask_token_id;
-    let start = Instant::now();
     let mut x = masked_canvas(prompt, total, mask);
     let prefill_blocks = p / block;
-    let mut cache = model.new_cache()?;
-    if prefill_blocks > 0 {
-        prefill(model, &x[..prefill_blocks * block], &mut cache, progress)?;
-    }
-    let prefill_ms = start.elapsed().as_secs_f64() * 1e3;
+    let (mut cache, prefill_ms) = match prefilled {
+        Some(shared) => shared,
+        None => prefill_prompt(model, prompt, block, progress)?,
+    };
+    let mut parts = cfg.profile.then(PartTimes::default);
     let quotas = cfg.quotas(block);
     let mut state = model.new_block_state();
     let mut blocks = Vec::new();
@@ -63,12 +81,12 @@ pub(crate) fn decode<B: LosaBackend>(
         for step in 0..=cfg.steps {
             let masked: Vec<usize> = (0..block).filter(|&i| cur[i] == mask).collect();
             if masked.is_empty() {
-                model.forward_block(&[cur.clone()], &mut cache, &mut state, true)?;
+                block_pass(model, &cur, &mut cache, &mut state, true, &mut parts)?;
                 break;
             }
             let step_start = Instant::now();
             let (logits, stats) =
-                model.forward_block(&[cur.clone()], &mut cache, &mut state, false)?;
+                block_pass(model, &cur, &mut cache, &mut state, false, &mut parts)?;
             let vocab = mc.vocab_size;
             let preds = predict(
                 logits.reshape([block, vocab]),
@@ -111,5 +129,6 @@ pub(crate) fn decode<B: LosaBackend>(
         blocks,
         prefill_ms,
         decode_s: decode_start.elapsed().as_secs_f64(),
+        parts,
     })
 }
