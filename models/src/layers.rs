@@ -24,13 +24,16 @@ impl<B: Backend> RmsNorm<B> {
     /// Normalises the last dimension.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let dtype = x.dtype();
-        let x32 = x.cast(FloatDType::F32);
-        let rms = (x32.clone() * x32.clone())
+        let x32 = x.clone().cast(FloatDType::F32);
+        let rms = (x32.clone() * x32)
             .mean_dim(D - 1)
             .add_scalar(self.eps)
             .sqrt()
             .recip();
-        let normed = (x32 * rms).cast(dtype);
+        // Cast `x` again rather than reuse the fp32 copy across the reduction: burn-cubecl-fusion
+        // 0.21 panics (`ir.rs:500`, tracel-ai/burn#5292) when a fused reduce's reference layout is
+        // an intermediate the block also writes out, which the reused cast became in f16/bf16.
+        let normed = (x.cast(FloatDType::F32) * rms).cast(dtype);
         let w = self.weight.val();
         let shape: [usize; D] = core::array::from_fn(|i| if i == D - 1 { w.dims()[0] } else { 1 });
         normed * w.reshape(shape)

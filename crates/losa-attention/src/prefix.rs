@@ -26,15 +26,23 @@ impl<B: Backend> GrowBuffer<B> {
         self.data.clone().narrow(2, 0, self.len)
     }
 
-    /// Writes `rows` at sequence position `at` (≤ len), growing the buffer when needed.
-    fn write(buffer: Option<Self>, rows: Tensor<B, 4>, at: usize, min_grow: usize) -> Self {
+    /// Writes `rows` at sequence position `at` (≤ len), growing the buffer when needed: to
+    /// twice its size (at least `min_grow`), but never past `max_cap` unless the rows need it,
+    /// so that a long prompt does not reserve twice the model's positions.
+    fn write(
+        buffer: Option<Self>,
+        rows: Tensor<B, 4>,
+        at: usize,
+        min_grow: usize,
+        max_cap: usize,
+    ) -> Self {
         let [b, h, n, d] = rows.dims();
         let needed = at + n;
         let mut data = match buffer {
             Some(buf) if buf.data.dims()[2] >= needed => buf.data,
             other => {
                 let old_cap = other.as_ref().map_or(0, |buf| buf.data.dims()[2]);
-                let cap = needed.max(old_cap * 2).max(min_grow);
+                let cap = needed.max((old_cap * 2).max(min_grow).min(max_cap));
                 let fresh =
                     Tensor::<B, 4>::zeros([b, h, cap, d], &rows.device()).cast(rows.dtype());
                 match other {
@@ -145,8 +153,9 @@ impl<B: LosaBackend> PrefixKv<B> {
             return Ok(());
         }
         let grow = 256;
-        self.k = Some(GrowBuffer::write(self.k.take(), k, old_len, grow));
-        self.v = Some(GrowBuffer::write(self.v.take(), v, old_len, grow));
+        let cap = self.max_len;
+        self.k = Some(GrowBuffer::write(self.k.take(), k, old_len, grow, cap));
+        self.v = Some(GrowBuffer::write(self.v.take(), v, old_len, grow, cap));
         if let Some(page) = self.page_size {
             // Pages from the one holding the first new token onwards change; earlier ones do not.
             let first_page = old_len / page;
@@ -154,17 +163,20 @@ impl<B: LosaBackend> PrefixKv<B> {
             let touched = keys.narrow(2, first_page * page, old_len + added - first_page * page);
             let (lo, hi) = ops::page_bounds(touched, page)?;
             let grow_pages = grow.div_ceil(page);
+            let max_pages = self.max_len.div_ceil(page);
             self.lo = Some(GrowBuffer::write(
                 self.lo.take(),
                 lo,
                 first_page,
                 grow_pages,
+                max_pages,
             ));
             self.hi = Some(GrowBuffer::write(
                 self.hi.take(),
                 hi,
                 first_page,
                 grow_pages,
+                max_pages,
             ));
         }
         Ok(())
