@@ -4,6 +4,7 @@
 
 - attention-table: bench/results/attention-h100.json (`examples/bench-attention.rs` + `bench/attention_anchor.py`)
 - eval-table: bench/results/eval-retrieval.json (`losa eval --sweep`)
+- generate-table: bench/results/generate-h100.json (`losa bench generate` + `bench/generate_anchor.py`)
 """
 
 import json
@@ -14,6 +15,8 @@ RESULT = os.path.join(ROOT, "bench", "results", "attention-h100.json")
 START, END = "<!-- attention-table:start -->", "<!-- attention-table:end -->"
 EVAL_RESULT = os.path.join(ROOT, "bench", "results", "eval-retrieval.json")
 EVAL_START, EVAL_END = "<!-- eval-table:start -->", "<!-- eval-table:end -->"
+GEN_RESULT = os.path.join(ROOT, "bench", "results", "generate-h100.json")
+GEN_START, GEN_END = "<!-- generate-table:start -->", "<!-- generate-table:end -->"
 
 
 def table(data, budget=256, page=16):
@@ -89,6 +92,54 @@ def eval_table(data):
     return "\n".join(out).rstrip()
 
 
+def generate_table(data):
+    rows = data["rows"]
+    bw = data["copy_bandwidth_gbs"]
+    kv = data["kv_bytes_per_token"]
+    weights = data["weights_bytes"]
+    gib = 1 << 30
+
+    def find(n, mode, steps):
+        hits = [r for r in rows if r["prompt_tokens"] == n and r["attention"] == mode and r["steps"] == steps]
+        return hits[0] if hits else None
+
+    out = [
+        f"{data['card']} (driver {data['driver']}, copy bandwidth {bw:.0f} GB/s), `{data['shape']}` shape with random "
+        f"{data['dtype']} weights ({weights / gib:.1f} GiB; KV {kv / 1024:.0f} KiB per token), block "
+        f"{data['block_size']}, fixed quotas, budget {data['budget']}, page {data['page_size']}, LoSA top-"
+        f"{data['active']}, {data['dense_layers']} dense layers; commit `{data['commit']}`. ms per denoising step "
+        "(commit passes included); tokens/s of decoding; floor = (weights + KV) / copy bandwidth; shares from a "
+        "second, profiled run (device sync after every part).",
+        "",
+        "| prompt | steps/block | dense ms/step | Quest ms/step | LoSA ms/step | dense floor ms | dense tok/s "
+        "| LoSA tok/s | LoSA vs dense | dense attn / MLP / rest | LoSA attn / MLP / rest |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    share = lambda r: f"{r['attention_share']:.0%} / {r['mlp_share']:.0%} / {r['rest_share']:.0%}"
+    for n in sorted({r["prompt_tokens"] for r in rows}):
+        for steps in sorted({r["steps"] for r in rows}):
+            d, q, l = (find(n, m, steps) for m in ("dense", "quest", "losa"))
+            if not d or not l:
+                continue
+            floor = (weights + kv * n) / (bw * 1e9) * 1e3
+            out.append(
+                f"| {n // 1024}K | {steps} | {d['ms_per_step']:.1f} | {q['ms_per_step'] if q else float('nan'):.1f} "
+                f"| {l['ms_per_step']:.1f} | {floor:.1f} | {d['tokens_per_s']:.1f} | {l['tokens_per_s']:.1f} "
+                f"| {l['tokens_per_s'] / d['tokens_per_s']:.2f}x | {share(d)} | {share(l)} |"
+            )
+    out.append("")
+    for p in data["prefills"]:
+        out.append(
+            f"- {p['prompt_tokens'] // 1024}K prompt: prefill {p['prefill_ms'] / 1e3:.1f} s (shared by every run); "
+            f"weights {weights / gib:.1f} GiB + KV cache {kv * p['prompt_tokens'] / gib:.1f} GiB."
+        )
+    out.append(
+        f"- Peak card memory over the run (nvidia-smi, memory pooled by cubecl): "
+        f"{data['peak_memory_mib'] / 1024:.1f} GiB of {data['memory_total_mib'] / 1024:.0f} GiB."
+    )
+    return "\n".join(out)
+
+
 def replace(readme, start, end, body):
     head, rest = readme.split(start, 1)
     _, tail = rest.split(end, 1)
@@ -104,6 +155,9 @@ def main():
     if os.path.exists(EVAL_RESULT) and EVAL_START in readme:
         with open(EVAL_RESULT) as f:
             readme = replace(readme, EVAL_START, EVAL_END, eval_table(json.load(f)))
+    if os.path.exists(GEN_RESULT) and GEN_START in readme:
+        with open(GEN_RESULT) as f:
+            readme = replace(readme, GEN_START, GEN_END, generate_table(json.load(f)))
     with open(readme_path, "w") as f:
         f.write(readme)
 

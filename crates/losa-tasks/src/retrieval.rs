@@ -1,11 +1,16 @@
 //! Multi-key retrieval at a target context length.
 //!
-//! A prompt is a list of records `key K1 K2 value w1 .. wn .` (two key syllables, a value of
-//! 8 to 24 words, all drawn at random, keys distinct within a prompt) filling the context, then
-//! the question `what is the value of key K1 K2 ? key K1 K2 value` about one record chosen
-//! uniformly (so every depth of the context is asked about): the prompt ends by opening the
-//! record again, and the answer is that record's value, which a model ends with the end-of-text
-//! token.
+//! A prompt is a list of records `K w1 .. wn .` (a one-token key, a value of 8 to 24 words, all
+//! drawn at random; keys distinct and value words never repeated within a prompt) filling the
+//! context, then the question `? K` about one record chosen uniformly (so every depth of the
+//! context is asked about): the prompt ends with the asked key, as its record began, and the
+//! answer is that record's value, which a model ends with the end-of-text token.
+//!
+//! The format is what makes the task learnable by a small model in minutes: every answer token
+//! is the context token that followed the occurrence of the token before it (an induction head:
+//! the key for the first one, the previous value word for the rest), with nothing ambiguous to
+//! match because no token repeats. Two-token keys behind syntax words (`key K1 K2 value`) and
+//! repeated value words kept 3.7M-parameter models at the unigram loss for thousands of steps.
 //!
 //! Examples are functions of a seed. Held-out sets use seeds with the top bit set
 //! ([`RetrievalSpec::eval_set`]); training draws seeds with it clear
@@ -15,7 +20,7 @@ use rand::{Rng, SeedableRng, rngs::StdRng, seq::SliceRandom};
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::vocab::{EOS, KEY_SYLLABLES, TaskVocab, VALUE_WORDS};
+use crate::vocab::{EOS, KEY_WORDS, TaskVocab, VALUE_WORDS};
 
 /// Why a task could not be generated.
 #[derive(Debug, Error, PartialEq)]
@@ -26,8 +31,10 @@ pub enum TaskError {
     /// Value lengths out of order or zero.
     #[error("value lengths must satisfy 1 <= min <= max, got {0}..={1}")]
     BadValueLengths(usize, usize),
-    /// More records than distinct keys.
-    #[error("a context of {0} tokens needs more distinct keys than the vocabulary has")]
+    /// More records than distinct keys, or more value tokens than distinct value words.
+    #[error(
+        "a context of {0} tokens needs more distinct keys or value words than the vocabulary has"
+    )]
     TooManyRecords(usize),
 }
 
@@ -70,10 +77,10 @@ pub struct RetrievalSpec {
     pub max_value: usize,
 }
 
-/// Tokens of the question: `what is the value of key K1 K2 ? key K1 K2 value`.
-pub const QUESTION_TOKENS: usize = 13;
-/// Tokens of a record besides its value: `key K1 K2 value` and `.`.
-const RECORD_OVERHEAD: usize = 5;
+/// Tokens of the question: `? K`.
+pub const QUESTION_TOKENS: usize = 2;
+/// Tokens of a record besides its value: the key and `.`.
+const RECORD_OVERHEAD: usize = 2;
 /// The top bit marks held-out seeds.
 const HELD_OUT: u64 = 1 << 63;
 
@@ -97,7 +104,9 @@ impl RetrievalSpec {
             return Err(TaskError::TooShort(self.context_tokens, needed));
         }
         let most_records = self.context_tokens / (RECORD_OVERHEAD + self.min_value);
-        if most_records > KEY_SYLLABLES * KEY_SYLLABLES / 2 {
+        // Value tokens at most: the context less one record overhead per shortest record.
+        let most_values = self.context_tokens * self.min_value / (RECORD_OVERHEAD + self.min_value);
+        if most_records > KEY_WORDS || most_values > VALUE_WORDS {
             return Err(TaskError::TooManyRecords(self.context_tokens));
         }
         Ok(())
@@ -129,72 +138,42 @@ impl RetrievalSpec {
     ) -> Result<Drill, TaskError> {
         self.validate()?;
         let mut rng = StdRng::seed_from_u64(seed);
-        let mut keys: Vec<(usize, usize)> = Vec::new();
-        let mut used = std::collections::HashSet::new();
-        let mut values: Vec<Vec<u32>> = Vec::new();
-        let mut length = QUESTION_TOKENS;
+        // Distinct keys and value words: a partial shuffle of each pool.
+        let mut key_pool: Vec<usize> = (0..KEY_WORDS).collect();
+        let mut word_pool: Vec<usize> = (0..VALUE_WORDS).collect();
+        let (mut keys, mut values): (Vec<u32>, Vec<Vec<u32>>) = (Vec::new(), Vec::new());
+        let (mut length, mut words) = (QUESTION_TOKENS, 0);
         loop {
             let n = rng.random_range(self.min_value..=self.max_value);
             if length + RECORD_OVERHEAD + n > self.context_tokens {
                 break;
             }
-            let key = loop {
-                let k = (
-                    rng.random_range(0..KEY_SYLLABLES),
-                    rng.random_range(0..KEY_SYLLABLES),
-                );
-                if used.insert(k) {
-                    break k;
-                }
-            };
-            keys.push(key);
-            values.push(
-                (0..n)
-                    .map(|_| vocab.value_word(rng.random_range(0..VALUE_WORDS)))
-                    .collect(),
-            );
+            let k = rng.random_range(keys.len()..KEY_WORDS);
+            key_pool.swap(keys.len(), k);
+            keys.push(vocab.key_word(key_pool[keys.len()]));
+            let value = (words..words + n)
+                .map(|i| {
+                    let j = rng.random_range(i..VALUE_WORDS);
+                    word_pool.swap(i, j);
+                    vocab.value_word(word_pool[i])
+                })
+                .collect();
+            values.push(value);
+            words += n;
             length += RECORD_OVERHEAD + n;
         }
-        // Shuffle record order once more so that nothing about generation order leaks.
-        let mut order: Vec<usize> = (0..keys.len()).collect();
-        order.shuffle(&mut rng);
-        let w = |s: &str| vocab.known(s);
         let mut records = Vec::with_capacity(length);
-        for &r in &order {
-            let (a, b) = keys[r];
-            records.extend([
-                w("key"),
-                vocab.key_syllable(a),
-                vocab.key_syllable(b),
-                w("value"),
-            ]);
-            records.extend_from_slice(&values[r]);
-            records.push(w("."));
+        for (key, value) in keys.iter().zip(&values) {
+            records.push(*key);
+            records.extend_from_slice(value);
+            records.push(vocab.known("."));
         }
         let mut asked: Vec<usize> = (0..keys.len()).collect();
         asked.shuffle(&mut rng);
         asked.truncate(questions.max(1));
         let questions = asked
             .iter()
-            .map(|&i| {
-                let (a, b) = keys[order[i]];
-                let question = vec![
-                    w("what"),
-                    w("is"),
-                    w("the"),
-                    w("value"),
-                    w("of"),
-                    w("key"),
-                    vocab.key_syllable(a),
-                    vocab.key_syllable(b),
-                    w("?"),
-                    w("key"),
-                    vocab.key_syllable(a),
-                    vocab.key_syllable(b),
-                    w("value"),
-                ];
-                (question, values[order[i]].clone())
-            })
+            .map(|&i| (vec![vocab.known("?"), keys[i]], values[i].clone()))
             .collect();
         Ok(Drill {
             records,
@@ -238,19 +217,29 @@ mod tests {
             assert!(e.prompt.len() <= context);
             assert!(e.prompt.len() + RECORD_OVERHEAD + spec.max_value > context);
             assert!((8..=24).contains(&e.answer.len()));
-            // The asked key's record in the prompt carries the answer right after `value`.
+            // The asked key's record in the prompt carries the answer right after the key.
             let text = v.text(&e.prompt);
-            let q = &e.prompt[e.prompt.len() - 3..e.prompt.len() - 1];
-            let at = e
-                .prompt
-                .windows(3)
-                .position(|w| w[0] == v.known("key") && w[1..] == *q)
-                .unwrap();
+            let key = e.prompt[e.prompt.len() - 1];
+            assert_eq!(e.prompt[e.prompt.len() - 2], v.known("?"));
+            let at = e.prompt.iter().position(|&t| t == key).unwrap();
+            assert!(
+                at < e.prompt.len() - 2,
+                "the key occurs in its record first"
+            );
             assert_eq!(
-                &e.prompt[at + 4..at + 4 + e.answer.len()],
+                &e.prompt[at + 1..at + 1 + e.answer.len()],
                 e.answer.as_slice()
             );
-            assert_eq!(e.prompt[at + 4 + e.answer.len()], v.known("."), "{text}");
+            assert_eq!(e.prompt[at + 1 + e.answer.len()], v.known("."), "{text}");
+            // No token but `.` repeats among the records.
+            let records = &e.prompt[..e.prompt.len() - 2];
+            let mut seen = std::collections::HashSet::new();
+            assert!(
+                records
+                    .iter()
+                    .filter(|&&t| t != v.known("."))
+                    .all(|t| seen.insert(*t))
+            );
             assert_eq!(spec.example(&v, 42).unwrap(), e, "a seed is one example");
         }
     }
@@ -265,12 +254,8 @@ mod tests {
         asked.dedup();
         assert_eq!(asked.len(), 5);
         for (q, a) in &d.questions {
-            let at = d
-                .records
-                .windows(3)
-                .position(|w| w[0] == v.known("key") && w[1..] == q[6..8])
-                .unwrap();
-            assert_eq!(&d.records[at + 4..at + 4 + a.len()], a.as_slice());
+            let at = d.records.iter().position(|&t| t == q[1]).unwrap();
+            assert_eq!(&d.records[at + 1..at + 1 + a.len()], a.as_slice());
         }
     }
 
@@ -292,6 +277,12 @@ mod tests {
             RetrievalSpec::new(20).example(&v, 0),
             Err(TaskError::TooShort(20, _))
         ));
+        // 16K tokens of records hold more value tokens than there are value words.
+        assert!(matches!(
+            RetrievalSpec::new(16_384).validate(),
+            Err(TaskError::TooManyRecords(16_384))
+        ));
+        assert!(RetrievalSpec::new(8_192).validate().is_ok());
         let bad = RetrievalSpec {
             min_value: 9,
             max_value: 3,

@@ -1,6 +1,6 @@
 //! The retrieval task's vocabulary: one token per word, so that the task controls exactly how
 //! many tokens a key or a value has. Special tokens first (the ids the model config names),
-//! then syntax words, key syllables (capitalised) and value words (lower case).
+//! then syntax words, key words (capitalised) and value words (lower case).
 //!
 //! The tokenizer is a `tokenizers` WordLevel model over whitespace-separated words; decoding
 //! joins words with single spaces, so generated text is the answer as the task prints it.
@@ -31,18 +31,21 @@ pub const SYNTAX: [&str; 10] = [
 const CONSONANTS: &str = "bdfghjklmnprstvz";
 const VOWELS: &str = "aeiou";
 
-/// Number of key syllables (capitalised consonant-vowel).
-pub const KEY_SYLLABLES: usize = 80;
-/// Number of value words (consonant-vowel-consonant-vowel): enough that a word rarely repeats
-/// within an 8K context, so copying a value is not ambiguous.
-pub const VALUE_WORDS: usize = 2048;
+/// Consonant-vowel syllables that words are made of.
+const SYLLABLES: usize = 80;
+/// Number of key words (two syllables, capitalised): one token per key.
+pub const KEY_WORDS: usize = 1024;
+/// Number of value words (three syllables, lower case). A prompt never repeats a value word,
+/// so that every value token points at one place in the context; this bounds a prompt's value
+/// tokens (about 8.7K prompt tokens).
+pub const VALUE_WORDS: usize = 8192;
 
 /// The task vocabulary: every token string in id order.
 #[derive(Debug, Clone)]
 pub struct TaskVocab {
     tokens: Vec<String>,
     ids: HashMap<String, u32>,
-    /// Id of the first key syllable.
+    /// Id of the first key word.
     key_start: u32,
     /// Id of the first value word.
     value_start: u32,
@@ -62,27 +65,33 @@ impl TaskVocab {
             .chain(SYNTAX.iter())
             .map(|s| s.to_string())
             .collect();
-        let key_start = tokens.len() as u32;
-        let syllables: Vec<String> = CONSONANTS
-            .chars()
-            .flat_map(|c| {
-                VOWELS
-                    .chars()
-                    .map(move |v| format!("{}{v}", c.to_ascii_uppercase()))
-            })
-            .take(KEY_SYLLABLES)
-            .collect();
-        tokens.extend(syllables);
-        let value_start = tokens.len() as u32;
         let syllables: Vec<String> = CONSONANTS
             .chars()
             .flat_map(|c| VOWELS.chars().map(move |v| format!("{c}{v}")))
+            .take(SYLLABLES)
             .collect();
-        let words: Vec<String> = syllables
-            .iter()
-            .flat_map(|a| syllables.iter().map(move |b| format!("{a}{b}")))
-            .take(VALUE_WORDS)
-            .collect();
+        // Words spread over the syllable space by a stride coprime to its size, so that
+        // neighbouring ids do not share their leading syllables.
+        let word = |i: usize, parts: u32, stride: usize| -> String {
+            let space = SYLLABLES.pow(parts);
+            let mut code = (i * stride) % space;
+            (0..parts)
+                .map(|_| {
+                    let s = &syllables[code % SYLLABLES];
+                    code /= SYLLABLES;
+                    s.as_str()
+                })
+                .collect()
+        };
+        let key_start = tokens.len() as u32;
+        tokens.extend((0..KEY_WORDS).map(|i| {
+            let w = word(i, 2, 2_377);
+            let mut c = w.chars();
+            let first = c.next().expect("a syllable").to_ascii_uppercase();
+            std::iter::once(first).chain(c).collect::<String>()
+        }));
+        let value_start = tokens.len() as u32;
+        let words: Vec<String> = (0..VALUE_WORDS).map(|i| word(i, 3, 104_729)).collect();
         tokens.extend(words);
         let ids = tokens
             .iter()
@@ -118,9 +127,9 @@ impl TaskVocab {
             .unwrap_or_else(|| panic!("{token:?} is part of the task vocabulary"))
     }
 
-    /// Id of key syllable `i` (`i < KEY_SYLLABLES`).
-    pub fn key_syllable(&self, i: usize) -> u32 {
-        self.key_start + (i % KEY_SYLLABLES) as u32
+    /// Id of key word `i` (`i < KEY_WORDS`).
+    pub fn key_word(&self, i: usize) -> u32 {
+        self.key_start + (i % KEY_WORDS) as u32
     }
 
     /// Id of value word `i` (`i < VALUE_WORDS`).
@@ -184,13 +193,11 @@ mod tests {
     #[test]
     fn tokenizer_round_trips_task_text() {
         let v = TaskVocab::new();
-        assert_eq!(v.len(), 5 + SYNTAX.len() + KEY_SYLLABLES + VALUE_WORDS);
+        assert_eq!(v.len(), 5 + SYNTAX.len() + KEY_WORDS + VALUE_WORDS);
         let t = v.tokenizer();
         let ids = vec![
-            v.known("key"),
-            v.key_syllable(3),
-            v.key_syllable(79),
-            v.known("value"),
+            v.key_word(3),
+            v.key_word(KEY_WORDS - 1),
             v.value_word(0),
             v.value_word(VALUE_WORDS - 1),
             v.known("."),

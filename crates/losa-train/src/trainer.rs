@@ -83,6 +83,10 @@ pub struct TrainConfig {
     pub kv_heads: usize,
     /// Channels per head.
     pub head_dim: usize,
+    /// The LM head is the transposed embedding (as in SDAR-1.7B / Qwen3-1.7B). Copying a token
+    /// seen in the context then needs no per-token output mapping, which is what lets a small
+    /// model leave the unigram plateau of the retrieval task.
+    pub tie_embeddings: bool,
     /// MLP width.
     pub intermediate: usize,
     /// Denoising block size.
@@ -114,43 +118,55 @@ pub struct TrainConfig {
 }
 
 impl Default for TrainConfig {
-    /// The shipped model's recipe: ~3.6M parameters (7 MB in bf16), block 16, up to 8K tokens.
+    /// The shipped model's recipe: 2 layers of width 256 over the 9.2K-word task vocabulary
+    /// (3.9M parameters, 8 MB in bf16), block 16, up to 8K tokens. The learning rate matters
+    /// most: in a PyTorch sweep of this model and task (8 settings, 4.4K steps each, H100), only
+    /// 3e-4 left the unigram plateau (after ~2.5K steps); 1e-3 to 1e-2 stayed on it.
     fn default() -> Self {
         Self {
             hidden: 256,
-            layers: 4,
+            layers: 2,
             heads: 8,
             kv_heads: 4,
             head_dim: 32,
+            tie_embeddings: true,
             intermediate: 768,
             block_size: 16,
             max_positions: 8192,
             rope_theta: 10_000.0,
+            // A curriculum of context lengths: retrieval is learnt on a few records, then
+            // extended. One run of all stages takes several bounded device calls (resume).
             stages: vec![
                 Stage {
-                    min_context: 80,
-                    max_context: 512,
-                    steps: 1500,
+                    min_context: 96,
+                    max_context: 256,
+                    steps: 8000,
+                    batch_tokens: 8_192,
+                },
+                Stage {
+                    min_context: 256,
+                    max_context: 1024,
+                    steps: 4000,
                     batch_tokens: 16_384,
                 },
                 Stage {
-                    min_context: 512,
-                    max_context: 2048,
-                    steps: 600,
-                    batch_tokens: 32_768,
+                    min_context: 1024,
+                    max_context: 4096,
+                    steps: 2000,
+                    batch_tokens: 16_384,
                 },
                 Stage {
-                    min_context: 2048,
+                    min_context: 4096,
                     max_context: 8000,
-                    steps: 300,
+                    steps: 1000,
                     batch_tokens: 16_384,
                 },
             ],
-            lr: 1e-3,
-            warmup: 100,
+            lr: 3e-4,
+            warmup: 200,
             weight_decay: 0.01,
             grad_clip: 1.0,
-            questions: 8,
+            questions: 4,
             seed: 0,
             checkpoint_every: 250,
             eval_every: 250,
@@ -177,7 +193,7 @@ impl TrainConfig {
             max_positions: self.max_positions,
             qk_norm: true,
             qkv_bias: false,
-            tie_embeddings: false,
+            tie_embeddings: self.tie_embeddings,
             mask_token_id: vocab.known(vocab::MASK),
             stop_ids: vec![vocab.known(vocab::EOS)],
             block_size: self.block_size,
@@ -389,6 +405,7 @@ where
     let cfg = log.config.clone();
     let (mask, eos) = (vocab.known(vocab::MASK), vocab.known(vocab::EOS));
     let mut optim = AdamWConfig::new()
+        .with_beta_2(0.95)
         .with_weight_decay(cfg.weight_decay)
         .with_grad_clipping(Some(burn::grad_clipping::GradientClippingConfig::Norm(
             cfg.grad_clip,
