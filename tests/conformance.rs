@@ -13,23 +13,22 @@
 mod common;
 
 use burn::tensor::{DType, FloatDType, Int, Tensor, backend::Backend};
-use common::{Ref, assert_close, host, host_int, tensor4, to_backend};
+use common::{
+    Ref, assert_close,
+    device::{Dut, test_dtype},
+    host, host_int, tensor4, to_backend,
+};
 use losa::losa_attention::{
     ActiveRows, AttentionMode, LayerState, LosaConfig, PageSelectionConfig, PrefixKv, QuestConfig,
     attend, ops,
 };
 
-#[cfg(feature = "cuda")]
-type Dut = burn::backend::Cuda<f32, i32>;
-#[cfg(all(feature = "wgpu", not(feature = "cuda")))]
-type Dut = burn::backend::Wgpu<f32, i32>;
-
+/// The dtype under test and its (atol, rtol) on attention outputs.
 fn dut_dtype() -> (FloatDType, f64, f64) {
-    match std::env::var("LOSA_TEST_DTYPE").as_deref() {
-        Ok("f16") => (FloatDType::F16, 1e-2, 1e-2),
-        Ok("bf16") => (FloatDType::BF16, 3e-2, 3e-2),
-        Ok("f32") | Err(_) => (FloatDType::F32, 1e-4, 1e-3),
-        Ok(other) => panic!("LOSA_TEST_DTYPE={other}: expected f32, f16 or bf16"),
+    match test_dtype() {
+        FloatDType::F16 => (FloatDType::F16, 1e-2, 1e-2),
+        FloatDType::BF16 => (FloatDType::BF16, 3e-2, 3e-2),
+        other => (other, 1e-4, 1e-3),
     }
 }
 

@@ -9,59 +9,25 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-
 use burn::tensor::FloatDType;
-use common::{Ref, assert_close, host};
+use common::{
+    Ref, assert_close,
+    device::{Dut, test_dtype},
+    fixtures::{Reference, fixture, reference},
+    host,
+};
 use losa::losa_attention::{ActiveRows, AttentionMode, LosaConfig, PageSelectionConfig};
 use losa::losa_models::{DlmModel, load};
 use losa::losa_sampler::{Policy, SamplerConfig, generate};
-use safetensors::SafeTensors;
-
-#[cfg(feature = "cuda")]
-type Dut = burn::backend::Cuda<f32, i32>;
-#[cfg(all(feature = "wgpu", not(feature = "cuda")))]
-type Dut = burn::backend::Wgpu<f32, i32>;
 
 /// The dtype under test and its (atol, rtol) on logits of the tiny fixtures.
 fn dut_dtype() -> (FloatDType, f64, f64) {
-    match std::env::var("LOSA_TEST_DTYPE").as_deref() {
-        Ok("f16") => (FloatDType::F16, 3e-2, 3e-2),
+    match test_dtype() {
+        FloatDType::F16 => (FloatDType::F16, 3e-2, 3e-2),
         // bf16 keeps 8 mantissa bits to f16's 11: 8x f16's tolerance.
-        Ok("bf16") => (FloatDType::BF16, 2.5e-1, 2.5e-1),
-        Ok("f32") | Err(_) => (FloatDType::F32, 1e-3, 1e-3),
-        Ok(other) => panic!("LOSA_TEST_DTYPE={other}: expected f32, f16 or bf16"),
+        FloatDType::BF16 => (FloatDType::BF16, 2.5e-1, 2.5e-1),
+        other => (other, 1e-3, 1e-3),
     }
-}
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("models/fixtures")
-        .join(name)
-}
-
-/// The reference ids, full-sequence logits, block-step logits and block size.
-fn reference(dir: &Path) -> (Vec<u32>, Vec<f64>, Vec<f64>, usize) {
-    let bytes = std::fs::read(dir.join("reference.safetensors")).unwrap();
-    let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
-    let block = meta.metadata().as_ref().unwrap()["block"].parse().unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    let f32s = |name: &str| -> Vec<f64> {
-        st.tensor(name)
-            .unwrap()
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64)
-            .collect()
-    };
-    let ids = st
-        .tensor("ids")
-        .unwrap()
-        .data()
-        .chunks_exact(8)
-        .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32)
-        .collect();
-    (ids, f32s("logits_full"), f32s("logits_step"), block)
 }
 
 /// LoSA with a budget covering the prefix and every row of a `block` active.
@@ -82,7 +48,12 @@ fn every_family_matches_the_reference_on_the_device() {
     let (dtype, atol, rtol) = dut_dtype();
     for name in ["sdar", "fast_dllm_v2", "dream", "llada"] {
         let dir = fixture(name);
-        let (ids, full, step, block) = reference(&dir);
+        let Reference {
+            ids,
+            full,
+            step,
+            block,
+        } = reference(&dir);
         let model: DlmModel<Dut> = load(&dir, &Default::default(), dtype).unwrap();
         let got = host(&model.forward_full(std::slice::from_ref(&ids)).unwrap());
         assert_close(&format!("{name} full {dtype:?}"), &got, &full, atol, rtol);

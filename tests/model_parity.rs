@@ -11,15 +11,16 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-
 use burn::tensor::FloatDType;
-use common::{Ref, assert_close, host};
+use common::{
+    Ref, assert_close,
+    fixtures::{Reference, fixture, reference},
+    host,
+};
 use losa::losa_attention::{
     ActiveRows, AttentionMode, LosaConfig, PageSelectionConfig, QuestConfig,
 };
 use losa::losa_models::{DlmModel, Family, load};
-use safetensors::SafeTensors;
 
 const FAMILIES: [(&str, Family); 4] = [
     ("sdar", Family::Sdar),
@@ -27,47 +28,6 @@ const FAMILIES: [(&str, Family); 4] = [
     ("dream", Family::Dream),
     ("llada", Family::Llada),
 ];
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("models/fixtures")
-        .join(name)
-}
-
-struct Reference {
-    ids: Vec<u32>,
-    full: Vec<f64>,
-    step: Vec<f64>,
-    block: usize,
-}
-
-fn reference(dir: &Path) -> Reference {
-    let bytes = std::fs::read(dir.join("reference.safetensors")).unwrap();
-    let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
-    let block = meta.metadata().as_ref().unwrap()["block"].parse().unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    let f32s = |name: &str| -> Vec<f64> {
-        st.tensor(name)
-            .unwrap()
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64)
-            .collect()
-    };
-    let ids = st
-        .tensor("ids")
-        .unwrap()
-        .data()
-        .chunks_exact(8)
-        .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32)
-        .collect();
-    Reference {
-        ids,
-        full: f32s("logits_full"),
-        step: f32s("logits_step"),
-        block,
-    }
-}
 
 fn model(name: &str) -> DlmModel<Ref> {
     load::<Ref>(&fixture(name), &Default::default(), FloatDType::F32).unwrap()

@@ -205,17 +205,7 @@ impl<B: LosaBackend> DlmModel<B> {
         state: &mut BlockState<B>,
         store: bool,
     ) -> Result<(Tensor<B, 3>, Vec<StepStats<B>>)> {
-        let start = cache.len();
-        self.run(
-            ids,
-            start,
-            Keys::Step {
-                cache,
-                state,
-                store,
-            },
-            None,
-        )
+        self.block_pass(ids, cache, state, store, None)
     }
 
     /// [`Self::forward_block`] with the device synchronised after every part of every layer,
@@ -229,17 +219,24 @@ impl<B: LosaBackend> DlmModel<B> {
         store: bool,
         times: &mut PartTimes,
     ) -> Result<(Tensor<B, 3>, Vec<StepStats<B>>)> {
+        self.block_pass(ids, cache, state, store, Some(times))
+    }
+
+    fn block_pass(
+        &self,
+        ids: &[Vec<u32>],
+        cache: &mut KvCache<B>,
+        state: &mut BlockState<B>,
+        store: bool,
+        times: Option<&mut PartTimes>,
+    ) -> Result<(Tensor<B, 3>, Vec<StepStats<B>>)> {
         let start = cache.len();
-        self.run(
-            ids,
-            start,
-            Keys::Step {
-                cache,
-                state,
-                store,
-            },
-            Some(times),
-        )
+        let keys = Keys::Step {
+            cache,
+            state,
+            store,
+        };
+        self.run(ids, start, keys, times)
     }
 
     fn run(

@@ -2,6 +2,9 @@
 //! f64 oracle and tolerance checks.
 #![allow(dead_code)]
 
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub mod device;
+pub mod fixtures;
 pub mod oracle;
 
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
