@@ -182,3 +182,36 @@ impl<B: LosaBackend> PrefixKv<B> {
         Ok(())
     }
 }
+
+#[cfg(all(test, feature = "ndarray"))]
+mod tests {
+    use super::*;
+
+    type B = burn_ndarray::NdArray<f32>;
+
+    fn rows(n: usize, from: usize) -> Tensor<B, 4> {
+        let values: Vec<f32> = (from..from + n * 4).map(|x| x as f32).collect();
+        Tensor::<B, 1>::from_floats(values.as_slice(), &Default::default()).reshape([1, 1, n, 4])
+    }
+
+    /// Doubling stops at the most tokens the cache may hold, and what was written stays.
+    #[test]
+    fn growth_stops_at_the_positions() {
+        let mut kv = PrefixKv::<B>::new(Some(4), 600).unwrap();
+        let mut written = 0;
+        for n in [256, 200, 100, 44] {
+            kv.append(rows(n, written * 4), rows(n, written * 4))
+                .unwrap();
+            written += n;
+            let cap = kv.k.as_ref().unwrap().data.dims()[2];
+            assert!(cap >= written && cap <= 600, "capacity {cap} for {written}");
+        }
+        assert_eq!(kv.len(), 600);
+        let all: Vec<f32> = kv.keys().unwrap().into_data().to_vec().unwrap();
+        assert_eq!(all, (0..600 * 4).map(|x| x as f32).collect::<Vec<_>>());
+        assert!(
+            kv.append(rows(1, 0), rows(1, 0)).is_err(),
+            "past the positions"
+        );
+    }
+}
