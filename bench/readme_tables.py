@@ -62,7 +62,7 @@ def eval_table(data):
     out = [
         f"Model `{os.path.relpath(data['model'], ROOT) if os.path.isabs(data['model']) else data['model']}`, "
         f"{data['backend'].split('::')[-1]}, block {data['block_size']}, {data['steps']} steps per block "
-        f"({data['policy']}, threshold {data['threshold']}), page {data['page_size']}, "
+        f"({data['policy']}, threshold {data['threshold']:.2g}), page {data['page_size']}, "
         f"{data['dense_layers']} leading dense layer(s); held-out sets of fixed seeds. "
         "Exact match in %, measured KV density in parentheses.",
         "",
