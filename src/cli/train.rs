@@ -125,7 +125,7 @@ impl TrainJob for &TrainArgs {
             _ => {}
         })
         .map_err(|e| e.to_string())?;
-        let total: usize = log.config.stages.iter().map(|s| s.steps).sum();
+        let total = log.config.total_steps();
         println!(
             "{} of {} steps done ({:.0} s of training in total); checkpoint in {}",
             log.steps_done,

@@ -211,7 +211,8 @@ impl TrainConfig {
         self.questions.min(room).max(1)
     }
 
-    fn total_steps(&self) -> usize {
+    /// Optimizer steps of the whole curriculum.
+    pub fn total_steps(&self) -> usize {
         self.stages.iter().map(|s| s.steps).sum()
     }
 
