@@ -54,21 +54,12 @@ fn main() -> ExitCode {
         }
     };
     let result = match &cli.command {
-        Command::Generate(args) => args
-            .dtype
-            .check_on(args.device)
-            .and_then(|()| cli::on_device(args.device, args)),
+        Command::Generate(args) => cli::on_device(args.device, args.dtype, args),
         Command::Train(args) => cli::on_autodiff_device(args.device, args),
-        Command::Eval(args) => args
-            .dtype
-            .check_on(args.device)
-            .and_then(|()| cli::on_device(args.device, args)),
+        Command::Eval(args) => cli::on_device(args.device, args.dtype, args),
         Command::Bench(cli::bench::BenchArgs {
             what: cli::bench::Bench::Generate(args),
-        }) => args
-            .dtype
-            .check_on(args.device)
-            .and_then(|()| cli::on_device(args.device, args)),
+        }) => cli::on_device(args.device, args.dtype, args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -249,11 +249,7 @@ fn policies_pick_what_their_rules_say() {
 /// without changing the tokens.
 #[test]
 fn a_shared_prefill_generates_what_a_fresh_prefill_generates() {
-    use losa::losa_sampler::{Progress, generate_prefilled, prefill_prompt};
-    struct Quiet;
-    impl Progress for Quiet {
-        fn block(&mut self, _: &[u32]) {}
-    }
+    use losa::losa_sampler::{generate_prefilled, prefill_prompt};
     let pages = PageSelectionConfig::new().with_page_size(4).with_budget(8);
     let quest = AttentionMode::Quest(QuestConfig::new(pages.clone()).with_dense_layers(0));
     let losa = AttentionMode::Losa(
@@ -267,7 +263,7 @@ fn a_shared_prefill_generates_what_a_fresh_prefill_generates() {
         &sdar().with_attention(quest.clone()),
         &prompt,
         None,
-        &mut Quiet,
+        &mut (),
     )
     .unwrap();
     assert_eq!(shared.prompt(), &prompt[..]);
@@ -282,7 +278,7 @@ fn a_shared_prefill_generates_what_a_fresh_prefill_generates() {
                 ..SamplerConfig::default()
             };
             let fresh = generate(&model, &prompt, &cfg, |_| {}).unwrap();
-            let reused = generate_prefilled(&model, &shared, &cfg, &mut Quiet).unwrap();
+            let reused = generate_prefilled(&model, &shared, &cfg, &mut ()).unwrap();
             assert_eq!(reused.canvas, fresh.canvas, "{mode:?}, {steps} steps");
             assert_eq!(reused.prefill_ms, shared.prefill_ms());
             assert!(reused.parts.is_none());
@@ -290,7 +286,7 @@ fn a_shared_prefill_generates_what_a_fresh_prefill_generates() {
                 profile: true,
                 ..cfg
             };
-            let p = generate_prefilled(&model, &shared, &profiled, &mut Quiet).unwrap();
+            let p = generate_prefilled(&model, &shared, &profiled, &mut ()).unwrap();
             assert_eq!(p.canvas, fresh.canvas, "profiling changes nothing");
             let parts = p.parts.unwrap();
             assert!(parts.attention_ms > 0.0 && parts.mlp_ms > 0.0 && parts.rest_ms > 0.0);
@@ -302,7 +298,7 @@ fn a_shared_prefill_generates_what_a_fresh_prefill_generates() {
         stop_ids: Some(vec![]),
         ..SamplerConfig::default()
     };
-    let again = generate_prefilled(&sdar(), &shared, &cfg, &mut Quiet).unwrap();
+    let again = generate_prefilled(&sdar(), &shared, &cfg, &mut ()).unwrap();
     assert_eq!(
         again.canvas,
         generate(&sdar(), &prompt, &cfg, |_| {}).unwrap().canvas
@@ -313,35 +309,31 @@ fn a_shared_prefill_generates_what_a_fresh_prefill_generates() {
 /// loop prefills differently is a typed error.
 #[test]
 fn a_shared_prefill_refuses_what_it_cannot_serve() {
-    use losa::losa_sampler::{Progress, generate_prefilled, prefill_prompt};
-    struct Quiet;
-    impl Progress for Quiet {
-        fn block(&mut self, _: &[u32]) {}
-    }
+    use losa::losa_sampler::{generate_prefilled, prefill_prompt};
     let prompt: Vec<u32> = (3..25).collect();
-    let dense = prefill_prompt(&sdar(), &prompt, None, &mut Quiet).unwrap();
+    let dense = prefill_prompt(&sdar(), &prompt, None, &mut ()).unwrap();
     let cfg = SamplerConfig::default();
     let other_block = SamplerConfig {
         block_size: Some(8),
         ..cfg.clone()
     };
     assert!(matches!(
-        generate_prefilled(&sdar(), &dense, &other_block, &mut Quiet),
+        generate_prefilled(&sdar(), &dense, &other_block, &mut ()),
         Err(SamplerError::Config(m)) if m.contains("block size")
     ));
     let pages = PageSelectionConfig::new().with_page_size(4).with_budget(8);
     let quest = AttentionMode::Quest(QuestConfig::new(pages));
     assert!(matches!(
-        generate_prefilled(&sdar().with_attention(quest), &dense, &cfg, &mut Quiet),
+        generate_prefilled(&sdar().with_attention(quest), &dense, &cfg, &mut ()),
         Err(SamplerError::Config(m)) if m.contains("page size")
     ));
     let (llada, _) = decode_cases("llada");
     assert!(matches!(
-        prefill_prompt(&llada, &prompt, None, &mut Quiet),
+        prefill_prompt(&llada, &prompt, None, &mut ()),
         Err(SamplerError::Unsupported(_))
     ));
     assert!(matches!(
-        prefill_prompt(&sdar(), &[], None, &mut Quiet),
+        prefill_prompt(&sdar(), &[], None, &mut ()),
         Err(SamplerError::EmptyPrompt)
     ));
 }

@@ -9,7 +9,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use losa::{
     losa_attention::{AttentionMode, LosaBackend},
     losa_models::{DlmModel, Family, ModelConfig, PartTimes},
-    losa_sampler::{Policy, Progress, SamplerConfig, generate_prefilled, prefill_prompt},
+    losa_sampler::{Policy, SamplerConfig, generate_prefilled, prefill_prompt},
 };
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde::Serialize;
@@ -139,13 +139,6 @@ struct Row {
     rest_share: f64,
 }
 
-/// Hears nothing: the bench prints its own lines.
-struct Quiet;
-
-impl Progress for Quiet {
-    fn block(&mut self, _: &[u32]) {}
-}
-
 impl Job for &GenerateBenchArgs {
     fn run<B: LosaBackend>(self, device: &B::Device) -> CliResult<()> {
         let args = self;
@@ -212,8 +205,8 @@ impl Job for &GenerateBenchArgs {
                 .map(|_| rng.random_range(0..config.mask_token_id))
                 .collect();
             model = model.with_attention(paged.clone());
-            let prefilled = prefill_prompt(&model, &prompt, Some(block), &mut Quiet)
-                .map_err(|e| e.to_string())?;
+            let prefilled =
+                prefill_prompt(&model, &prompt, Some(block), &mut ()).map_err(|e| e.to_string())?;
             eprintln!("prompt {n:>6}  prefill {:>8.0} ms", prefilled.prefill_ms());
             prefills.push(serde_json::json!({
                 "prompt_tokens": n,
@@ -246,15 +239,15 @@ impl Job for &GenerateBenchArgs {
                         max_new_tokens: block,
                         ..cfg.clone()
                     };
-                    generate_prefilled(&model, &prefilled, &warmup, &mut Quiet)
+                    generate_prefilled(&model, &prefilled, &warmup, &mut ())
                         .map_err(|e| e.to_string())?;
-                    let g = generate_prefilled(&model, &prefilled, &cfg, &mut Quiet)
+                    let g = generate_prefilled(&model, &prefilled, &cfg, &mut ())
                         .map_err(|e| e.to_string())?;
                     let profiled = SamplerConfig {
                         profile: true,
                         ..cfg
                     };
-                    let parts = generate_prefilled(&model, &prefilled, &profiled, &mut Quiet)
+                    let parts = generate_prefilled(&model, &prefilled, &profiled, &mut ())
                         .map_err(|e| e.to_string())?
                         .parts
                         .ok_or("the profiled run reported no parts")?;

@@ -236,8 +236,9 @@ fn missing(device: Device) -> String {
     )
 }
 
-/// Runs `job` on the backend of `device`.
-pub fn on_device(device: Device, job: impl Job) -> CliResult<()> {
+/// Runs `job` on the backend of `device`, after refusing a `dtype` that backend cannot compute in.
+pub fn on_device(device: Device, dtype: Dtype, job: impl Job) -> CliResult<()> {
+    dtype.check_on(device)?;
     match device {
         Device::Cpu => job.run::<burn::backend::NdArray<f32>>(&Default::default()),
         #[cfg(feature = "wgpu")]

@@ -84,6 +84,11 @@ pub trait Progress {
     fn block(&mut self, tokens: &[u32]);
 }
 
+/// Hears nothing: for callers that need neither prefill progress nor blocks as they finish.
+impl Progress for () {
+    fn block(&mut self, _: &[u32]) {}
+}
+
 /// A closure hearing finished blocks only.
 struct Blocks<F>(F);
 

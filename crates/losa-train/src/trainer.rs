@@ -83,9 +83,9 @@ pub struct TrainConfig {
     pub kv_heads: usize,
     /// Channels per head.
     pub head_dim: usize,
-    /// The LM head is the transposed embedding (as in SDAR-1.7B / Qwen3-1.7B). Copying a token
-    /// seen in the context then needs no per-token output mapping, which is what lets a small
-    /// model leave the unigram plateau of the retrieval task.
+    /// The LM head is the transposed embedding (as in SDAR-1.7B / Qwen3-1.7B), so copying a
+    /// context token needs no per-token output mapping. The recipe's sweep used tied heads
+    /// throughout; an untied head at its learning rate was not compared.
     pub tie_embeddings: bool,
     /// MLP width.
     pub intermediate: usize,
