@@ -104,8 +104,9 @@ impl RetrievalSpec {
             return Err(TaskError::TooShort(self.context_tokens, needed));
         }
         let most_records = self.context_tokens / (RECORD_OVERHEAD + self.min_value);
-        // Value tokens at most: the context less one record overhead per shortest record.
-        let most_values = self.context_tokens * self.min_value / (RECORD_OVERHEAD + self.min_value);
+        // Value tokens at most: records of the longest values carry the most (a value's share
+        // of its record grows with its length).
+        let most_values = self.context_tokens * self.max_value / (RECORD_OVERHEAD + self.max_value);
         if most_records > KEY_WORDS || most_values > VALUE_WORDS {
             return Err(TaskError::TooManyRecords(self.context_tokens));
         }
@@ -283,6 +284,17 @@ mod tests {
             Err(TaskError::TooManyRecords(16_384))
         ));
         assert!(RetrievalSpec::new(8_192).validate().is_ok());
+        // Records of only the longest values: 9K tokens hold more value tokens than words, even
+        // though records of the shortest values would not.
+        let longest = RetrievalSpec {
+            min_value: 24,
+            ..RetrievalSpec::new(9_000)
+        };
+        assert_eq!(longest.validate(), Err(TaskError::TooManyRecords(9_000)));
+        assert!(matches!(
+            RetrievalSpec::new(9_000).validate(),
+            Err(TaskError::TooManyRecords(9_000))
+        ));
         let bad = RetrievalSpec {
             min_value: 9,
             max_value: 3,

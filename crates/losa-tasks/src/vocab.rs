@@ -37,7 +37,7 @@ const SYLLABLES: usize = 80;
 pub const KEY_WORDS: usize = 1024;
 /// Number of value words (three syllables, lower case). A prompt never repeats a value word,
 /// so that every value token points at one place in the context; this bounds a prompt's value
-/// tokens (about 8.7K prompt tokens).
+/// tokens (about 8.8K prompt tokens).
 pub const VALUE_WORDS: usize = 8192;
 
 /// The task vocabulary: every token string in id order.
