@@ -7,6 +7,7 @@ sampled during the run. Also merges several per-prompt result files into one.
 """
 
 import argparse
+import os
 import json
 import subprocess
 
@@ -40,6 +41,9 @@ def main():
         )
         .decode()
         .strip()
+        # The card the bench ran on: the first visible one (nvidia-smi ignores
+        # CUDA_VISIBLE_DEVICES, so take its first index from there).
+        .splitlines()[int(os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0])]
         .split(", ")
     )
     merged.update(

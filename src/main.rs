@@ -60,6 +60,9 @@ fn main() -> ExitCode {
         Command::Bench(cli::bench::BenchArgs {
             what: cli::bench::Bench::Generate(args),
         }) => cli::on_device(args.device, args.dtype, args),
+        Command::Bench(cli::bench::BenchArgs {
+            what: cli::bench::Bench::Matmul(args),
+        }) => cli::on_device(args.device, args.dtype, args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -282,6 +282,75 @@ fn query_change_matches_reference() {
     }
 }
 
+/// A seeded `[rows, cols]` matrix: the device tensor in the dtype under test, and the reference's.
+fn pair2(seed: u64, rows: usize, cols: usize) -> (Tensor<Dut, 2>, Tensor<Ref, 2>) {
+    let (d, r) = pair(seed, [1, 1, rows, cols]);
+    (d.reshape([rows, cols]), r.reshape([rows, cols]))
+}
+
+/// The block's weight matmul, on the kernel's layout (`w` the transposed view of an `[n, k]`
+/// `nn.Linear` weight) and on a plain `[k, n]` weight (burn's matmul), over row counts 1-32,
+/// ragged `k` (vector widths 4, 2 and 1) and `n` not a multiple of a cube's columns. Sums of
+/// `k` products of N(0, 1) values are of order `sqrt(k)`, so the tolerances scale by it.
+#[test]
+fn few_row_matmul_matches_reference() {
+    let (dtype, atol, rtol) = dut_dtype();
+    for (rows, k, n) in [
+        (1, 64, 7),
+        (5, 96, 130),
+        (16, 256, 40),
+        (16, 1024, 9),
+        (32, 100, 33),
+        (7, 30, 5),
+        (33, 64, 8),
+    ] {
+        let (xd, xr) = pair2(61, rows, k);
+        let (wd, wr) = pair2(62, n, k);
+        let expected = ops::few_row_matmul(xr, wr.transpose()).unwrap();
+        let scale = (k as f64).sqrt();
+        for (layout, w) in [
+            ("transposed [n, k]", wd.clone().transpose()),
+            (
+                "contiguous [k, n]",
+                Tensor::<Dut, 2>::from_data(wd.transpose().to_data(), &ddev()).cast(dtype),
+            ),
+        ] {
+            let got = ops::few_row_matmul(xd.clone(), w).unwrap();
+            assert_eq!(got.dims(), [rows, n]);
+            assert_close(
+                &format!("few-row matmul {rows}x{k}x{n}, w {layout}"),
+                &host(&got),
+                &host(&expected),
+                atol * scale,
+                rtol,
+            );
+        }
+    }
+    // Rows read through a view (a slice of a longer block).
+    let (x_long, x_long_ref) = pair2(63, 20, 64);
+    let (wd, wr) = pair2(64, 24, 64);
+    let got = ops::few_row_matmul(x_long.narrow(0, 4, 12), wd.transpose()).unwrap();
+    let expected = ops::few_row_matmul(x_long_ref.narrow(0, 4, 12), wr.transpose()).unwrap();
+    assert_close(
+        "few-row matmul of a row slice",
+        &host(&got),
+        &host(&expected),
+        atol * 8.0,
+        rtol,
+    );
+}
+
+#[test]
+fn few_row_matmul_rejects_bad_shapes() {
+    let (x, _) = pair2(65, 4, 32);
+    let (w, _) = pair2(66, 31, 8);
+    let err = ops::few_row_matmul(x.clone(), w).unwrap_err().to_string();
+    assert!(err.contains("few_row_matmul"), "{err}");
+    let empty = Tensor::<Dut, 2>::zeros([32, 0], &ddev());
+    let err = ops::few_row_matmul(x, empty).unwrap_err().to_string();
+    assert!(err.contains("empty"), "{err}");
+}
+
 fn run_modes<B: losa::losa_attention::LosaBackend>(
     mode: &AttentionMode,
     q: &[Tensor<B, 4>],

@@ -7,6 +7,8 @@ use burn::{
     tensor::{FloatDType, Tensor, TensorData, backend::Backend},
 };
 
+use losa_attention::{LosaBackend, ops};
+
 use crate::config::RopeScaling;
 
 /// RMSNorm `w * x * rsqrt(mean(x^2) + eps)`, computed in fp32 and cast back before the weight
@@ -125,7 +127,37 @@ pub struct AttentionProj<B: Backend> {
     pub head_dim: usize,
 }
 
-impl<B: Backend> AttentionProj<B> {
+/// Most rows (batch x block tokens) that go through the few-row weight matmul.
+const FEW_ROWS: usize = 32;
+
+/// `x [b, s, k] · w [k, n]`. A denoising block's few rows go through [`ops::few_row_matmul`]:
+/// on the CubeCL backends a kernel that reads the weight once at memory speed, where burn's
+/// general matmul tiles 16 rows badly (55-175 GB/s on the H100). Prompt prefill (many rows) and
+/// the other backends keep burn's matmul; under autodiff the op is a plain matmul, so training
+/// is unchanged.
+pub(crate) fn project<B: LosaBackend>(x: Tensor<B, 3>, w: Tensor<B, 2>) -> Tensor<B, 3> {
+    let [b, s, k] = x.dims();
+    let rows = b * s;
+    if (1..=FEW_ROWS).contains(&rows) {
+        // Shapes the op rejects are left to burn's matmul to report.
+        if let Ok(y) = ops::few_row_matmul(x.clone().reshape([rows, k]), w.clone()) {
+            let n = y.dims()[1];
+            return y.reshape([b, s, n]);
+        }
+    }
+    x.matmul(w.unsqueeze_dim(0))
+}
+
+/// `layer.forward(x)` through [`project`].
+pub(crate) fn linear<B: LosaBackend>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    let y = project(x, layer.weight.val());
+    match &layer.bias {
+        Some(bias) => y + bias.val().unsqueeze_dim::<2>(0).unsqueeze_dim(0),
+        None => y,
+    }
+}
+
+impl<B: LosaBackend> AttentionProj<B> {
     /// q `[b, heads, s, d]`, k and v `[b, kv_heads, s, d]`, q and k normed (if the family does)
     /// and rotated by the pass's RoPE tables.
     pub fn qkv(
@@ -136,9 +168,9 @@ impl<B: Backend> AttentionProj<B> {
         let [b, s, _] = x.dims();
         let split =
             |t: Tensor<B, 3>, heads: usize| t.reshape([b, s, heads, self.head_dim]).swap_dims(1, 2);
-        let mut q = split(self.q.forward(x.clone()), self.heads);
-        let mut k = split(self.k.forward(x.clone()), self.kv_heads);
-        let v = split(self.v.forward(x), self.kv_heads);
+        let mut q = split(linear(&self.q, x.clone()), self.heads);
+        let mut k = split(linear(&self.k, x.clone()), self.kv_heads);
+        let v = split(linear(&self.v, x), self.kv_heads);
         if let Some(norm) = &self.q_norm {
             q = norm.forward(q);
         }
@@ -151,7 +183,7 @@ impl<B: Backend> AttentionProj<B> {
     /// Output projection of the attention result `[b, heads, s, d]`.
     pub fn out(&self, attn: Tensor<B, 4>) -> Tensor<B, 3> {
         let [b, h, s, d] = attn.dims();
-        self.o.forward(attn.swap_dims(1, 2).reshape([b, s, h * d]))
+        linear(&self.o, attn.swap_dims(1, 2).reshape([b, s, h * d]))
     }
 }
 
@@ -166,11 +198,11 @@ pub struct Mlp<B: Backend> {
     pub down: Linear<B>,
 }
 
-impl<B: Backend> Mlp<B> {
+impl<B: LosaBackend> Mlp<B> {
     /// Applies the MLP.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let gate = burn::tensor::activation::silu(self.gate.forward(x.clone()));
-        self.down.forward(gate * self.up.forward(x))
+        let gate = burn::tensor::activation::silu(linear(&self.gate, x.clone()));
+        linear(&self.down, gate * linear(&self.up, x))
     }
 }
 

@@ -16,7 +16,7 @@ use losa_attention::{AttentionMode, LayerState, LosaBackend, PrefixKv, StepStats
 use crate::{
     config::ModelConfig,
     error::{LoadError, Result},
-    layers::{DecoderLayer, RmsNorm, RopeTables},
+    layers::{DecoderLayer, RmsNorm, RopeTables, linear, project},
 };
 
 /// Per-layer prefix KV caches (with the page bounds LoSA and Quest need).
@@ -330,8 +330,8 @@ impl<B: LosaBackend> DlmModel<B> {
         }
         let x = self.norm.forward(x);
         let logits = match &self.lm_head {
-            Some(head) => head.forward(x),
-            None => x.matmul(embed.transpose().unsqueeze_dim(0)),
+            Some(head) => linear(head, x),
+            None => project(x, embed.transpose()),
         };
         Lap::mark::<B>(&mut lap, &device, Part::Rest)?;
         Ok((logits, stats))

@@ -26,6 +26,8 @@ pub struct BenchArgs {
 pub enum Bench {
     /// Generation speed at long prompts on a real model shape with random weights.
     Generate(GenerateBenchArgs),
+    /// A denoising block's weight matmuls: the few-row kernel against burn's matmul.
+    Matmul(super::bench_matmul::MatmulBenchArgs),
 }
 
 /// Published architectures (config.json of the SDAR checkpoints), and a tiny one for tests.
@@ -41,7 +43,7 @@ pub enum Shape {
 }
 
 impl Shape {
-    fn config(self, positions: usize) -> ModelConfig {
+    pub(crate) fn config(self, positions: usize) -> ModelConfig {
         // (vocab, hidden, intermediate, layers, heads, kv heads, head dim)
         let (v, h, i, l, q, kv, d) = match self {
             Shape::Sdar8b => (151_936, 4096, 12_288, 36, 32, 8, 128),
@@ -186,18 +188,7 @@ impl Job for &GenerateBenchArgs {
                 "prefills": prefills,
                 "rows": rows,
             });
-            if let Some(parent) = args.out.parent() {
-                std::fs::create_dir_all(parent)
-                    .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
-            }
-            let partial = args.out.with_extension("json.partial");
-            std::fs::write(
-                &partial,
-                serde_json::to_string_pretty(&report).map_err(|e| e.to_string())? + "\n",
-            )
-            .map_err(|e| format!("cannot write {}: {e}", partial.display()))?;
-            std::fs::rename(&partial, &args.out)
-                .map_err(|e| format!("cannot write {}: {e}", args.out.display()))
+            super::write_json(&args.out, &report)
         };
         for &n in &args.prompt_tokens {
             // Random ordinary tokens (never the mask token).
@@ -304,7 +295,7 @@ fn weight_count(c: &ModelConfig) -> usize {
     c.vocab_size * h + head + h + c.num_layers * layer
 }
 
-fn dtype_bytes(d: Dtype) -> usize {
+pub(crate) fn dtype_bytes(d: Dtype) -> usize {
     match d {
         Dtype::F32 => 4,
         Dtype::F16 | Dtype::Bf16 => 2,

@@ -332,15 +332,7 @@ impl Job for &EvalArgs {
             "dense_layers": args.attention.dense_layers,
             "runs": runs,
         });
-        if let Some(parent) = out_path.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
-        }
-        std::fs::write(
-            &out_path,
-            serde_json::to_string_pretty(&report).map_err(|e| e.to_string())? + "\n",
-        )
-        .map_err(|e| format!("cannot write {}: {e}", out_path.display()))?;
+        super::write_json(&out_path, &report)?;
         println!("wrote {}", out_path.display());
         Ok(())
     }

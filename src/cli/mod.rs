@@ -1,6 +1,7 @@
 //! The `losa` subcommands and what they share: devices, dtypes, attention and decoding flags.
 
 pub mod bench;
+pub mod bench_matmul;
 pub mod eval;
 pub mod generate;
 pub mod train;
@@ -270,4 +271,18 @@ pub fn on_autodiff_device(device: Device, job: impl TrainJob) -> CliResult<()> {
         #[allow(unreachable_patterns)]
         other => Err(missing(other)),
     }
+}
+
+/// Writes `value` as pretty JSON to `path` (creating its folder) through a `.partial` file and a
+/// rename, so that a reader never sees half a result file.
+pub fn write_json(path: &std::path::Path, value: &serde_json::Value) -> CliResult<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    }
+    let partial = path.with_extension("json.partial");
+    let text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())? + "\n";
+    std::fs::write(&partial, text)
+        .map_err(|e| format!("cannot write {}: {e}", partial.display()))?;
+    std::fs::rename(&partial, path).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }

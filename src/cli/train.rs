@@ -36,6 +36,12 @@ pub struct TrainArgs {
     /// Peak learning rate.
     #[arg(long)]
     lr: Option<f64>,
+    /// RoPE base of the trained model.
+    #[arg(long)]
+    rope_theta: Option<f64>,
+    /// Questions per training context.
+    #[arg(long)]
+    questions: Option<usize>,
     /// Seed of initialisation and data.
     #[arg(long)]
     seed: Option<u64>,
@@ -87,6 +93,8 @@ impl TrainArgs {
         c.layers = self.layers.unwrap_or(c.layers);
         c.intermediate = self.intermediate.unwrap_or(c.intermediate);
         c.lr = self.lr.unwrap_or(c.lr);
+        c.rope_theta = self.rope_theta.unwrap_or(c.rope_theta);
+        c.questions = self.questions.unwrap_or(c.questions);
         c.seed = self.seed.unwrap_or(c.seed);
         c.eval_items = self.eval_items.unwrap_or(c.eval_items);
         c.eval_every = self.eval_every.unwrap_or(c.eval_every);

@@ -76,6 +76,12 @@ pub trait LosaBackend: Backend {
     fn losa_query_change(q: FloatTensor<Self>, q_cached: FloatTensor<Self>) -> FloatTensor<Self> {
         on_primitives::query_change::<Self>(q, q_cached)
     }
+
+    /// `x · w` for the few rows of a denoising block (`w` typically the transposed view of an
+    /// `nn.Linear` weight). See [`crate::reference::few_row_matmul`].
+    fn losa_few_row_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        on_primitives::few_row_matmul::<Self>(x, w)
+    }
 }
 
 /// The reference functions on primitives: the trait's default bodies, and the fallback of
@@ -155,5 +161,12 @@ pub(crate) mod on_primitives {
         q_cached: FloatTensor<B>,
     ) -> FloatTensor<B> {
         prim(reference::query_change::<B>(float(q), float(q_cached)))
+    }
+
+    pub(crate) fn few_row_matmul<B: Backend>(
+        x: FloatTensor<B>,
+        w: FloatTensor<B>,
+    ) -> FloatTensor<B> {
+        prim(reference::few_row_matmul::<B>(float(x), float(w)))
     }
 }

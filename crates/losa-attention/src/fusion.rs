@@ -33,6 +33,7 @@ enum Call {
         keep_last: bool,
     },
     QueryChange,
+    FewRowMatmul,
 }
 
 impl Call {
@@ -44,6 +45,7 @@ impl Call {
             Call::PageScores => "losa_page_scores",
             Call::SelectPages { .. } => "losa_select_pages",
             Call::QueryChange => "losa_query_change",
+            Call::FewRowMatmul => "losa_few_row_matmul",
         }
     }
 }
@@ -105,6 +107,10 @@ impl<B: FusionBackend + LosaBackend> Operation<B::FusionRuntime> for LosaOp<B> {
             Call::QueryChange => {
                 let (q, qc) = (float(handles, 0), float(handles, 1));
                 handles.register_float_tensor::<B>(&outputs[0].id, B::losa_query_change(q, qc));
+            }
+            Call::FewRowMatmul => {
+                let (x, w) = (float(handles, 0), float(handles, 1));
+                handles.register_float_tensor::<B>(&outputs[0].id, B::losa_few_row_matmul(x, w));
             }
         }
     }
@@ -221,5 +227,10 @@ impl<B: FusionBackend + LosaBackend> LosaBackend for Fusion<B> {
         let [b, _, s, _] = q.shape.dims::<4>();
         let outputs = [(vec![b, s], DType::F32)];
         register::<B>(Call::QueryChange, vec![q, q_cached], &outputs).remove(0)
+    }
+
+    fn losa_few_row_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        let outputs = [(vec![x.shape[0], w.shape[1]], x.dtype)];
+        register::<B>(Call::FewRowMatmul, vec![x, w], &outputs).remove(0)
     }
 }

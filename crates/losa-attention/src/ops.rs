@@ -229,6 +229,35 @@ pub fn query_change<B: LosaBackend>(
     Ok(float(B::losa_query_change(prim(q), prim(q_cached))))
 }
 
+/// `x · w` for the few rows of a denoising block: a weight-bandwidth-bound kernel on CubeCL
+/// backends for up to 32 rows with `w` read along `k` (the transposed view of an `nn.Linear`
+/// weight, as burn's `Linear` holds a loaded checkpoint's); burn's matmul otherwise.
+///
+/// # Shapes
+/// `x`: `[rows, k]`, `w`: `[k, n]` -> `[rows, n]`.
+pub fn few_row_matmul<B: LosaBackend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Result<Tensor<B, 2>> {
+    let [rows, k] = x.dims();
+    let [wk, n] = w.dims();
+    if wk != k {
+        return Err(mismatch(
+            "few_row_matmul: w [k, n] against x [rows, k]",
+            &[wk, n],
+            &[k, n],
+        ));
+    }
+    if rows == 0 || k == 0 || n == 0 {
+        return Err(LosaError::Empty(format!(
+            "few_row_matmul of x {:?} and w {:?}",
+            [rows, k],
+            [wk, n]
+        )));
+    }
+    if x.device() != w.device() {
+        return Err(LosaError::DeviceMismatch("x and w".into()));
+    }
+    Ok(float(B::losa_few_row_matmul(prim(x), prim(w))))
+}
+
 /// The `k` rows with the largest scores (largest first, ties to the lower index).
 ///
 /// # Shapes

@@ -6,6 +6,7 @@
 //! wrong answer.
 
 mod attention;
+mod few_rows;
 mod merge;
 mod pages;
 mod rows;
@@ -155,5 +156,20 @@ where
             return on_primitives::query_change::<Self>(q, q_cached);
         }
         rows::query_change(q, q_cached)
+    }
+
+    fn losa_few_row_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        if !kernel_float(x.dtype) || w.dtype != x.dtype {
+            fallback("few-row matmul", "dtypes the kernel does not take");
+            return on_primitives::few_row_matmul::<Self>(x, w);
+        }
+        if !few_rows::takes(&x, &w) {
+            fallback(
+                "few-row matmul",
+                "too many rows, or a weight not read along k",
+            );
+            return on_primitives::few_row_matmul::<Self>(x, w);
+        }
+        few_rows::few_row_matmul(x, w)
     }
 }

@@ -11,4 +11,4 @@ mod rows;
 
 pub use attention::{attention_lse, merge_lse};
 pub use pages::{page_bounds, page_scores, select_pages};
-pub use rows::{active_rows, gather_rows, query_change, scatter_rows};
+pub use rows::{active_rows, few_row_matmul, gather_rows, query_change, scatter_rows};

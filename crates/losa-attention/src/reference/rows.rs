@@ -1,4 +1,5 @@
-//! Row-level pieces of LoSA: query-change scores, active-row selection, gathers and scatters.
+//! Row-level pieces of LoSA: query-change scores, active-row selection, gathers and scatters, and
+//! the few-row weight matmul of a denoising block.
 
 use burn::tensor::{IndexingUpdateOp, Int, Tensor, backend::Backend};
 
@@ -91,4 +92,13 @@ pub fn scatter_rows<B: Backend>(
         .reshape([b, 1, s, 1])
         .expand([b, h, s, d]);
     x.mask_where(hit, placed)
+}
+
+/// `x · w` for the few rows of a denoising block (the accelerated backends' kernel is bound by
+/// reading `w` once; this is burn's matmul).
+///
+/// # Shapes
+/// `x`: `[rows, k]`, `w`: `[k, n]` -> `[rows, n]`.
+pub fn few_row_matmul<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
+    x.matmul(w)
 }
