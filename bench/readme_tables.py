@@ -5,6 +5,7 @@
 - attention-table: bench/results/attention-h100.json (`examples/bench-attention.rs` + `bench/attention_anchor.py`)
 - eval-table: bench/results/eval-retrieval.json (`losa eval --sweep`)
 - generate-table: bench/results/generate-h100.json (`losa bench generate` + `bench/generate_anchor.py`)
+- matmul-table: bench/results/matmul-h100.json (`losa bench matmul`)
 """
 
 import json
@@ -17,6 +18,8 @@ EVAL_RESULT = os.path.join(ROOT, "bench", "results", "eval-retrieval.json")
 EVAL_START, EVAL_END = "<!-- eval-table:start -->", "<!-- eval-table:end -->"
 GEN_RESULT = os.path.join(ROOT, "bench", "results", "generate-h100.json")
 GEN_START, GEN_END = "<!-- generate-table:start -->", "<!-- generate-table:end -->"
+MATMUL_RESULT = os.path.join(ROOT, "bench", "results", "matmul-h100.json")
+MATMUL_START, MATMUL_END = "<!-- matmul-table:start -->", "<!-- matmul-table:end -->"
 
 
 def table(data, budget=256, page=16):
@@ -140,6 +143,23 @@ def generate_table(data):
     return "\n".join(out)
 
 
+def matmul_table(data):
+    out = [
+        f"H100 (GPU 0 of the call that ran the generate bench above, commit `ec74bbe`), `{data['shape']}` projections, "
+        f"{data['dtype']} weights as transposed `[out, in]` views, mean of "
+        f"{data['iterations']} runs after one untimed; GB/s = weight bytes / time.",
+        "",
+        "| rows | weight | k x n | few-row µs | few-row GB/s | burn matmul µs | burn GB/s | speed-up |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in data["rows"]:
+        out.append(
+            f"| {r['rows']} | {r['weight']} | {r['k']} x {r['n']} | {r['few_row_us']:.1f} | {r['few_row_gb_s']:.0f} "
+            f"| {r['burn_us']:.1f} | {r['burn_gb_s']:.0f} | {r['speedup']:.2f}x |"
+        )
+    return "\n".join(out)
+
+
 def replace(readme, start, end, body):
     head, rest = readme.split(start, 1)
     _, tail = rest.split(end, 1)
@@ -158,6 +178,9 @@ def main():
     if os.path.exists(GEN_RESULT) and GEN_START in readme:
         with open(GEN_RESULT) as f:
             readme = replace(readme, GEN_START, GEN_END, generate_table(json.load(f)))
+    if os.path.exists(MATMUL_RESULT) and MATMUL_START in readme:
+        with open(MATMUL_RESULT) as f:
+            readme = replace(readme, MATMUL_START, MATMUL_END, matmul_table(json.load(f)))
     with open(readme_path, "w") as f:
         f.write(readme)
 

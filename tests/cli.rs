@@ -1,6 +1,7 @@
-//! End-to-end tests of the `losa` program (spawned as a process) on the shipped small model:
-//! generation from a prompt file, `--json` output, and one-line errors (no panic trace) for
-//! every kind of bad argument.
+//! End-to-end tests of the `losa` program (spawned as a process) on the shipped retrieval model
+//! (and a random-weight chat fixture for free text): generation from a prompt file and its
+//! answer, `--json` output, training, evaluation and bench result files, and one-line errors
+//! (no panic trace) for every kind of bad argument.
 
 use std::process::{Command, Output};
 
@@ -33,9 +34,12 @@ fn temp_file(name: &str, text: &str) -> String {
     path.to_string_lossy().into_owned()
 }
 
+/// A random-weight checkpoint with the Qwen BPE tokenizer and chat template, for free text.
+const UNTRAINED_CHAT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/fixtures/sdar-tiny");
+
 #[test]
 fn generates_from_a_prompt_file_with_each_attention_mode() {
-    let file = temp_file("prompt", "Find the value of key alpha.");
+    let file = format!("{SHIPPED}/example-prompt.txt");
     for mode in ["dense", "quest", "losa"] {
         let out = losa_ok(&[
             "generate",
@@ -71,6 +75,8 @@ fn json_output_parses_and_carries_telemetry() {
         "2",
         "--dense-layers",
         "0",
+        "--model",
+        UNTRAINED_CHAT,
     ]);
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
     let generation = &json["generation"];
@@ -137,8 +143,12 @@ fn bad_arguments_exit_nonzero_with_one_line() {
             vec!["generate", "--prompt", "x", "--page-size", "0"],
             "page_size",
         ),
-        (vec!["generate", "--prompt", "x", "--steps", "9"], "steps"),
-        (vec!["generate", "--prompt", "x", "--active", "9"], "active"),
+        // The shipped model's block is 16.
+        (vec!["generate", "--prompt", "x", "--steps", "17"], "steps"),
+        (
+            vec!["generate", "--prompt", "x", "--active", "17"],
+            "active",
+        ),
         (vec!["generate", "--prompt", "   "], "empty"),
         (vec!["generate", "--prompt-file", &long], "exceed"),
         (
@@ -264,6 +274,8 @@ fn train_then_eval_sweep_writes_the_result_file() {
     // A checkpoint without the task vocabulary is refused with one line.
     let out = losa(&[
         "eval",
+        "--model",
+        UNTRAINED_CHAT,
         "--lengths",
         "160",
         "--items",
@@ -334,10 +346,7 @@ fn bench_generate_writes_a_row_per_run() {
 /// broken model answers none (an answer is 8 to 24 exact words out of 8,192).
 #[test]
 fn the_training_checkpoint_answers_retrieval_prompts() {
-    let model = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/models/training/retrieval-step11749"
-    );
+    let model = concat!(env!("CARGO_MANIFEST_DIR"), "/models/shipped/retrieval");
     let result =
         std::env::temp_dir().join(format!("losa-cli-checkpoint-{}.json", std::process::id()));
     losa_ok(&[
@@ -362,4 +371,53 @@ fn the_training_checkpoint_answers_retrieval_prompts() {
         run["accuracy"]
     );
     std::fs::remove_file(&result).unwrap();
+}
+
+/// The shipped retrieval model's folder and its example prompt (the first held-out 256-token
+/// item, as text).
+const SHIPPED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/shipped/retrieval");
+
+fn first_held_out_item() -> (String, String) {
+    use losa_tasks::{RetrievalSpec, TaskVocab};
+    let vocab = TaskVocab::new();
+    let item = RetrievalSpec::new(256)
+        .eval_set(&vocab, 1)
+        .unwrap()
+        .remove(0);
+    (vocab.text(&item.prompt), vocab.text(&item.answer))
+}
+
+/// `example-prompt.txt` is the generator's first held-out item, so the README's command shows
+/// a real task prompt. `LOSA_WRITE_EXAMPLE=1` rewrites it after a task-format change.
+#[test]
+fn the_shipped_example_prompt_is_the_first_held_out_item() {
+    let path = format!("{SHIPPED}/example-prompt.txt");
+    let (prompt, _) = first_held_out_item();
+    if std::env::var_os("LOSA_WRITE_EXAMPLE").is_some() {
+        std::fs::write(&path, format!("{prompt}\n")).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(
+        committed.trim_end(),
+        prompt,
+        "rerun with LOSA_WRITE_EXAMPLE=1"
+    );
+}
+
+/// `losa generate` with no `--model` runs the shipped trained model on the CPU and answers the
+/// example prompt: the exact 8-24 value words of the record the question names, out of 8,192.
+#[test]
+fn generate_with_the_default_model_answers_a_retrieval_prompt() {
+    let (_, answer) = first_held_out_item();
+    let out = losa_ok(&[
+        "generate",
+        "--prompt-file",
+        &format!("{SHIPPED}/example-prompt.txt"),
+        "--max-new-tokens",
+        "32",
+        "--steps",
+        "16",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.trim(), answer.trim(), "the record's value");
 }

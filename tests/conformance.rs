@@ -291,7 +291,9 @@ fn pair2(seed: u64, rows: usize, cols: usize) -> (Tensor<Dut, 2>, Tensor<Ref, 2>
 /// The block's weight matmul, on the kernel's layout (`w` the transposed view of an `[n, k]`
 /// `nn.Linear` weight) and on a plain `[k, n]` weight (burn's matmul), over row counts 1-32,
 /// ragged `k` (vector widths 4, 2 and 1) and `n` not a multiple of a cube's columns. Sums of
-/// `k` products of N(0, 1) values are of order `sqrt(k)`, so the tolerances scale by it.
+/// `k` products of N(0, 1) values are of order `sqrt(k)`, so the absolute tolerance scales by
+/// it. burn's matmul may run f32 on TF32 tensor cores (10-bit mantissa, on CUDA: 2e-3 relative
+/// errors were seen), so its path gets at least f16's tolerance.
 #[test]
 fn few_row_matmul_matches_reference() {
     let (dtype, atol, rtol) = dut_dtype();
@@ -308,11 +310,12 @@ fn few_row_matmul_matches_reference() {
         let (wd, wr) = pair2(62, n, k);
         let expected = ops::few_row_matmul(xr, wr.transpose()).unwrap();
         let scale = (k as f64).sqrt();
-        for (layout, w) in [
-            ("transposed [n, k]", wd.clone().transpose()),
+        for (layout, w, (atol, rtol)) in [
+            ("transposed [n, k]", wd.clone().transpose(), (atol, rtol)),
             (
                 "contiguous [k, n]",
                 Tensor::<Dut, 2>::from_data(wd.transpose().to_data(), &ddev()).cast(dtype),
+                (atol.max(1e-2), rtol.max(1e-2)),
             ),
         ] {
             let got = ops::few_row_matmul(xd.clone(), w).unwrap();

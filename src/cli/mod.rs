@@ -19,7 +19,7 @@ pub type CliResult<T> = Result<T, String>;
 
 /// The model `losa generate` and `losa eval` run when `--model` is not given: shipped with the
 /// repository.
-pub const DEFAULT_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/shipped/sdar-tiny");
+pub const DEFAULT_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/shipped/retrieval");
 
 /// The checkpoint folder (`--model`, else the shipped model), its tokenizer and its weights.
 pub fn open_model<B: LosaBackend>(

@@ -114,7 +114,8 @@ pub(crate) fn decode<B: LosaBackend>(
             }
         }
         x[b * block..(b + 1) * block].copy_from_slice(&cur);
-        progress.block(&cur);
+        // The first block can start inside the prompt: report only the new tokens.
+        progress.block(&cur[p.saturating_sub(b * block).min(block)..]);
         if finished {
             blocks.push(BlockTelemetry {
                 index: b,

@@ -80,7 +80,7 @@ pub trait Progress {
     fn prefill(&mut self, done: usize, total: usize) {
         let _ = (done, total);
     }
-    /// A block is final: its tokens (block-aligned, stop ids included).
+    /// A block is final: its new tokens (the positions after the prompt; stop ids included).
     fn block(&mut self, tokens: &[u32]);
 }
 

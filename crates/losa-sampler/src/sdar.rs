@@ -113,7 +113,8 @@ pub(crate) fn decode<B: LosaBackend>(
             });
         }
         x[range].copy_from_slice(&cur);
-        progress.block(&cur);
+        // The first block can start inside the prompt: report only the new tokens.
+        progress.block(&cur[p.saturating_sub(b * block).min(block)..]);
         blocks.push(BlockTelemetry {
             index: b,
             steps,

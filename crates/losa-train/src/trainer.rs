@@ -133,7 +133,7 @@ impl Default for TrainConfig {
             intermediate: 768,
             block_size: 16,
             max_positions: 8192,
-            rope_theta: 10_000.0,
+            rope_theta: 1_000_000.0,
             // A curriculum of context lengths: retrieval is learnt on a few records, then
             // extended. One run of all stages takes several bounded device calls (resume).
             stages: vec![

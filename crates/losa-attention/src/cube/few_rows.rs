@@ -102,11 +102,17 @@ fn few_row_matmul_kernel<F: Float, N: Size>(
     }
 }
 
-/// Whether the kernel takes `x [rows, k]` and `w [k, n]`: few rows, and `w` read along `k`.
+/// Widest output the kernel takes. At a vocabulary-sized `n` burn's matmul has columns enough
+/// to fill the card and was faster (H100, 16 rows, 4096 x 151,936 bf16: 1391 against 697 GB/s,
+/// `bench/results/matmul-h100.json`); below it the kernel was 1.6-3.5x faster.
+const MAX_COLS: usize = 65_536;
+
+/// Whether the kernel takes `x [rows, k]` and `w [k, n]`: few rows, `w` read along `k`, and an
+/// output narrower than [`MAX_COLS`].
 pub(crate) fn takes<R: CubeRuntime>(x: &CubeTensor<R>, w: &CubeTensor<R>) -> bool {
     let rows = x.meta.shape()[0];
-    let w_strides = w.meta.strides();
-    (1..=MAX_ROWS).contains(&rows) && w_strides[0] == 1 && w.meta.shape()[1] > 0
+    let n = w.meta.shape()[1];
+    (1..=MAX_ROWS).contains(&rows) && w.meta.strides()[0] == 1 && (1..=MAX_COLS).contains(&n)
 }
 
 /// `x [rows, k] · w [k, n]`; the caller checked [`takes`].
