@@ -3,8 +3,10 @@
     python3 bench/readme_tables.py        (rewrites the sections between the README's markers)
 
 - attention-table: bench/results/attention-h100.json (`examples/bench-attention.rs` + `bench/attention_anchor.py`)
-- eval-table: bench/results/eval-retrieval.json (`losa eval --sweep`)
+- eval-table: bench/results/eval-retrieval-dense.json (`losa eval --attention dense`, every length) and
+  bench/results/eval-retrieval.json (`losa eval --sweep`)
 - generate-table: bench/results/generate-h100.json (`losa bench generate` + `bench/generate_anchor.py`)
+- variants-table: bench/results/train-retrieval-variants.json (`bench/merge_evals.py` over `losa eval` results)
 - matmul-table: bench/results/matmul-h100.json (`losa bench matmul`)
 """
 
@@ -14,10 +16,14 @@ import os
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULT = os.path.join(ROOT, "bench", "results", "attention-h100.json")
 START, END = "<!-- attention-table:start -->", "<!-- attention-table:end -->"
-EVAL_RESULT = os.path.join(ROOT, "bench", "results", "eval-retrieval.json")
+EVAL_RESULTS = [
+    os.path.join(ROOT, "bench", "results", name) for name in ("eval-retrieval-dense.json", "eval-retrieval.json")
+]
 EVAL_START, EVAL_END = "<!-- eval-table:start -->", "<!-- eval-table:end -->"
 GEN_RESULT = os.path.join(ROOT, "bench", "results", "generate-h100.json")
 GEN_START, GEN_END = "<!-- generate-table:start -->", "<!-- generate-table:end -->"
+VARIANTS_RESULT = os.path.join(ROOT, "bench", "results", "train-retrieval-variants.json")
+VARIANTS_START, VARIANTS_END = "<!-- variants-table:start -->", "<!-- variants-table:end -->"
 MATMUL_RESULT = os.path.join(ROOT, "bench", "results", "matmul-h100.json")
 MATMUL_START, MATMUL_END = "<!-- matmul-table:start -->", "<!-- matmul-table:end -->"
 
@@ -58,13 +64,21 @@ def table(data, budget=256, page=16):
     return "\n".join(out)
 
 
+def backend_name(backend):
+    """A readable name of a burn backend type name."""
+    for key, name in (("Cuda", "CUDA"), ("Wgpu", "wgpu"), ("NdArray", "NdArray (CPU)")):
+        if key in backend:
+            return name
+    return backend
+
+
 def eval_table(data):
     runs = data["runs"]
     pct = lambda r: f"{100 * r['accuracy']:.1f}"
     dens = lambda r: "-" if r["mean_density"] is None else f"{r['mean_density']:.3f}"
     out = [
         f"Model `{os.path.relpath(data['model'], ROOT) if os.path.isabs(data['model']) else data['model']}`, "
-        f"{data['backend'].split('::')[-1]}, block {data['block_size']}, {data['steps']} steps per block "
+        f"{backend_name(data['backend'])}, block {data['block_size']}, {data['steps']} steps per block "
         f"({data['policy']}, threshold {data['threshold']:.2g}), page {data['page_size']}, "
         f"{data['dense_layers']} leading dense layer(s); held-out sets of fixed seeds. "
         "Exact match in %, measured KV density in parentheses.",
@@ -143,6 +157,22 @@ def generate_table(data):
     return "\n".join(out)
 
 
+def variants_table(data):
+    checkpoints = data["checkpoints"]
+    lengths = sorted({r["context"] for v in checkpoints.values() for r in v["runs"]})
+    out = [
+        data["note"],
+        "",
+        "| checkpoint | " + " | ".join(f"{n} tokens" for n in lengths) + " |",
+        "| --- | " + " | ".join("---" for _ in lengths) + " |",
+    ]
+    for label, v in checkpoints.items():
+        acc = {r["context"]: r["accuracy"] for r in v["runs"] if r["attention"] == "dense"}
+        cells = [f"{100 * acc[n]:.1f}" if n in acc else "-" for n in lengths]
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def matmul_table(data):
     out = [
         f"H100 (GPU 0 of the call that ran the generate bench above, commit `ec74bbe`), `{data['shape']}` projections, "
@@ -172,12 +202,19 @@ def main():
         readme = f.read()
     with open(RESULT) as f:
         readme = replace(readme, START, END, table(json.load(f)))
-    if os.path.exists(EVAL_RESULT) and EVAL_START in readme:
-        with open(EVAL_RESULT) as f:
-            readme = replace(readme, EVAL_START, EVAL_END, eval_table(json.load(f)))
+    evals = [path for path in EVAL_RESULTS if os.path.exists(path)]
+    if evals and EVAL_START in readme:
+        tables = []
+        for path in evals:
+            with open(path) as f:
+                tables.append(f"From `bench/results/{os.path.basename(path)}`: " + eval_table(json.load(f)))
+        readme = replace(readme, EVAL_START, EVAL_END, "\n\n".join(tables))
     if os.path.exists(GEN_RESULT) and GEN_START in readme:
         with open(GEN_RESULT) as f:
             readme = replace(readme, GEN_START, GEN_END, generate_table(json.load(f)))
+    if os.path.exists(VARIANTS_RESULT) and VARIANTS_START in readme:
+        with open(VARIANTS_RESULT) as f:
+            readme = replace(readme, VARIANTS_START, VARIANTS_END, variants_table(json.load(f)))
     if os.path.exists(MATMUL_RESULT) and MATMUL_START in readme:
         with open(MATMUL_RESULT) as f:
             readme = replace(readme, MATMUL_START, MATMUL_END, matmul_table(json.load(f)))

@@ -1,8 +1,8 @@
 """Writes a training result file from a run's `training.json`: the recipe as it ended, every
 held-out evaluation, every Nth step record, and the device calls that made it.
 
-    python3 bench/train_summary.py --run models/shipped/retrieval/training.json --card "..." \
-        --commit SHA --call "what call 1 ran" --call "..." --out bench/results/train-retrieval-h100.json
+    python3 bench/train_summary.py --run runs/retrieval/training.json --card "..." \
+        --commit SHA --call "what call 1 ran" --call "..." --out bench/results/train-retrieval.json
 """
 
 import argparse

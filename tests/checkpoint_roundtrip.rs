@@ -64,3 +64,17 @@ fn only_the_sdar_layout_is_written() {
         .unwrap_err();
     assert!(err.to_string().contains("only the SDAR layout"), "{err}");
 }
+
+/// Stop ids are ids of the checkpoint's own vocabulary: the family's default ids (Qwen's 151,643
+/// and 151,645) are dropped for a 9K-word model, so loading and saving it keeps its config.
+#[test]
+fn stop_ids_stay_within_the_vocabulary() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/shipped/retrieval");
+    let config = load_config(&dir).unwrap();
+    assert!(config.vocab_size < 151_643);
+    assert_eq!(
+        config.stop_ids,
+        vec![0],
+        "the task vocabulary's end of text only"
+    );
+}

@@ -156,6 +156,10 @@ pub fn model_config(json: &Value) -> Result<ModelConfig> {
                     stops.push(id);
                 }
             }
+            // The family's defaults are the published vocabulary's ids: a small checkpoint
+            // (the project's retrieval model) never generates them, and a save would write
+            // them back into its config as ids past its vocabulary.
+            stops.retain(|&id| (id as usize) < c.vocab_size);
             let block = match family {
                 Family::Sdar => c.block_size.unwrap_or(4),
                 Family::FastDllmV2 => c.bd_size.unwrap_or(32),
