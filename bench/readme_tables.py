@@ -75,13 +75,23 @@ def backend_name(backend):
 def eval_table(data):
     runs = data["runs"]
     pct = lambda r: f"{100 * r['accuracy']:.1f}"
-    dens = lambda r: "-" if r["mean_density"] is None else f"{r['mean_density']:.3f}"
+    def dens(r):
+        if r["mean_density"] is None:
+            return "-"
+        after = r.get("mean_density_after_first_step")
+        return f"{r['mean_density']:.3f}" + ("" if after is None else f" / {after:.3f}")
+
     out = [
         f"Model `{os.path.relpath(data['model'], ROOT) if os.path.isabs(data['model']) else data['model']}`, "
         f"{backend_name(data['backend'])}, block {data['block_size']}, {data['steps']} steps per block "
         f"({data['policy']}, threshold {data['threshold']:.2g}), page {data['page_size']}, "
         f"{data['dense_layers']} leading dense layer(s); held-out sets of fixed seeds. "
-        "Exact match in %, measured KV density in parentheses.",
+        "Exact match in %, measured KV density in parentheses"
+        + (
+            " (sparse layers; over all steps / over the steps after each block's first)."
+            if any("mean_density_after_first_step" in r for r in runs)
+            else "."
+        ),
         "",
     ]
     for context in sorted({r["context"] for r in runs}):

@@ -269,6 +269,10 @@ fn train_then_eval_sweep_writes_the_result_file() {
         if r["attention"] != "dense" {
             let d = r["mean_density"].as_f64().unwrap();
             assert!(d > 0.0 && d <= 1.0, "{r}");
+            // Present when some block took a second step.
+            if let Some(later) = r["mean_density_after_first_step"].as_f64() {
+                assert!((0.0..=1.0).contains(&later), "{r}");
+            }
         }
     }
     // A checkpoint without the task vocabulary is refused with one line.

@@ -337,3 +337,46 @@ fn a_shared_prefill_refuses_what_it_cannot_serve() {
         Err(SamplerError::EmptyPrompt)
     ));
 }
+
+/// A step's KV density and active ratio are the sparse layers' (the leading dense layers read
+/// everything with every row in every mode): with one dense layer of two, one active row and a
+/// one-page budget over a ten-page prefix, LoSA's steps after the first read well under half of
+/// the prefix with under half of the rows, which an average over all layers could never show.
+#[test]
+fn step_density_is_measured_over_the_sparse_layers() {
+    let model = sdar();
+    assert_eq!(model.config().num_layers, 2, "the fixture has two layers");
+    let cfg = SamplerConfig {
+        steps: 4,
+        max_new_tokens: 8,
+        stop_ids: Some(vec![]),
+        ..SamplerConfig::default()
+    };
+    let prompt: Vec<u32> = (1..=40).collect();
+    let pages = PageSelectionConfig::new().with_page_size(4).with_budget(4);
+    let losa = AttentionMode::Losa(
+        LosaConfig::new(pages)
+            .with_active(ActiveRows::TopK(1))
+            .with_dense_layers(1),
+    );
+    let out = generate(&model.clone().with_attention(losa), &prompt, &cfg, |_| {}).unwrap();
+    let later: Vec<f64> = out
+        .blocks
+        .iter()
+        .flat_map(|b| b.steps.iter().skip(1))
+        .filter_map(|s| s.density)
+        .collect();
+    assert!(!later.is_empty());
+    assert!(later.iter().all(|&d| d < 0.5), "{later:?}");
+    let ratios: Vec<f64> = out
+        .blocks
+        .iter()
+        .flat_map(|b| b.steps.iter().skip(1))
+        .map(|s| s.active_ratio)
+        .collect();
+    assert!(ratios.iter().all(|&r| r < 0.5), "{ratios:?}");
+    // Dense mode reads everything.
+    let dense = generate(&model, &prompt, &cfg, |_| {}).unwrap();
+    let first = dense.blocks[0].steps[0].density;
+    assert_eq!(first, Some(1.0));
+}

@@ -111,7 +111,7 @@ pub fn model_config(json: &Value) -> Result<ModelConfig> {
             message: "missing field `model_type`".into(),
         })?;
     let family = Family::from_model_type(model_type)?;
-    let config = match family {
+    let mut config = match family {
         Family::Llada => {
             let c: LladaConfig = parse(json)?;
             if c.include_bias {
@@ -156,10 +156,6 @@ pub fn model_config(json: &Value) -> Result<ModelConfig> {
                     stops.push(id);
                 }
             }
-            // The family's defaults are the published vocabulary's ids: a small checkpoint
-            // (the project's retrieval model) never generates them, and a save would write
-            // them back into its config as ids past its vocabulary.
-            stops.retain(|&id| (id as usize) < c.vocab_size);
             let block = match family {
                 Family::Sdar => c.block_size.unwrap_or(4),
                 Family::FastDllmV2 => c.bd_size.unwrap_or(32),
@@ -188,6 +184,11 @@ pub fn model_config(json: &Value) -> Result<ModelConfig> {
             .with_rope_scaling(rope_scaling(&c.rope_scaling)?)
         }
     };
+    // The family's default stop ids are the published vocabulary's: a smaller checkpoint (the
+    // project's retrieval model) never generates them, and a save would write them back into
+    // its config as ids past its vocabulary.
+    let vocab = config.vocab_size;
+    config.stop_ids.retain(|&id| (id as usize) < vocab);
     config.validate()?;
     Ok(config)
 }

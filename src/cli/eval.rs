@@ -13,8 +13,8 @@ use std::{path::PathBuf, time::Instant};
 use clap::{Args, ValueEnum};
 use losa::{
     losa_attention::{AttentionMode, LosaBackend},
-    losa_models::{ChatMessage, DlmModel, Tokenizer},
-    losa_sampler::{Generation, SamplerConfig, generate},
+    losa_models::{ChatMessage, Family, Tokenizer},
+    losa_sampler::{Generation, PrefilledPrompt, generate, generate_prefilled, prefill_prompt},
 };
 use losa_tasks::{RetrievalSpec, TaskVocab, exact_match, read_gsm8k};
 use serde::Serialize;
@@ -94,11 +94,18 @@ struct Run {
     accuracy: f64,
     /// Mean over items of the mean KV density of their denoising steps (sparse layers).
     mean_density: Option<f64>,
+    /// The same over the steps after each block's first: LoSA's first step reads the whole
+    /// prefix by design, and a block the model finishes in few steps is mostly that step.
+    mean_density_after_first_step: Option<f64>,
     /// Mean over items of the mean active-row ratio of their steps.
     mean_active_ratio: Option<f64>,
     /// Mean prompt tokens.
     mean_prompt_tokens: f64,
+    /// Generation time of this setting over the items (an SDAR item's prompt prefill is shared
+    /// by every setting and not counted).
     seconds: f64,
+    /// SDAR: time of the set's prompt prefills, shared by every setting of the set.
+    shared_prefill_seconds: Option<f64>,
 }
 
 /// An item: prompt ids, and how to score the generated tokens.
@@ -119,13 +126,22 @@ fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
     (n > 0).then(|| sum / n as f64)
 }
 
-/// Mean density and active ratio over a generation's denoising steps.
-fn measures(g: &Generation) -> (Option<f64>, Option<f64>) {
+/// A generation's mean density over its denoising steps, over the steps after each block's
+/// first, and its mean active ratio.
+struct Measures {
+    density: Option<f64>,
+    density_after_first: Option<f64>,
+    active_ratio: Option<f64>,
+}
+
+fn measures(g: &Generation) -> Measures {
     let steps = || g.blocks.iter().flat_map(|b| &b.steps);
-    (
-        mean(steps().filter_map(|s| s.density)),
-        mean(steps().map(|s| s.active_ratio)),
-    )
+    let later = || g.blocks.iter().flat_map(|b| b.steps.iter().skip(1));
+    Measures {
+        density: mean(steps().filter_map(|s| s.density)),
+        density_after_first: mean(later().filter_map(|s| s.density)),
+        active_ratio: mean(steps().map(|s| s.active_ratio)),
+    }
 }
 
 impl EvalArgs {
@@ -228,26 +244,30 @@ fn score(expected: &Expected, generated: &[u32], tokenizer: &Tokenizer) -> CliRe
     })
 }
 
-fn run_set<B: LosaBackend>(
-    model: &DlmModel<B>,
-    items: &[Item],
-    cfg: &SamplerConfig,
-    tokenizer: &Tokenizer,
-) -> CliResult<(usize, Option<f64>, Option<f64>)> {
-    let mut correct = 0;
-    let (mut densities, mut ratios) = (Vec::new(), Vec::new());
-    for item in items {
-        let g = generate(model, &item.prompt, cfg, |_| {}).map_err(|e| e.to_string())?;
-        correct += usize::from(score(&item.expected, &g.tokens, tokenizer)?);
-        let (d, r) = measures(&g);
-        densities.extend(d);
-        ratios.extend(r);
+/// One setting's results as the items run.
+#[derive(Default)]
+struct Tally {
+    correct: usize,
+    each: Vec<Measures>,
+    seconds: f64,
+}
+
+impl Tally {
+    fn add(&mut self, g: &Generation, correct: bool, seconds: f64) {
+        self.correct += usize::from(correct);
+        self.each.push(measures(g));
+        self.seconds += seconds;
     }
-    Ok((
-        correct,
-        mean(densities.into_iter()),
-        mean(ratios.into_iter()),
-    ))
+
+    /// The items' mean measures.
+    fn means(&self) -> Measures {
+        let over = |f: fn(&Measures) -> Option<f64>| mean(self.each.iter().filter_map(f));
+        Measures {
+            density: over(|m| m.density),
+            density_after_first: over(|m| m.density_after_first),
+            active_ratio: over(|m| m.active_ratio),
+        }
+    }
 }
 
 impl Job for &EvalArgs {
@@ -273,21 +293,54 @@ impl Job for &EvalArgs {
         });
         let mut runs: Vec<Run> = Vec::new();
         let mut model = base;
+        let modes = settings
+            .iter()
+            .map(|&(kind, budget, active)| args.mode(kind, budget, active, block))
+            .collect::<CliResult<Vec<_>>>()?;
+        // An SDAR item's prompt is prefilled once, with the page bounds of the settings' one
+        // page size, and shared by all settings (17 in a sweep).
+        let shared_prefill = model.config().family == Family::Sdar;
+        let paged = modes
+            .iter()
+            .find(|m| m.page_size().is_some())
+            .cloned()
+            .unwrap_or(AttentionMode::Dense);
         for (context, items) in &sets {
             let mean_prompt = items.iter().map(|i| i.prompt.len()).sum::<usize>() as f64
                 / items.len().max(1) as f64;
-            for &(kind, budget, active) in &settings {
-                let mode = args.mode(kind, budget, active, block)?;
-                model = model.with_attention(mode.clone());
-                let start = Instant::now();
-                let (correct, density, ratio) = run_set(&model, items, &cfg, &tokenizer)?;
+            let mut tallies: Vec<Tally> = modes.iter().map(|_| Tally::default()).collect();
+            let mut prefill_seconds = 0.0;
+            for item in items {
+                let prefilled: Option<PrefilledPrompt<B>> = if shared_prefill {
+                    model = model.with_attention(paged.clone());
+                    let p = prefill_prompt(&model, &item.prompt, Some(block), &mut ())
+                        .map_err(|e| e.to_string())?;
+                    prefill_seconds += p.prefill_ms() / 1e3;
+                    Some(p)
+                } else {
+                    None
+                };
+                for (mode, tally) in modes.iter().zip(&mut tallies) {
+                    model = model.with_attention(mode.clone());
+                    let start = Instant::now();
+                    let g = match &prefilled {
+                        Some(p) => generate_prefilled(&model, p, &cfg, &mut ()),
+                        None => generate(&model, &item.prompt, &cfg, |_| {}),
+                    }
+                    .map_err(|e| e.to_string())?;
+                    let correct = score(&item.expected, &g.tokens, &tokenizer)?;
+                    tally.add(&g, correct, start.elapsed().as_secs_f64());
+                }
+            }
+            for ((&(kind, budget, _), mode), tally) in settings.iter().zip(&modes).zip(&tallies) {
                 let sparse = kind != Attention::Dense;
+                let m = tally.means();
                 let run = Run {
                     context: *context,
                     attention: kind.name(),
                     budget: sparse.then_some(budget),
                     page_size: sparse.then_some(args.attention.page_size),
-                    active: match &mode {
+                    active: match mode {
                         AttentionMode::Losa(c) => match c.active {
                             losa::losa_attention::ActiveRows::TopK(k) => Some(k),
                             _ => None,
@@ -296,15 +349,17 @@ impl Job for &EvalArgs {
                     },
                     dense_layers: sparse.then_some(args.attention.dense_layers),
                     items: items.len(),
-                    correct,
-                    accuracy: correct as f64 / items.len().max(1) as f64,
-                    mean_density: density,
-                    mean_active_ratio: ratio,
+                    correct: tally.correct,
+                    accuracy: tally.correct as f64 / items.len().max(1) as f64,
+                    mean_density: m.density,
+                    mean_density_after_first_step: m.density_after_first,
+                    mean_active_ratio: m.active_ratio,
                     mean_prompt_tokens: mean_prompt,
-                    seconds: start.elapsed().as_secs_f64(),
+                    seconds: tally.seconds,
+                    shared_prefill_seconds: shared_prefill.then_some(prefill_seconds),
                 };
                 eprintln!(
-                    "context {:>5}  {:<5} budget {:>4} active {:>2}  accuracy {:.3} ({}/{})  density {}  {:.1}s",
+                    "context {:>5}  {:<5} budget {:>4} active {:>2}  accuracy {:.3} ({}/{})  density {} (after step 0: {})  {:.1}s",
                     run.context,
                     run.attention,
                     run.budget.map_or("-".into(), |b| b.to_string()),
@@ -313,6 +368,8 @@ impl Job for &EvalArgs {
                     run.correct,
                     run.items,
                     run.mean_density.map_or("-".into(), |d| format!("{d:.4}")),
+                    run.mean_density_after_first_step
+                        .map_or("-".into(), |d| format!("{d:.4}")),
                     run.seconds
                 );
                 runs.push(run);

@@ -127,7 +127,7 @@ pub(crate) fn decode<B: LosaBackend>(
             for &i in &chosen {
                 x[start + i] = preds.tokens[i - first];
             }
-            let (active_ratio, density) = step_measures(cfg, &stats);
+            let (active_ratio, density) = step_measures(cfg, &model.config().attention, &stats);
             steps.push(StepTelemetry {
                 committed: chosen.len(),
                 active_ratio,

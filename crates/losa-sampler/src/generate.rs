@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use burn::tensor::{Tensor, backend::Backend};
-use losa_attention::StepStats;
+use losa_attention::{AttentionMode, StepStats};
 
 use losa_attention::LosaBackend;
 use losa_models::{BlockState, DlmModel, Family, KvCache, PartTimes};
@@ -18,9 +18,10 @@ use crate::{bidirectional, config::SamplerConfig, error::SamplerError, fast_dllm
 pub struct StepTelemetry {
     /// Tokens committed by the step.
     pub committed: usize,
-    /// Mean over layers of active rows / block rows.
+    /// Mean over the sparse layers (all layers in dense mode) of active rows / block rows.
     pub active_ratio: f64,
-    /// Mean over layers of loaded prefix tokens / prefix tokens (`None` without a prefix).
+    /// Mean over the sparse layers (those the mode does not keep dense; all layers in dense
+    /// mode) of loaded prefix tokens / prefix tokens (`None` without a prefix).
     pub density: Option<f64>,
     /// Wall time of the step, ms.
     pub ms: f64,
@@ -168,25 +169,37 @@ pub(crate) fn block_pass<B: LosaBackend>(
     })
 }
 
-/// Mean active ratio and KV density over the layers of one step (NaN / `None` without
-/// telemetry).
+/// Mean active ratio and mean KV density over the sparse layers of one step (NaN / `None`
+/// without telemetry). The leading layers `mode` keeps dense read everything with every row in
+/// every mode; averaging them in would hide the sparse layers' measures (with 1 dense layer of
+/// 2, no mode could report below 0.5). A mode without sparse layers reports over all layers.
 pub(crate) fn step_measures<B: LosaBackend>(
     cfg: &SamplerConfig,
+    mode: &AttentionMode,
     stats: &[StepStats<B>],
 ) -> (f64, Option<f64>) {
     if !cfg.telemetry || stats.is_empty() {
         return (f64::NAN, None);
     }
-    let n = stats.len() as f64;
-    let densities: Vec<f64> = stats.iter().filter_map(|s| s.density()).collect();
+    let sparse = |l: usize| !matches!(mode.for_layer(l), AttentionMode::Dense);
+    let any_sparse = (0..stats.len()).any(sparse);
+    let counted = || {
+        stats
+            .iter()
+            .enumerate()
+            .filter(move |&(l, _)| !any_sparse || sparse(l))
+            .map(|(_, s)| s)
+    };
+    let ratios: Vec<f64> = counted().map(|s| s.active_ratio()).collect();
+    let densities: Vec<f64> = counted().filter_map(|s| s.density()).collect();
     (
-        stats.iter().map(|s| s.active_ratio()).sum::<f64>() / n,
+        ratios.iter().sum::<f64>() / ratios.len() as f64,
         (!densities.is_empty()).then(|| densities.iter().sum::<f64>() / densities.len() as f64),
     )
 }
 
-/// Generates after `prompt` with the loop of the model's family, calling `on_block` with each
-/// finished block's tokens.
+/// Generates after `prompt` with the loop of the model's family, calling `on_block` with the new
+/// tokens of each finished block.
 pub fn generate<B: LosaBackend>(
     model: &DlmModel<B>,
     prompt: &[u32],

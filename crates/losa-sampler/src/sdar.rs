@@ -104,7 +104,7 @@ pub(crate) fn decode<B: LosaBackend>(
             for &i in &chosen {
                 cur[i] = preds.tokens[i];
             }
-            let (active_ratio, density) = step_measures(cfg, &stats);
+            let (active_ratio, density) = step_measures(cfg, &model.config().attention, &stats);
             steps.push(StepTelemetry {
                 committed: chosen.len(),
                 active_ratio,

@@ -81,8 +81,8 @@ fn few_row_matmul_kernel<F: Float, N: Size>(
 
     // Unit `u`'s partials at `u * stride + j`: an odd stride keeps both the writes (fixed `j`)
     // and the reads (fixed `u`) free of bank conflicts.
-    let stride = rows * cols + 1;
-    let mut partial = SharedMemory::<f32>::new(units * (rows * cols + 1));
+    let stride = (rows * cols) | 1;
+    let mut partial = SharedMemory::<f32>::new(units * ((rows * cols) | 1));
     #[unroll]
     for j in 0..rows * cols {
         partial[unit * stride + j] = acc[j];
@@ -107,12 +107,15 @@ fn few_row_matmul_kernel<F: Float, N: Size>(
 /// `bench/results/matmul-h100.json`); below it the kernel was 1.6-3.5x faster.
 const MAX_COLS: usize = 65_536;
 
-/// Whether the kernel takes `x [rows, k]` and `w [k, n]`: few rows, `w` read along `k`, and an
-/// output narrower than [`MAX_COLS`].
+/// Whether the kernel takes `x [rows, k]` and `w [k, n]`: matching `k`, few rows, `w` read along
+/// `k`, and at most [`MAX_COLS`] output columns.
 pub(crate) fn takes<R: CubeRuntime>(x: &CubeTensor<R>, w: &CubeTensor<R>) -> bool {
-    let rows = x.meta.shape()[0];
-    let n = w.meta.shape()[1];
-    (1..=MAX_ROWS).contains(&rows) && w.meta.strides()[0] == 1 && (1..=MAX_COLS).contains(&n)
+    let [rows, k] = x.meta.shape().dims::<2>();
+    let [wk, n] = w.meta.shape().dims::<2>();
+    k == wk
+        && (1..=MAX_ROWS).contains(&rows)
+        && w.meta.strides()[0] == 1
+        && (1..=MAX_COLS).contains(&n)
 }
 
 /// `x [rows, k] · w [k, n]`; the caller checked [`takes`].

@@ -166,7 +166,7 @@ where
         if !few_rows::takes(&x, &w) {
             fallback(
                 "few-row matmul",
-                "too many rows or columns, or a weight not read along k",
+                "mismatched k, too many rows or columns, or a weight not read along k",
             );
             return on_primitives::few_row_matmul::<Self>(x, w);
         }
