@@ -3,8 +3,9 @@
     python3 bench/readme_tables.py        (rewrites the sections between the README's markers)
 
 - attention-table: bench/results/attention-h100.json (`examples/bench-attention.rs` + `bench/attention_anchor.py`)
-- eval-table: bench/results/eval-retrieval-dense.json (`losa eval --attention dense`, every length) and
-  bench/results/eval-retrieval.json (`losa eval --sweep`)
+- eval-table: bench/results/eval-retrieval-dense.json (`losa eval --attention dense`, every length),
+  bench/results/eval-retrieval.json (`losa eval --sweep`) and bench/results/eval-retrieval-static.json
+  (`losa eval --sweep --policy low_confidence_static --steps 4`)
 - generate-table: bench/results/generate-h100.json (`losa bench generate` + `bench/generate_anchor.py`)
 - variants-table: bench/results/train-retrieval-variants.json (`bench/merge_evals.py` over `losa eval` results)
 - matmul-table: bench/results/matmul-h100.json (`losa bench matmul`)
@@ -17,7 +18,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULT = os.path.join(ROOT, "bench", "results", "attention-h100.json")
 START, END = "<!-- attention-table:start -->", "<!-- attention-table:end -->"
 EVAL_RESULTS = [
-    os.path.join(ROOT, "bench", "results", name) for name in ("eval-retrieval-dense.json", "eval-retrieval.json")
+    os.path.join(ROOT, "bench", "results", name)
+    for name in ("eval-retrieval-dense.json", "eval-retrieval.json", "eval-retrieval-static.json")
 ]
 EVAL_START, EVAL_END = "<!-- eval-table:start -->", "<!-- eval-table:end -->"
 GEN_RESULT = os.path.join(ROOT, "bench", "results", "generate-h100.json")
