@@ -350,13 +350,12 @@ fn bench_generate_writes_a_row_per_run() {
 /// words out of 8,192).
 #[test]
 fn the_shipped_model_answers_retrieval_prompts() {
-    let model = SHIPPED;
     let result =
         std::env::temp_dir().join(format!("losa-cli-checkpoint-{}.json", std::process::id()));
     losa_ok(&[
         "eval",
         "--model",
-        model,
+        SHIPPED,
         "--lengths",
         "256",
         "--items",

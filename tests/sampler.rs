@@ -124,6 +124,18 @@ fn dream_generation_matches_the_block_cache_loop() {
     assert_decodes_like_the_port("dream");
 }
 
+/// LoSA with `page`-token pages, a `budget`, `active` rows and `dense_layers` leading dense layers.
+fn losa_mode(page: usize, budget: usize, active: usize, dense_layers: usize) -> AttentionMode {
+    let pages = PageSelectionConfig::new()
+        .with_page_size(page)
+        .with_budget(budget);
+    AttentionMode::Losa(
+        LosaConfig::new(pages)
+            .with_active(ActiveRows::TopK(active))
+            .with_dense_layers(dense_layers),
+    )
+}
+
 #[test]
 fn losa_covering_the_prefix_generates_what_dense_generates() {
     let cfg = SamplerConfig {
@@ -134,12 +146,7 @@ fn losa_covering_the_prefix_generates_what_dense_generates() {
     };
     let prompt: Vec<u32> = (1..=10).collect();
     let dense = generate(&sdar(), &prompt, &cfg, |_| {}).unwrap();
-    let pages = PageSelectionConfig::new().with_page_size(4).with_budget(64);
-    let losa = AttentionMode::Losa(
-        LosaConfig::new(pages)
-            .with_active(ActiveRows::TopK(4))
-            .with_dense_layers(0),
-    );
+    let losa = losa_mode(4, 64, 4, 0);
     let out = generate(&sdar().with_attention(losa), &prompt, &cfg, |_| {}).unwrap();
     assert_eq!(out.canvas, dense.canvas);
     // Block 1 has no prompt tail: four masks, quotas [2, 2], so its second step is a step >= 1.
@@ -251,12 +258,8 @@ fn policies_pick_what_their_rules_say() {
 fn a_shared_prefill_generates_what_a_fresh_prefill_generates() {
     use losa::losa_sampler::{generate_prefilled, prefill_prompt};
     let pages = PageSelectionConfig::new().with_page_size(4).with_budget(8);
-    let quest = AttentionMode::Quest(QuestConfig::new(pages.clone()).with_dense_layers(0));
-    let losa = AttentionMode::Losa(
-        LosaConfig::new(pages)
-            .with_active(ActiveRows::TopK(2))
-            .with_dense_layers(0),
-    );
+    let quest = AttentionMode::Quest(QuestConfig::new(pages).with_dense_layers(0));
+    let losa = losa_mode(4, 8, 2, 0);
     // 22 tokens: five whole blocks of 4 prefilled, a tail of 2 in the first generated block.
     let prompt: Vec<u32> = (3..25).collect();
     let shared = prefill_prompt(
@@ -353,12 +356,7 @@ fn step_density_is_measured_over_the_sparse_layers() {
         ..SamplerConfig::default()
     };
     let prompt: Vec<u32> = (1..=40).collect();
-    let pages = PageSelectionConfig::new().with_page_size(4).with_budget(4);
-    let losa = AttentionMode::Losa(
-        LosaConfig::new(pages)
-            .with_active(ActiveRows::TopK(1))
-            .with_dense_layers(1),
-    );
+    let losa = losa_mode(4, 4, 1, 1);
     let out = generate(&model.clone().with_attention(losa), &prompt, &cfg, |_| {}).unwrap();
     let later: Vec<f64> = out
         .blocks

@@ -200,22 +200,26 @@ impl EvalArgs {
         }
     }
 
-    /// The attention settings to run: the flags' one, or the sweep.
-    fn settings(&self, block: usize) -> CliResult<Vec<(Attention, usize, Option<usize>)>> {
-        if !self.sweep {
+    /// The attention settings to run (the flags' one, or the sweep), each with its mode, all
+    /// checked before anything runs.
+    fn settings(&self, block: usize) -> CliResult<Vec<(Attention, usize, AttentionMode)>> {
+        let chosen = if self.sweep {
+            let mut out = vec![(Attention::Dense, 0, None)];
+            out.extend(self.budgets.iter().map(|&b| (Attention::Quest, b, None)));
+            for &b in &self.budgets {
+                out.extend(self.actives.iter().map(|&k| (Attention::Losa, b, Some(k))));
+            }
+            out
+        } else {
             let a = &self.attention;
-            return Ok(vec![(a.attention, a.budget, a.active)]);
-        }
-        let mut out = vec![(Attention::Dense, 0, None)];
-        out.extend(self.budgets.iter().map(|&b| (Attention::Quest, b, None)));
-        for &b in &self.budgets {
-            out.extend(self.actives.iter().map(|&k| (Attention::Losa, b, Some(k))));
-        }
-        // Check them all before running anything.
-        for &(kind, budget, active) in &out {
-            self.mode(kind, budget, active, block)?;
-        }
-        Ok(out)
+            vec![(a.attention, a.budget, a.active)]
+        };
+        chosen
+            .into_iter()
+            .map(|(kind, budget, active)| {
+                Ok((kind, budget, self.mode(kind, budget, active, block)?))
+            })
+            .collect()
     }
 
     fn mode(
@@ -293,22 +297,19 @@ impl Job for &EvalArgs {
         });
         let mut runs: Vec<Run> = Vec::new();
         let mut model = base;
-        let modes = settings
-            .iter()
-            .map(|&(kind, budget, active)| args.mode(kind, budget, active, block))
-            .collect::<CliResult<Vec<_>>>()?;
         // An SDAR item's prompt is prefilled once, with the page bounds of the settings' one
         // page size, and shared by all settings (17 in a sweep).
         let shared_prefill = model.config().family == Family::Sdar;
-        let paged = modes
+        let paged = settings
             .iter()
+            .map(|(_, _, mode)| mode)
             .find(|m| m.page_size().is_some())
             .cloned()
             .unwrap_or(AttentionMode::Dense);
         for (context, items) in &sets {
             let mean_prompt = items.iter().map(|i| i.prompt.len()).sum::<usize>() as f64
                 / items.len().max(1) as f64;
-            let mut tallies: Vec<Tally> = modes.iter().map(|_| Tally::default()).collect();
+            let mut tallies: Vec<Tally> = settings.iter().map(|_| Tally::default()).collect();
             let mut prefill_seconds = 0.0;
             for item in items {
                 let prefilled: Option<PrefilledPrompt<B>> = if shared_prefill {
@@ -320,7 +321,7 @@ impl Job for &EvalArgs {
                 } else {
                     None
                 };
-                for (mode, tally) in modes.iter().zip(&mut tallies) {
+                for ((_, _, mode), tally) in settings.iter().zip(&mut tallies) {
                     model = model.with_attention(mode.clone());
                     let start = Instant::now();
                     let g = match &prefilled {
@@ -332,7 +333,8 @@ impl Job for &EvalArgs {
                     tally.add(&g, correct, start.elapsed().as_secs_f64());
                 }
             }
-            for ((&(kind, budget, _), mode), tally) in settings.iter().zip(&modes).zip(&tallies) {
+            for ((kind, budget, mode), tally) in settings.iter().zip(&tallies) {
+                let (kind, budget) = (*kind, *budget);
                 let sparse = kind != Attention::Dense;
                 let m = tally.means();
                 let run = Run {

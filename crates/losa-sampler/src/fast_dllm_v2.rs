@@ -17,8 +17,8 @@ use crate::{
     config::SamplerConfig,
     error::SamplerError,
     generate::{
-        BlockTelemetry, Decoded, Progress, StepTelemetry, block_pass, check_positions, prefill,
-        step_measures,
+        BlockTelemetry, Decoded, Progress, StepTelemetry, after_prompt, block_pass,
+        check_positions, prefill, step_measures,
     },
     predict::predict,
 };
@@ -114,8 +114,7 @@ pub(crate) fn decode<B: LosaBackend>(
             }
         }
         x[b * block..(b + 1) * block].copy_from_slice(&cur);
-        // The first block can start inside the prompt: report only the new tokens.
-        progress.block(&cur[p.saturating_sub(b * block).min(block)..]);
+        progress.block(after_prompt(&cur, b * block, p));
         if finished {
             blocks.push(BlockTelemetry {
                 index: b,

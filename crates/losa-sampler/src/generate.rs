@@ -169,6 +169,12 @@ pub(crate) fn block_pass<B: LosaBackend>(
     })
 }
 
+/// The tokens of a block starting at position `start` that come after a prompt of `prompt`
+/// tokens: block-aligned loops start their first block inside the prompt.
+pub(crate) fn after_prompt(block: &[u32], start: usize, prompt: usize) -> &[u32] {
+    &block[prompt.saturating_sub(start).min(block.len())..]
+}
+
 /// Mean active ratio and mean KV density over the sparse layers of one step (NaN / `None`
 /// without telemetry). The leading layers `mode` keeps dense read everything with every row in
 /// every mode; averaging them in would hide the sparse layers' measures (with 1 dense layer of

@@ -19,8 +19,8 @@ use crate::{
     config::{Policy, SamplerConfig},
     error::SamplerError,
     generate::{
-        BlockTelemetry, Decoded, Progress, StepTelemetry, block_pass, check_positions,
-        masked_canvas, prefill, step_measures,
+        BlockTelemetry, Decoded, Progress, StepTelemetry, after_prompt, block_pass,
+        check_positions, masked_canvas, prefill, step_measures,
     },
     policy,
     predict::predict,
@@ -113,8 +113,7 @@ pub(crate) fn decode<B: LosaBackend>(
             });
         }
         x[range].copy_from_slice(&cur);
-        // The first block can start inside the prompt: report only the new tokens.
-        progress.block(&cur[p.saturating_sub(b * block).min(block)..]);
+        progress.block(after_prompt(&cur, b * block, p));
         blocks.push(BlockTelemetry {
             index: b,
             steps,

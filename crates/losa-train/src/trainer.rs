@@ -230,13 +230,19 @@ impl TrainConfig {
         self.stages.iter().map(|s| s.steps).sum()
     }
 
+    /// The stage of global step `step`, its index and its first global step.
+    fn stage_span(&self, step: usize) -> Option<(usize, &Stage, usize)> {
+        let mut start = 0;
+        self.stages.iter().enumerate().find_map(|(i, s)| {
+            let at = start;
+            start += s.steps;
+            (step < start).then_some((i, s, at))
+        })
+    }
+
     /// The stage of global step `step` and its index.
     fn stage_at(&self, step: usize) -> Option<(usize, &Stage)> {
-        let mut end = 0;
-        self.stages.iter().enumerate().find(|(_, s)| {
-            end += s.steps;
-            step < end
-        })
+        self.stage_span(step).map(|(i, s, _)| (i, s))
     }
 
     fn validate(&self, vocab: &TaskVocab) -> Result<(), TrainError> {
@@ -273,15 +279,8 @@ impl TrainConfig {
     /// tenth of the rate, too little to learn their lengths (0-3% exact match at 4096 tokens).
     fn lr_at(&self, step: usize, since_start: usize) -> f64 {
         let (into, length) = self
-            .stages
-            .iter()
-            .scan(0, |start, s| {
-                let at = *start;
-                *start += s.steps;
-                Some((at, s.steps))
-            })
-            .find(|&(start, steps)| step < start + steps)
-            .map_or((0, 1), |(start, steps)| (step - start, steps));
+            .stage_span(step)
+            .map_or((0, 1), |(_, s, start)| (step - start, s.steps));
         let fresh = into.min(since_start);
         let warm = ((fresh + 1) as f64 / self.warmup.max(1) as f64).min(1.0);
         let progress = into as f64 / length.max(1) as f64;
