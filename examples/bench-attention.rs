@@ -55,6 +55,9 @@ struct Args {
     /// Page sizes.
     #[arg(long, value_delimiter = ',', default_value = "16")]
     pages: Vec<usize>,
+    /// Block sizes to run (default: each shape's own, BENCHMARKS.md).
+    #[arg(long, value_delimiter = ',')]
+    blocks: Option<Vec<usize>>,
     /// Key generator: `random` or `clustered` (nearby positions share a few directions).
     #[arg(long, default_value = "clustered")]
     keys: String,
@@ -199,7 +202,10 @@ fn main() {
                         p
                     })
                     .collect();
-                for &block in blocks {
+                for &block in blocks
+                    .iter()
+                    .filter(|b| args.blocks.as_ref().is_none_or(|only| only.contains(b)))
+                {
                     let scale = 1.0 / (d as f32).sqrt();
                     let keys0 = prefixes[0].keys().expect("filled");
                     let q0 = make_q(&keys0, hq, block, 0.0, &device).cast(dtype);

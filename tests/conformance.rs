@@ -82,6 +82,8 @@ fn shapes() -> Vec<(&'static str, Shape)> {
         ("gqa2-b2-d64-block16-ragged", sh(2, 4, 2, 16, 83, 64, 16)),
         ("gqa4-b1-d128-block16-p32", sh(1, 8, 2, 16, 150, 128, 32)),
         ("gqa4-b1-d128-block32-p64", sh(1, 4, 1, 32, 200, 128, 64)),
+        // 15 packed rows (not a multiple of 4), many tiles and chunks, a ragged page of 8.
+        ("gqa3-b1-d32-block5-p8-long", sh(1, 6, 2, 5, 1003, 32, 8)),
         (
             "gqa2-b2-d128-block4-exact-pages",
             sh(2, 4, 2, 4, 64, 128, 16),
@@ -280,6 +282,52 @@ fn query_change_matches_reference() {
             rtol,
         );
     }
+}
+
+/// The top-k active rows of change scores (with ties, which go to the lower index) and the
+/// write-back of fresh rows into cached ones, against the reference, for block sizes 4-64.
+#[test]
+fn active_rows_and_scatter_match_reference() {
+    for (b, s, k) in [(1, 16, 5), (2, 32, 10), (1, 4, 4), (3, 64, 1)] {
+        // Scores with repeated values, so the tie rule matters.
+        let values: Vec<f32> = (0..b * s)
+            .map(|i| ((i * 7919) % 11) as f32 * 0.25)
+            .collect();
+        let scores_d = Tensor::<Dut, 1>::from_floats(values.as_slice(), &ddev()).reshape([b, s]);
+        let scores_r = Tensor::<Ref, 1>::from_floats(values.as_slice(), &rdev()).reshape([b, s]);
+        let rows_d = ops::active_rows(scores_d, k).unwrap();
+        let rows_r = ops::active_rows(scores_r, k).unwrap();
+        assert_eq!(
+            host_int(&rows_d),
+            host_int(&rows_r),
+            "active rows b={b} s={s} k={k}"
+        );
+
+        let (xd, xr) = pair(31, [b, 3, s, 8]);
+        let (fd, fr) = pair(32, [b, 3, k, 8]);
+        let out_d = ops::scatter_rows(xd, rows_d, fd).unwrap();
+        let out_r = ops::scatter_rows(xr, rows_r, fr).unwrap();
+        // A copy: exact in every dtype.
+        assert_close(
+            &format!("scatter rows b={b} s={s} k={k}"),
+            &host(&out_d),
+            &host(&out_r),
+            0.0,
+            0.0,
+        );
+    }
+    let scores = Tensor::<Dut, 2>::zeros([1, 4], &ddev());
+    assert!(
+        ops::active_rows(scores, 5).is_err(),
+        "more active rows than block rows"
+    );
+    let (x, _) = pair(33, [1, 2, 4, 8]);
+    let (fresh, _) = pair(34, [1, 2, 3, 8]);
+    let rows = ints::<Dut, 2>(&[0, 1], [1, 2], &ddev());
+    assert!(
+        ops::scatter_rows(x, rows, fresh).is_err(),
+        "fresh rows must match the listed rows"
+    );
 }
 
 /// A seeded `[rows, cols]` matrix: the device tensor in the dtype under test, and the reference's.

@@ -77,6 +77,22 @@ pub trait LosaBackend: Backend {
         on_primitives::query_change::<Self>(q, q_cached)
     }
 
+    /// Indices of the `k` rows with the largest scores, largest first (ties to the lower index).
+    /// See [`crate::reference::active_rows`].
+    fn losa_active_rows(scores: FloatTensor<Self>, k: usize) -> IntTensor<Self> {
+        on_primitives::active_rows::<Self>(scores, k)
+    }
+
+    /// `x` with its rows `rows[b, i]` replaced by `fresh[:, :, i]`.
+    /// See [`crate::reference::scatter_rows`].
+    fn losa_scatter_rows(
+        x: FloatTensor<Self>,
+        rows: IntTensor<Self>,
+        fresh: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        on_primitives::scatter_rows::<Self>(x, rows, fresh)
+    }
+
     /// `x · w` for the few rows of a denoising block (`w` typically the transposed view of an
     /// `nn.Linear` weight). See [`crate::reference::few_row_matmul`].
     fn losa_few_row_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -161,6 +177,19 @@ pub(crate) mod on_primitives {
         q_cached: FloatTensor<B>,
     ) -> FloatTensor<B> {
         prim(reference::query_change::<B>(float(q), float(q_cached)))
+    }
+
+    pub(crate) fn active_rows<B: Backend>(scores: FloatTensor<B>, k: usize) -> IntTensor<B> {
+        reference::active_rows::<B>(float(scores), k).into_primitive()
+    }
+
+    pub(crate) fn scatter_rows<B: Backend>(
+        x: FloatTensor<B>,
+        rows: IntTensor<B>,
+        fresh: FloatTensor<B>,
+    ) -> FloatTensor<B> {
+        let rows = Tensor::<B, 2, Int>::from_primitive(rows);
+        prim(reference::scatter_rows::<B>(float(x), rows, float(fresh)))
     }
 
     pub(crate) fn few_row_matmul<B: Backend>(

@@ -33,6 +33,10 @@ enum Call {
         keep_last: bool,
     },
     QueryChange,
+    ActiveRows {
+        k: usize,
+    },
+    ScatterRows,
     FewRowMatmul,
 }
 
@@ -45,6 +49,8 @@ impl Call {
             Call::PageScores => "losa_page_scores",
             Call::SelectPages { .. } => "losa_select_pages",
             Call::QueryChange => "losa_query_change",
+            Call::ActiveRows { .. } => "losa_active_rows",
+            Call::ScatterRows => "losa_scatter_rows",
             Call::FewRowMatmul => "losa_few_row_matmul",
         }
     }
@@ -107,6 +113,17 @@ impl<B: FusionBackend + LosaBackend> Operation<B::FusionRuntime> for LosaOp<B> {
             Call::QueryChange => {
                 let (q, qc) = (float(handles, 0), float(handles, 1));
                 handles.register_float_tensor::<B>(&outputs[0].id, B::losa_query_change(q, qc));
+            }
+            Call::ActiveRows { k } => {
+                let rows = B::losa_active_rows(float(handles, 0), k);
+                handles.register_int_tensor::<B>(&outputs[0].id, rows);
+            }
+            Call::ScatterRows => {
+                let x = float(handles, 0);
+                let rows = handles.get_int_tensor::<B>(&inputs[1]);
+                let fresh = float(handles, 2);
+                let out = B::losa_scatter_rows(x, rows, fresh);
+                handles.register_float_tensor::<B>(&outputs[0].id, out);
             }
             Call::FewRowMatmul => {
                 let (x, w) = (float(handles, 0), float(handles, 1));
@@ -227,6 +244,20 @@ impl<B: FusionBackend + LosaBackend> LosaBackend for Fusion<B> {
         let [b, _, s, _] = q.shape.dims::<4>();
         let outputs = [(vec![b, s], DType::F32)];
         register::<B>(Call::QueryChange, vec![q, q_cached], &outputs).remove(0)
+    }
+
+    fn losa_active_rows(scores: FloatTensor<Self>, k: usize) -> IntTensor<Self> {
+        let outputs = [(vec![scores.shape[0], k], <IntElem<B> as Element>::dtype())];
+        register::<B>(Call::ActiveRows { k }, vec![scores], &outputs).remove(0)
+    }
+
+    fn losa_scatter_rows(
+        x: FloatTensor<Self>,
+        rows: IntTensor<Self>,
+        fresh: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let outputs = [(x.shape.dims::<4>().to_vec(), x.dtype)];
+        register::<B>(Call::ScatterRows, vec![x, rows, fresh], &outputs).remove(0)
     }
 
     fn losa_few_row_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {

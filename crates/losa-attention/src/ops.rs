@@ -270,5 +270,46 @@ pub fn active_rows<B: LosaBackend>(scores: Tensor<B, 2>, k: usize) -> Result<Ten
             block: rows,
         });
     }
-    Ok(reference::active_rows(scores, k))
+    if k == 0 {
+        return Ok(reference::active_rows(scores, 0));
+    }
+    Ok(Tensor::from_primitive(B::losa_active_rows(prim(scores), k)))
+}
+
+/// `x` with its rows `rows[b, i]` replaced by `fresh[:, :, i]`: how a LoSA step writes the
+/// active rows' fresh prefix results into the cached ones. `rows` must hold distinct indices
+/// below `seq` (as [`active_rows`] returns them).
+///
+/// # Shapes
+/// `x`: `[batch, heads, seq, dim]`, `rows`: `[batch, k]`, `fresh`: `[batch, heads, k, dim]` ->
+/// `[batch, heads, seq, dim]`.
+pub fn scatter_rows<B: LosaBackend>(
+    x: Tensor<B, 4>,
+    rows: Tensor<B, 2, Int>,
+    fresh: Tensor<B, 4>,
+) -> Result<Tensor<B, 4>> {
+    let [b, h, s, d] = x.dims();
+    let [rb, k] = rows.dims();
+    if rb != b || k > s {
+        return Err(mismatch(
+            "scatter_rows: rows [batch, k <= seq] against x",
+            &[rb, k],
+            &[b, s],
+        ));
+    }
+    if fresh.dims() != [b, h, k, d] {
+        return Err(mismatch(
+            "scatter_rows: fresh [batch, heads, k, dim] against x and rows",
+            &fresh.dims(),
+            &[b, h, k, d],
+        ));
+    }
+    if k == 0 {
+        return Ok(x);
+    }
+    Ok(float(B::losa_scatter_rows(
+        prim(x),
+        rows.into_primitive(),
+        prim(fresh),
+    )))
 }

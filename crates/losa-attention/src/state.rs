@@ -13,7 +13,7 @@ use crate::{
     error::{LosaError, Result},
     ops,
     prefix::PrefixKv,
-    reference::{gather_rows, scatter_rows},
+    reference::gather_rows,
 };
 
 /// Cached prefix-attention rows of the current block (LoSA's `O_p`, `L_p`, `Q_s`).
@@ -264,16 +264,16 @@ pub fn attend<B: LosaBackend>(
                     let (o_a, l_a, loaded) = sparse_prefix(q_a.clone(), prefix, &cfg.pages, scale)?;
                     stats.loaded_tokens = Some(loaded);
                     let [b, h, _] = cached.lse.dims();
-                    let lse = scatter_rows(
+                    let lse = ops::scatter_rows(
                         cached.lse.reshape([b, h, rows, 1]),
                         active.clone(),
                         l_a.reshape([b, h, k, 1]),
-                    )
+                    )?
                     .reshape([b, h, rows]);
                     let fresh = CachedRows {
-                        o: scatter_rows(cached.o, active.clone(), o_a),
+                        o: ops::scatter_rows(cached.o, active.clone(), o_a)?,
                         lse,
-                        q: scatter_rows(cached.q, active, q_a),
+                        q: ops::scatter_rows(cached.q, active, q_a)?,
                     };
                     state.cached = Some(fresh.clone());
                     (fresh.o, fresh.lse)

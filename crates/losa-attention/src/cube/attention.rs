@@ -2,13 +2,12 @@
 //!
 //! A sparse call first compacts its page mask into a page list per (batch, KV head), so that
 //! the attention kernel visits only selected pages. The attention kernel runs one cube per
-//! (split, KV head, batch x row group); its units are the packed query rows of one KV head (all
-//! `g` query heads x all rows: GQA packing, so each K/V byte is read once per KV head). Split `c`
-//! takes pages `c, c + splits, c + 2 splits, ...` of the list (of all pages when dense, with the
-//! tile as the page), which balances the work whatever the selection. K/V tiles are staged in
-//! shared memory as fp32; each unit keeps an online-softmax partial `(acc, m, l)` in fp32 and
-//! writes it; the combine kernel reduces the splits per (row, channel) and writes `O` in the input
-//! dtype and `LSE` in fp32. A row that saw no key gets `O = 0`, `LSE = -inf`.
+//! (chunk, KV head, batch x row group); a cube serves the packed query rows of one KV head (all
+//! `g` query heads x all block rows: GQA packing, so each K/V byte is read once per KV head).
+//! Chunk `c` takes a contiguous run of the page list (of the keys when dense). Each cube keeps
+//! an online-softmax partial `(acc, m, l)` in fp32 and writes it; the combine kernel reduces
+//! the chunks per (row, channel) and writes `O` in the input dtype and `LSE` in fp32. A row that
+//! saw no key gets `O = 0`, `LSE = -inf`.
 //!
 //! Dense attention is the same kernel without a list: one code path for dense prefix, block and
 //! sparse attention.
@@ -18,16 +17,14 @@ use burn_cubecl::{
     CubeRuntime, kernel::into_contiguous, ops::numeric::empty_device_contiguous_dtype,
     tensor::CubeTensor,
 };
-use cubecl::prelude::*;
+use cubecl::{prelude::*, tensor_vector_size_parallel};
 
 use super::{NEG_SENTINEL, elemwise_count};
 
-/// Budget of fp32 elements staged per tile for K and for V (16 KiB of shared memory in total).
-const TILE_ELEMS: usize = 2048;
-/// Packed query rows one cube serves at most.
-const MAX_ROWS_PER_CUBE: usize = 128;
-/// Cubes the split over keys aims at (enough to fill a large GPU at batch 1).
-const TARGET_CUBES: usize = 264;
+/// Cubes the split over keys aims at per multiprocessor (several resident at once hide latency).
+const CUBES_PER_SM: usize = 4;
+/// Cubes the split aims at where the runtime does not report its multiprocessors.
+const DEFAULT_TARGET_CUBES: usize = 264;
 /// Units of the page-list compaction cube (a power of two: the scan doubles its stride).
 const COMPACT_UNITS: usize = 256;
 
@@ -86,27 +83,41 @@ fn compact_pages<I: Int>(
     }
 }
 
+/// Split-K partial attention of one cube: packed query rows `rows` (all query heads of one KV
+/// head x block rows, GQA packing) against the keys of one chunk, tile by tile.
+///
+/// Per tile of `tile` keys the cube (1) stages K and V in shared memory with vector loads in
+/// the input dtype, (2) computes the `rows x tile` scores as a register-tiled product (each unit
+/// a 4 x 4 block: 8 shared vector reads feed 32·width FMAs), (3) runs the online softmax per row,
+/// (4) accumulates `P · V` into fp32 registers (each unit 4 rows x `cv` channel vectors). Rows
+/// and keys of a block are interleaved (`rb + row_blocks * i`) and shared rows padded by one
+/// vector so that the reads of a plane hit distinct banks.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
-#[allow(clippy::manual_div_ceil, clippy::manual_is_multiple_of)]
-fn attention_partial<F: Float>(
-    q: &Tensor<F>,
-    k: &Tensor<F>,
-    v: &Tensor<F>,
+#[allow(
+    clippy::manual_div_ceil,
+    clippy::manual_is_multiple_of,
+    unused_assignments
+)]
+fn attention_partial<F: Float, N: Size>(
+    q: &Tensor<Vector<F, N>>,
+    k: &Tensor<Vector<F, N>>,
+    v: &Tensor<Vector<F, N>>,
     pages: &Tensor<u32>,
     count: &Tensor<u32>,
-    o_part: &mut Tensor<f32>,
+    o_part: &mut Tensor<Vector<f32, N>>,
     m_part: &mut Tensor<f32>,
     l_part: &mut Tensor<f32>,
-    n: usize,
+    keys: usize,
     page_size: usize,
     num_chunks: usize,
     row_groups: usize,
     scale: f32,
-    #[comptime] d: usize,
+    #[comptime] dv: usize,
     #[comptime] group_rows: usize,
-    #[comptime] rows_per_cube: usize,
+    #[comptime] rows: usize,
     #[comptime] tile: usize,
+    #[comptime] cv: usize,
     #[comptime] listed: bool,
     #[define(F)] _dtype: StorageType,
 ) {
@@ -118,82 +129,216 @@ fn attention_partial<F: Float>(
     let hkv = k.shape(1);
     let unit = UNIT_POS_X as usize;
     let units = CUBE_DIM_X as usize;
-    let r = rg * rows_per_cube + unit;
-    let active = unit < rows_per_cube && r < group_rows;
-    let row = (bi * hkv + kvh) * group_rows + r;
-    let k_base = bi * k.stride(0) + kvh * k.stride(1);
-    let v_base = bi * v.stride(0) + kvh * v.stride(1);
-    let np = (n + page_size - 1) / page_size;
+    let width = k.vector_size();
+    let row_blocks = rows / 4;
+    let key_blocks = tile / 4;
+    let col_blocks = dv / cv;
+    let first_row = (bi * hkv + kvh) * group_rows + rg * rows;
+    let valid_rows = min(rows, group_rows - rg * rows);
+    let k_base = (bi * k.stride(0) + kvh * k.stride(1)) / width;
+    let v_base = (bi * v.stride(0) + kvh * v.stride(1)) / width;
+    let k_row = k.stride(2) / width;
+    let v_row = v.stride(2) / width;
+
+    // The chunk's key slots: a contiguous run of keys (dense) or of page-list entries.
+    let mut slots_begin = 0usize.runtime();
+    let mut slots_end = 0usize.runtime();
+    let np = (keys + page_size - 1) / page_size;
     let list_base = (bi * hkv + kvh) * np;
-    let mut total = np;
     if listed {
-        total = count[bi * hkv + kvh] as usize;
+        let total = count[bi * hkv + kvh] as usize;
+        let per = (total + num_chunks - 1) / num_chunks;
+        let e0 = min(chunk * per, total);
+        slots_begin = e0 * page_size;
+        slots_end = min(e0 + per, total) * page_size;
+    } else {
+        let per = ((keys + num_chunks - 1) / num_chunks + tile - 1) / tile * tile;
+        slots_begin = min(chunk * per, keys);
+        slots_end = min(slots_begin + per, keys);
     }
 
-    let mut qreg = Array::<f32>::new(d);
-    let mut acc = Array::<f32>::new(d);
-    for c in 0..d {
-        acc[c] = 0.0f32;
-        qreg[c] = 0.0f32;
-    }
-    if active {
-        for c in 0..d {
-            qreg[c] = f32::cast_from(q[row * d + c]) * scale;
+    let mut q_s = SharedMemory::<Vector<F, N>>::new(rows * (dv + 1));
+    let mut k_s = SharedMemory::<Vector<F, N>>::new(tile * (dv + 1));
+    let mut v_s = SharedMemory::<Vector<F, N>>::new(tile * dv);
+    let mut s_s = SharedMemory::<f32>::new(rows * (tile + 1));
+    let mut m_s = SharedMemory::<f32>::new(rows);
+    let mut l_s = SharedMemory::<f32>::new(rows);
+    let mut c_s = SharedMemory::<f32>::new(rows);
+    let mut key_s = SharedMemory::<u32>::new(tile);
+
+    let mut e = unit;
+    while e < rows * dv {
+        let r = e / dv;
+        let c = e % dv;
+        let mut val = Vector::<F, N>::new(F::new(0.0));
+        if r < valid_rows {
+            val = q[(first_row + r) * dv + c];
         }
+        q_s[r * (dv + 1) + c] = val;
+        e += units;
     }
-    let mut m = NEG_SENTINEL.runtime();
-    let mut l = 0.0f32;
+    let mut r = unit;
+    while r < rows {
+        m_s[r] = NEG_SENTINEL;
+        l_s[r] = 0.0f32;
+        r += units;
+    }
 
-    let mut k_tile = SharedMemory::<f32>::new(tile * d);
-    let mut v_tile = SharedMemory::<f32>::new(tile * d);
+    // This unit's output block: rows `pv_rb + row_blocks * i`, channel vectors
+    // `pv_cb + col_blocks * u`.
+    let pv_rb = unit / col_blocks;
+    let pv_cb = unit % col_blocks;
+    let pv_active = pv_rb < row_blocks;
+    let mut acc = Array::<Vector<f32, N>>::new(4usize * cv);
+    #[unroll]
+    for i in 0..(4 * cv) {
+        acc[i] = Vector::new(0.0f32);
+    }
 
-    let mut i = chunk;
-    while i < total {
-        let mut page = i;
-        if listed {
-            page = pages[list_base + i] as usize;
-        }
-        let page_end = min(page * page_size + page_size, n);
-        let mut t0 = page * page_size;
-        while t0 < page_end {
-            let valid = min(tile, page_end - t0);
-            let mut e = unit;
-            while e < valid * d {
-                let j = t0 + e / d;
-                let c = e % d;
-                k_tile[e] = f32::cast_from(k[k_base + j * k.stride(2) + c]);
-                v_tile[e] = f32::cast_from(v[v_base + j * v.stride(2) + c]);
-                e += units;
-            }
-            sync_cube();
-            if active {
-                for tj in 0..valid {
-                    let mut dot = 0.0f32;
-                    for c in 0..d {
-                        dot += qreg[c] * k_tile[tj * d + c];
-                    }
-                    let m_new = max(m, dot);
-                    let correction = (m - m_new).exp();
-                    let p = (dot - m_new).exp();
-                    l = l * correction + p;
-                    for c in 0..d {
-                        acc[c] = acc[c] * correction + p * v_tile[tj * d + c];
-                    }
-                    m = m_new;
+    let mut s0 = slots_begin;
+    while s0 < slots_end {
+        if unit < tile {
+            let slot = s0 + unit;
+            let mut key = keys;
+            if slot < slots_end {
+                if listed {
+                    let page = pages[list_base + slot / page_size] as usize;
+                    key = min(page * page_size + slot % page_size, keys);
+                } else {
+                    key = slot;
                 }
             }
-            sync_cube();
-            t0 += tile;
+            key_s[unit] = key as u32;
         }
-        i += num_chunks;
+        sync_cube();
+
+        let mut e = unit;
+        while e < tile * dv {
+            let j = e / dv;
+            let c = e % dv;
+            let key = key_s[j] as usize;
+            let mut kval = Vector::<F, N>::new(F::new(0.0));
+            let mut vval = Vector::<F, N>::new(F::new(0.0));
+            if key < keys {
+                kval = k[k_base + key * k_row + c];
+                vval = v[v_base + key * v_row + c];
+            }
+            k_s[j * (dv + 1) + c] = kval;
+            v_s[j * dv + c] = vval;
+            e += units;
+        }
+        sync_cube();
+
+        let mut blk = unit;
+        while blk < row_blocks * key_blocks {
+            let rb = blk / key_blocks;
+            let kb = blk % key_blocks;
+            let mut sc = Array::<f32>::new(16usize);
+            #[unroll]
+            for i in 0..16usize {
+                sc[i] = 0.0f32;
+            }
+            let mut kv = Array::<Vector<f32, N>>::new(4usize);
+            for c in 0..dv {
+                #[unroll]
+                for t in 0..4usize {
+                    kv[t] = Vector::cast_from(k_s[(kb + key_blocks * t) * (dv + 1) + c]);
+                }
+                #[unroll]
+                for i in 0..4usize {
+                    let qv = Vector::<f32, N>::cast_from(q_s[(rb + row_blocks * i) * (dv + 1) + c]);
+                    #[unroll]
+                    for t in 0..4usize {
+                        sc[i * 4 + t] += qv.dot(kv[t]);
+                    }
+                }
+            }
+            #[unroll]
+            for i in 0..4usize {
+                #[unroll]
+                for t in 0..4usize {
+                    s_s[(rb + row_blocks * i) * (tile + 1) + kb + key_blocks * t] =
+                        sc[i * 4 + t] * scale;
+                }
+            }
+            blk += units;
+        }
+        sync_cube();
+
+        let mut r = unit;
+        while r < rows {
+            let m_old = m_s[r];
+            let mut m_new = m_old;
+            for j in 0..tile {
+                if (key_s[j] as usize) < keys {
+                    m_new = max(m_new, s_s[r * (tile + 1) + j]);
+                }
+            }
+            let corr = (m_old - m_new).exp();
+            let mut sum = 0.0f32;
+            for j in 0..tile {
+                let mut p = 0.0f32;
+                if (key_s[j] as usize) < keys {
+                    p = (s_s[r * (tile + 1) + j] - m_new).exp();
+                }
+                s_s[r * (tile + 1) + j] = p;
+                sum += p;
+            }
+            l_s[r] = l_s[r] * corr + sum;
+            m_s[r] = m_new;
+            c_s[r] = corr;
+            r += units;
+        }
+        sync_cube();
+
+        if pv_active {
+            #[unroll]
+            for i in 0..4usize {
+                let corr = Vector::<f32, N>::new(c_s[pv_rb + row_blocks * i]);
+                #[unroll]
+                for u in 0..cv {
+                    acc[i * cv + u] = acc[i * cv + u] * corr;
+                }
+            }
+            let mut vv = Array::<Vector<f32, N>>::new(cv);
+            for j in 0..tile {
+                #[unroll]
+                for u in 0..cv {
+                    vv[u] = Vector::cast_from(v_s[j * dv + pv_cb + col_blocks * u]);
+                }
+                #[unroll]
+                for i in 0..4usize {
+                    let p = Vector::<f32, N>::new(s_s[(pv_rb + row_blocks * i) * (tile + 1) + j]);
+                    #[unroll]
+                    for u in 0..cv {
+                        acc[i * cv + u] += vv[u] * p;
+                    }
+                }
+            }
+        }
+        sync_cube();
+        s0 += tile;
     }
-    if active {
-        let part = row * num_chunks + chunk;
-        for c in 0..d {
-            o_part[part * d + c] = acc[c];
+
+    if pv_active {
+        #[unroll]
+        for i in 0..4usize {
+            let r = pv_rb + row_blocks * i;
+            if r < valid_rows {
+                let part = (first_row + r) * num_chunks + chunk;
+                #[unroll]
+                for u in 0..cv {
+                    o_part[part * dv + pv_cb + col_blocks * u] = acc[i * cv + u];
+                }
+            }
         }
-        m_part[part] = m;
-        l_part[part] = l;
+    }
+    let mut r = unit;
+    while r < valid_rows {
+        let part = (first_row + r) * num_chunks + chunk;
+        m_part[part] = m_s[r];
+        l_part[part] = l_s[r];
+        r += units;
     }
 }
 
@@ -241,6 +386,66 @@ fn attention_combine<F: Float>(
     }
 }
 
+/// How one cube of [`attention_partial`] is laid out for a head dimension and dtype.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Layout {
+    /// Elements per vector load (16 bytes where the shapes allow).
+    width: usize,
+    /// Packed query rows per cube, a multiple of 4.
+    rows: usize,
+    /// Keys per tile, a multiple of 4.
+    tile: usize,
+    /// Channel vectors per unit in `P · V`.
+    cv: usize,
+    /// Units per cube, a multiple of 32.
+    units: usize,
+}
+
+/// Most packed rows one cube serves (more rows form several row groups).
+const MAX_ROWS_PER_CUBE: usize = 64;
+/// Shared memory a cube may use: below every backend's limit we run on, and small enough for
+/// several cubes per multiprocessor.
+const SHARED_BUDGET: usize = 48 * 1024;
+/// fp32 accumulators per unit in `P · V` (a register budget).
+const PV_CHANNELS: usize = 16;
+
+impl Layout {
+    fn shared_bytes(&self, d: usize, elem: usize) -> usize {
+        let dv = d / self.width;
+        let vector = self.width * elem;
+        (self.rows * (dv + 1) + self.tile * (2 * dv + 1)) * vector
+            + (self.rows * (self.tile + 4) + self.tile) * 4
+    }
+
+    /// The largest rows-per-cube (up to the packed rows of a KV head) and tile that fit the
+    /// shared memory budget.
+    fn choose(d: usize, group_rows: usize, width: usize, elem: usize, shared_max: usize) -> Self {
+        let budget = shared_max.min(SHARED_BUDGET);
+        let dv = d / width;
+        let mut cv = (PV_CHANNELS / width).max(1).min(dv);
+        while !dv.is_multiple_of(cv) {
+            cv /= 2;
+        }
+        let mut rows = group_rows.next_multiple_of(4).min(MAX_ROWS_PER_CUBE);
+        loop {
+            for tile in [32, 16, 8, 4] {
+                let units = ((rows / 4) * (dv / cv)).next_multiple_of(32);
+                let layout = Layout {
+                    width,
+                    rows,
+                    tile,
+                    cv,
+                    units,
+                };
+                if layout.shared_bytes(d, elem) <= budget || (rows == 4 && tile == 4) {
+                    return layout;
+                }
+            }
+            rows = (rows / 2).next_multiple_of(4).max(4);
+        }
+    }
+}
+
 /// Host side: validates nothing (the public ops did), compacts the mask, picks the split,
 /// launches the kernels.
 ///
@@ -259,12 +464,30 @@ pub(crate) fn attention<R: CubeRuntime>(
     let [b, hq, s, d] = q.meta.shape().dims::<4>();
     let [_, hkv, n, _] = k.meta.shape().dims::<4>();
     let group_rows = (hq / hkv) * s;
-    let rows_per_cube = group_rows.min(MAX_ROWS_PER_CUBE);
-    let row_groups = group_rows.div_ceil(rows_per_cube);
-    let tile = (TILE_ELEMS / d).max(1);
 
     let client = q.client.clone();
     let device = q.device.clone();
+    let props = client.properties();
+    let sizes = client.io_optimized_vector_sizes(q.dtype.size());
+    let width = [&q, &k, &v]
+        .iter()
+        .map(|t| tensor_vector_size_parallel(sizes.clone(), t.meta.shape(), t.meta.strides(), 3))
+        .min()
+        .unwrap_or(1)
+        .max(1);
+    let layout = Layout::choose(
+        d,
+        group_rows,
+        width,
+        q.dtype.size(),
+        props.hardware.max_shared_memory_size,
+    );
+    let row_groups = group_rows.div_ceil(layout.rows);
+    let target_cubes = props
+        .hardware
+        .num_streaming_multiprocessors
+        .map_or(DEFAULT_TARGET_CUBES, |sms| sms as usize * CUBES_PER_SM);
+
     let rows = b * hq * s;
     let alloc = |shape: Vec<usize>, dtype: DType| {
         empty_device_contiguous_dtype::<R>(
@@ -293,27 +516,30 @@ pub(crate) fn attention<R: CubeRuntime>(
             );
             (true, page_size, pages, count)
         }
-        // Dense: every tile is a "page" of the implicit full list.
+        // Dense: the chunks split the keys themselves.
         None => (
             false,
-            tile,
+            1,
             alloc(vec![1], DType::U32),
             alloc(vec![1], DType::U32),
         ),
     };
     let base_cubes = b * hkv * row_groups;
-    let num_chunks = TARGET_CUBES
-        .div_ceil(base_cubes)
-        .clamp(1, n.div_ceil(page_size));
+    let most_chunks = if listed {
+        n.div_ceil(page_size)
+    } else {
+        n.div_ceil(layout.tile)
+    };
+    let num_chunks = target_cubes.div_ceil(base_cubes).clamp(1, most_chunks);
 
     let o_part = alloc(vec![rows * num_chunks * d], DType::F32);
     let m_part = alloc(vec![rows * num_chunks], DType::F32);
     let l_part = alloc(vec![rows * num_chunks], DType::F32);
-    let units = rows_per_cube.max(32.min(tile * d)) as u32;
     attention_partial::launch::<R>(
         &client,
         CubeCount::Static(num_chunks as u32, hkv as u32, (b * row_groups) as u32),
-        CubeDim::new_1d(units),
+        CubeDim::new_1d(layout.units as u32),
+        layout.width,
         q.clone().into_tensor_arg(),
         k.into_tensor_arg(),
         v.into_tensor_arg(),
@@ -327,10 +553,11 @@ pub(crate) fn attention<R: CubeRuntime>(
         num_chunks,
         row_groups,
         scale,
-        d,
+        d / layout.width,
         group_rows,
-        rows_per_cube,
-        tile,
+        layout.rows,
+        layout.tile,
+        layout.cv,
         listed,
         q.dtype.into(),
     );
@@ -352,4 +579,37 @@ pub(crate) fn attention<R: CubeRuntime>(
         q.dtype.into(),
     );
     (o, lse)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Layout, SHARED_BUDGET};
+
+    #[test]
+    fn layouts_fit_the_shared_memory_and_cover_the_rows() {
+        for (d, group_rows, width, elem) in [
+            (128, 64, 8, 2),
+            (128, 64, 4, 4),
+            (128, 224, 8, 2),
+            (64, 32, 4, 4),
+            (32, 15, 4, 4),
+            (128, 8, 1, 4),
+            (256, 64, 4, 4),
+        ] {
+            for shared in [32 * 1024, 227 * 1024] {
+                let l = Layout::choose(d, group_rows, width, elem, shared);
+                assert!(
+                    l.shared_bytes(d, elem) <= shared.min(SHARED_BUDGET),
+                    "{l:?}"
+                );
+                assert_eq!(l.rows % 4, 0);
+                assert!(l.rows <= group_rows.next_multiple_of(4));
+                assert!(l.units >= (l.rows / 4) * (d / width / l.cv), "{l:?}");
+                assert_eq!((d / width) % l.cv, 0);
+            }
+        }
+        // bf16 on a large GPU: one cube serves all 64 packed rows of an SDAR-8B block of 16.
+        let l = Layout::choose(128, 64, 8, 2, 227 * 1024);
+        assert_eq!((l.rows, l.tile, l.units), (64, 32, 128));
+    }
 }

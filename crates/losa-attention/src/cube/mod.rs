@@ -158,6 +158,29 @@ where
         rows::query_change(q, q_cached)
     }
 
+    fn losa_active_rows(scores: FloatTensor<Self>, k: usize) -> IntTensor<Self> {
+        if scores.dtype != DType::F32 {
+            fallback("active rows", "scores are not fp32");
+            return on_primitives::active_rows::<Self>(scores, k);
+        }
+        rows::active_rows(scores, k, I::dtype())
+    }
+
+    fn losa_scatter_rows(
+        x: FloatTensor<Self>,
+        rows: IntTensor<Self>,
+        fresh: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        if !kernel_float(x.dtype) || fresh.dtype != x.dtype || rows.meta.shape()[1] == 0 {
+            fallback(
+                "scatter rows",
+                "dtypes the kernel does not take, or no rows",
+            );
+            return on_primitives::scatter_rows::<Self>(x, rows, fresh);
+        }
+        rows::scatter_rows(x, rows, fresh)
+    }
+
     fn losa_few_row_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
         if !kernel_float(x.dtype) || w.dtype != x.dtype {
             fallback("few-row matmul", "dtypes the kernel does not take");

@@ -5,7 +5,7 @@ use burn_cubecl::{
     CubeRuntime, kernel::into_contiguous, ops::numeric::empty_device_contiguous_dtype,
     tensor::CubeTensor,
 };
-use cubecl::prelude::*;
+use cubecl::{prelude::*, tensor_vector_size_parallel};
 
 use super::{NEG_SENTINEL, channel_contiguous, elemwise_count};
 
@@ -45,41 +45,78 @@ fn page_bounds_kernel<F: Float>(
     hi[pos] = high;
 }
 
-/// One unit per (batch, head, row, page): `Σ_c max(q_c·lo_c, q_c·hi_c)` in fp32.
+/// One cube per (run of pages, KV head, batch x row group): each unit scores one page,
+/// `Σ_c max(q_c·lo_c, q_c·hi_c)` in fp32, for every packed row of the group (the query heads of
+/// the KV head x block rows), so each page's bounds are read once, in vectors, whatever the
+/// number of rows. The rows' queries sit in shared memory as fp32.
 #[cube(launch)]
-#[allow(clippy::manual_div_ceil, clippy::manual_is_multiple_of)]
-fn page_scores_kernel<F: Float>(
-    q: &Tensor<F>,
-    lo: &Tensor<F>,
-    hi: &Tensor<F>,
+#[allow(
+    clippy::manual_div_ceil,
+    clippy::manual_is_multiple_of,
+    clippy::too_many_arguments
+)]
+fn page_scores_kernel<F: Float, N: Size>(
+    q: &Tensor<Vector<F, N>>,
+    lo: &Tensor<Vector<F, N>>,
+    hi: &Tensor<Vector<F, N>>,
     scores: &mut Tensor<f32>,
+    row_groups: usize,
+    #[comptime] dv: usize,
+    #[comptime] width: usize,
+    #[comptime] group_rows: usize,
+    #[comptime] rows: usize,
     #[define(F)] _dtype: StorageType,
 ) {
-    let pos = ABSOLUTE_POS;
-    if pos >= scores.len() {
-        terminate!();
-    }
-    let np = scores.shape(3);
-    let s = scores.shape(2);
-    let hq = scores.shape(1);
-    let d = q.shape(3);
+    let unit = UNIT_POS_X as usize;
+    let units = CUBE_DIM_X as usize;
+    let page = CUBE_POS_X as usize * units + unit;
+    let kvh = CUBE_POS_Y as usize;
+    let z = CUBE_POS_Z as usize;
+    let bi = z / row_groups;
+    let rg = z % row_groups;
     let hkv = lo.shape(1);
-    let page = pos % np;
-    let row = pos / np;
-    let bh = row / s;
-    let h = bh % hq;
-    let b = bh / hq;
-    let kvh = h / (hq / hkv);
-    let lo_base = b * lo.stride(0) + kvh * lo.stride(1) + page * lo.stride(2);
-    let hi_base = b * hi.stride(0) + kvh * hi.stride(1) + page * hi.stride(2);
-    let mut u = 0.0f32;
-    for c in 0..d {
-        let qc = f32::cast_from(q[row * d + c]);
-        let a = qc * f32::cast_from(lo[lo_base + c]);
-        let z = qc * f32::cast_from(hi[hi_base + c]);
-        u += max(a, z);
+    let np = lo.shape(2);
+    let first_row = (bi * hkv + kvh) * group_rows + rg * rows;
+    let valid_rows = min(rows, group_rows - rg * rows);
+
+    let mut q_s = SharedMemory::<Vector<f32, N>>::new(rows * dv);
+    let mut e = unit;
+    while e < rows * dv {
+        let mut val = Vector::<f32, N>::new(0.0f32);
+        if e / dv < valid_rows {
+            val = Vector::cast_from(q[first_row * dv + e]);
+        }
+        q_s[e] = val;
+        e += units;
     }
-    scores[pos] = u;
+    sync_cube();
+    if page < np {
+        let lo_base = (bi * lo.stride(0) + kvh * lo.stride(1) + page * lo.stride(2)) / width;
+        let hi_base = (bi * hi.stride(0) + kvh * hi.stride(1) + page * hi.stride(2)) / width;
+        let mut acc = Array::<f32>::new(rows);
+        #[unroll]
+        for r in 0..rows {
+            acc[r] = 0.0f32;
+        }
+        for c in 0..dv {
+            let l = Vector::<f32, N>::cast_from(lo[lo_base + c]);
+            let h = Vector::<f32, N>::cast_from(hi[hi_base + c]);
+            #[unroll]
+            for r in 0..rows {
+                let qv = q_s[r * dv + c];
+                #[unroll]
+                for i in 0..width {
+                    acc[r] += max(qv[i] * l[i], qv[i] * h[i]);
+                }
+            }
+        }
+        #[unroll]
+        for r in 0..rows {
+            if r < valid_rows {
+                scores[(first_row + r) * np + page] = acc[r];
+            }
+        }
+    }
 }
 
 /// Units of the threshold kernel's cube (a power of two: the reductions halve it).
@@ -245,6 +282,11 @@ pub(crate) fn page_bounds<R: CubeRuntime>(
     (lo, hi)
 }
 
+/// Pages one cube of the score kernel covers (one per unit).
+const SCORE_UNITS: usize = 128;
+/// Packed rows one cube of the score kernel serves (fp32 accumulators per unit).
+const SCORE_ROWS: usize = 32;
+
 pub(crate) fn page_scores<R: CubeRuntime>(
     q: CubeTensor<R>,
     lo: CubeTensor<R>,
@@ -252,8 +294,8 @@ pub(crate) fn page_scores<R: CubeRuntime>(
 ) -> CubeTensor<R> {
     let q = into_contiguous(q);
     let (lo, hi) = (channel_contiguous(lo), channel_contiguous(hi));
-    let [b, hq, s, _] = q.meta.shape().dims::<4>();
-    let np = lo.meta.shape()[2];
+    let [b, hq, s, d] = q.meta.shape().dims::<4>();
+    let [_, hkv, np, _] = lo.meta.shape().dims::<4>();
     let shape = Shape::new([b, hq, s, np]);
     let scores = empty_device_contiguous_dtype::<R>(
         q.client.clone(),
@@ -261,15 +303,34 @@ pub(crate) fn page_scores<R: CubeRuntime>(
         shape.clone(),
         DType::F32,
     );
-    let (count, dim) = elemwise_count(&q.client, shape.num_elements());
+    let sizes = q.client.io_optimized_vector_sizes(q.dtype.size());
+    let width = [&q, &lo, &hi]
+        .iter()
+        .map(|t| tensor_vector_size_parallel(sizes.clone(), t.meta.shape(), t.meta.strides(), 3))
+        .min()
+        .unwrap_or(1)
+        .max(1);
+    let group_rows = (hq / hkv) * s;
+    let rows = group_rows.min(SCORE_ROWS);
+    let row_groups = group_rows.div_ceil(rows);
     page_scores_kernel::launch::<R>(
         &q.client,
-        count,
-        dim,
+        CubeCount::Static(
+            np.div_ceil(SCORE_UNITS) as u32,
+            hkv as u32,
+            (b * row_groups) as u32,
+        ),
+        CubeDim::new_1d(SCORE_UNITS as u32),
+        width,
         q.clone().into_tensor_arg(),
         lo.into_tensor_arg(),
         hi.into_tensor_arg(),
         scores.clone().into_tensor_arg(),
+        row_groups,
+        d / width,
+        width,
+        group_rows,
+        rows,
         q.dtype.into(),
     );
     scores

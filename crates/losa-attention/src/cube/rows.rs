@@ -1,4 +1,5 @@
-//! Query-change scores: one unit per (batch, row) sums the squared change over heads and channels.
+//! The per-row kernels of a LoSA step: query-change scores, the top-k active rows, and writing
+//! the active rows' fresh results into the cached ones.
 
 use burn::tensor::{DType, Shape};
 use burn_cubecl::{
@@ -9,32 +10,53 @@ use cubecl::prelude::*;
 
 use super::elemwise_count;
 
+/// Units of the query-change cube (a power of two: the reduction halves it).
+const CHANGE_UNITS: usize = 256;
+
+/// One cube per (batch, row): the mean squared change over heads and channels, reduced across
+/// the cube (a row holds `heads x head_dim` values, 4096 at SDAR-8B: too many for one unit).
 #[cube(launch)]
 #[allow(clippy::manual_div_ceil, clippy::manual_is_multiple_of)]
 fn query_change_kernel<F: Float>(
     q: &Tensor<F>,
     q_cached: &Tensor<F>,
     change: &mut Tensor<f32>,
+    #[comptime] units: usize,
     #[define(F)] _dtype: StorageType,
 ) {
-    let pos = ABSOLUTE_POS;
-    if pos >= change.len() {
-        terminate!();
-    }
+    let pos = CUBE_POS_X as usize + CUBE_POS_Y as usize * CUBE_COUNT_X as usize;
+    let unit = UNIT_POS_X as usize;
     let h = q.shape(1);
     let s = q.shape(2);
     let d = q.shape(3);
+    let valid = pos < change.len();
     let b = pos / s;
     let i = pos % s;
     let mut sum = 0.0f32;
-    for head in 0..h {
-        let base = ((b * h + head) * s + i) * d;
-        for c in 0..d {
-            let x = f32::cast_from(q[base + c]) - f32::cast_from(q_cached[base + c]);
+    if valid {
+        let mut e = unit;
+        while e < h * d {
+            let head = e / d;
+            let at = ((b * h + head) * s + i) * d + e % d;
+            let x = f32::cast_from(q[at]) - f32::cast_from(q_cached[at]);
             sum += x * x;
+            e += units;
         }
     }
-    change[pos] = sum / f32::cast_from(h * d);
+    let mut partial = SharedMemory::<f32>::new(units);
+    partial[unit] = sum;
+    sync_cube();
+    let mut stride = (units / 2).runtime();
+    while stride > 0 {
+        if unit < stride {
+            partial[unit] += partial[unit + stride];
+        }
+        sync_cube();
+        stride /= 2;
+    }
+    if valid && unit == 0 {
+        change[pos] = partial[0] / f32::cast_from(h * d);
+    }
 }
 
 pub(crate) fn query_change<R: CubeRuntime>(
@@ -49,15 +71,134 @@ pub(crate) fn query_change<R: CubeRuntime>(
         Shape::new([b, s]),
         DType::F32,
     );
-    let (count, dim) = elemwise_count(&q.client, b * s);
+    let rows = b * s;
+    let (x, y) = (rows.min(65_535), rows.div_ceil(65_535));
     query_change_kernel::launch::<R>(
         &q.client,
-        count,
-        dim,
+        CubeCount::Static(x as u32, y as u32, 1),
+        CubeDim::new_1d(CHANGE_UNITS as u32),
         q.clone().into_tensor_arg(),
         q_cached.into_tensor_arg(),
         change.clone().into_tensor_arg(),
+        CHANGE_UNITS,
         q.dtype.into(),
     );
     change
+}
+
+/// One unit per (batch, row): the row's rank by score (largest first, ties to the lower index);
+/// a row ranked below `k` writes its index at its rank.
+#[cube(launch)]
+#[allow(clippy::manual_div_ceil, clippy::manual_is_multiple_of)]
+fn active_rows_kernel<I: Int>(
+    scores: &Tensor<f32>,
+    rows: &mut Tensor<I>,
+    #[define(I)] _dtype: StorageType,
+) {
+    let pos = ABSOLUTE_POS;
+    let s = scores.shape(1);
+    let k = rows.shape(1);
+    if pos >= scores.len() {
+        terminate!();
+    }
+    let b = pos / s;
+    let i = pos % s;
+    let mine = scores[pos];
+    let mut rank = 0usize.runtime();
+    for j in 0..s {
+        let theirs = scores[b * s + j];
+        if theirs > mine || (theirs == mine && j < i) {
+            rank += 1;
+        }
+    }
+    if rank < k {
+        rows[b * k + rank] = I::cast_from(i);
+    }
+}
+
+pub(crate) fn active_rows<R: CubeRuntime>(
+    scores: CubeTensor<R>,
+    k: usize,
+    int_dtype: DType,
+) -> CubeTensor<R> {
+    let scores = into_contiguous(scores);
+    let [b, s] = scores.meta.shape().dims::<2>();
+    let rows = empty_device_contiguous_dtype::<R>(
+        scores.client.clone(),
+        scores.device.clone(),
+        Shape::new([b, k]),
+        int_dtype,
+    );
+    let (count, dim) = elemwise_count(&scores.client, b * s);
+    active_rows_kernel::launch::<R>(
+        &scores.client,
+        count,
+        dim,
+        scores.clone().into_tensor_arg(),
+        rows.clone().into_tensor_arg(),
+        int_dtype.into(),
+    );
+    rows
+}
+
+/// One unit per output element: the fresh value where the element's row is listed in `rows`,
+/// the cached one elsewhere.
+#[cube(launch)]
+#[allow(clippy::manual_div_ceil, clippy::manual_is_multiple_of)]
+fn scatter_rows_kernel<F: Float, I: Int>(
+    x: &Tensor<F>,
+    rows: &Tensor<I>,
+    fresh: &Tensor<F>,
+    out: &mut Tensor<F>,
+    #[define(F, I)] _dtypes: [StorageType; 2],
+) {
+    let pos = ABSOLUTE_POS;
+    if pos >= out.len() {
+        terminate!();
+    }
+    let h = out.shape(1);
+    let s = out.shape(2);
+    let d = out.shape(3);
+    let k = rows.shape(1);
+    let c = pos % d;
+    let i = (pos / d) % s;
+    let bh = pos / (d * s);
+    let b = bh / h;
+    let mut value = x[pos];
+    for t in 0..k {
+        if rows[b * k + t] == I::cast_from(i) {
+            value = fresh[(bh * k + t) * d + c];
+        }
+    }
+    out[pos] = value;
+}
+
+pub(crate) fn scatter_rows<R: CubeRuntime>(
+    x: CubeTensor<R>,
+    rows: CubeTensor<R>,
+    fresh: CubeTensor<R>,
+) -> CubeTensor<R> {
+    let (x, rows, fresh) = (
+        into_contiguous(x),
+        into_contiguous(rows),
+        into_contiguous(fresh),
+    );
+    let out = empty_device_contiguous_dtype::<R>(
+        x.client.clone(),
+        x.device.clone(),
+        x.meta.shape().clone(),
+        x.dtype,
+    );
+    let (count, dim) = elemwise_count(&x.client, x.meta.shape().num_elements());
+    scatter_rows_kernel::launch::<R>(
+        &x.client,
+        count,
+        dim,
+        x.clone().into_tensor_arg(),
+        rows.clone().into_tensor_arg(),
+        fresh.into_tensor_arg(),
+        out.clone().into_tensor_arg(),
+        [x.dtype.into(), rows.dtype.into()],
+    );
+    out
 }
