@@ -82,8 +82,9 @@ fn shapes() -> Vec<(&'static str, Shape)> {
         ("gqa2-b2-d64-block16-ragged", sh(2, 4, 2, 16, 83, 64, 16)),
         ("gqa4-b1-d128-block16-p32", sh(1, 8, 2, 16, 150, 128, 32)),
         ("gqa4-b1-d128-block32-p64", sh(1, 4, 1, 32, 200, 128, 64)),
-        // 15 packed rows (not a multiple of 4), many tiles and chunks, a ragged page of 8.
-        ("gqa3-b1-d32-block5-p8-long", sh(1, 6, 2, 5, 1003, 32, 8)),
+        // 15 packed rows (not a multiple of 4), many tiles and chunks, a ragged page of 8, and
+        // more pages (276) than the page-list compaction has units.
+        ("gqa3-b1-d32-block5-p8-long", sh(1, 6, 2, 5, 2203, 32, 8)),
         (
             "gqa2-b2-d128-block4-exact-pages",
             sh(2, 4, 2, 4, 64, 128, 16),
@@ -358,12 +359,16 @@ fn few_row_matmul_matches_reference() {
         let (wd, wr) = pair2(62, n, k);
         let expected = ops::few_row_matmul(xr, wr.transpose()).unwrap();
         let scale = (k as f64).sqrt();
+        // Past 32 rows the kernel declines and burn's matmul runs (seen on CUDA f32: 3x the
+        // f32 tolerance, TF32 rounding).
+        let burn_tol = (atol.max(1e-2), rtol.max(1e-2));
+        let kernel_tol = if rows > 32 { burn_tol } else { (atol, rtol) };
         for (layout, w, (atol, rtol)) in [
-            ("transposed [n, k]", wd.clone().transpose(), (atol, rtol)),
+            ("transposed [n, k]", wd.clone().transpose(), kernel_tol),
             (
                 "contiguous [k, n]",
                 Tensor::<Dut, 2>::from_data(wd.transpose().to_data(), &ddev()).cast(dtype),
-                (atol.max(1e-2), rtol.max(1e-2)),
+                burn_tol,
             ),
         ] {
             let got = ops::few_row_matmul(xd.clone(), w).unwrap();

@@ -71,9 +71,11 @@ pub struct StepStats<B: Backend> {
     pub prefix_tokens: usize,
     /// Batch × KV heads: the number of per-head prefix reads a dense step makes.
     pub kv_streams: usize,
-    /// Prefix tokens loaded, summed over batch and KV heads; `None` for a dense read of everything
-    /// and for a step that read no prefix at all (see [`Self::density`]).
-    loaded_tokens: Option<Tensor<B, 1, Int>>,
+    /// The page mask `[batch, kv_heads, pages]` a sparse step loaded and its page size; `None`
+    /// for a dense read of everything and for a step that read no prefix at all (see
+    /// [`Self::density`]). The loaded tokens are counted from it only when asked for, so a step
+    /// without telemetry launches nothing for them.
+    loaded_pages: Option<(Tensor<B, 3, Int>, usize)>,
     dense: bool,
 }
 
@@ -84,17 +86,18 @@ impl<B: Backend> StepStats<B> {
         if self.prefix_tokens == 0 {
             return None;
         }
-        let loaded = match (&self.loaded_tokens, self.dense) {
+        let loaded = match (self.loaded_tokens(), self.dense) {
             (_, true) => return Some(1.0),
             (None, false) => 0.0,
-            (Some(t), false) => t.clone().into_scalar().elem::<f64>(),
+            (Some(t), false) => t.into_scalar().elem::<f64>(),
         };
         Some(loaded / (self.prefix_tokens * self.kv_streams) as f64)
     }
 
     /// The device tensor behind [`Self::density`], for callers that sum many steps before reading.
     pub fn loaded_tokens(&self) -> Option<Tensor<B, 1, Int>> {
-        self.loaded_tokens.clone()
+        let (mask, page) = self.loaded_pages.as_ref()?;
+        Some(loaded_tokens(mask, self.prefix_tokens, *page))
     }
 
     /// Active rows / block rows.
@@ -125,11 +128,11 @@ fn loaded_tokens<B: Backend>(
     pages - last
 }
 
-/// `(O, LSE, loaded prefix tokens)` of a sparse prefix attention.
-type SparseRows<B> = (Tensor<B, 4>, Tensor<B, 3>, Tensor<B, 1, Int>);
+/// `(O, LSE, (page mask, page size))` of a sparse prefix attention.
+type SparseRows<B> = (Tensor<B, 4>, Tensor<B, 3>, (Tensor<B, 3, Int>, usize));
 
 /// Sparse prefix attention of `q` rows: Quest scores against the page bounds, top pages per
-/// (row, head), union per KV head. Returns `(O, LSE, loaded tokens)`.
+/// (row, head), union per KV head. Returns `(O, LSE, (page mask, page size))`.
 fn sparse_prefix<B: LosaBackend>(
     q: Tensor<B, 4>,
     prefix: &PrefixKv<B>,
@@ -157,9 +160,8 @@ fn sparse_prefix<B: LosaBackend>(
         pages.keep_first_page,
         pages.keep_last_page,
     )?;
-    let loaded = loaded_tokens(&mask, prefix.len(), page);
-    let (o, l) = ops::sparse_attention(q, k, v, mask, page, scale)?;
-    Ok((o, l, loaded))
+    let (o, l) = ops::sparse_attention(q, k, v, mask.clone(), page, scale)?;
+    Ok((o, l, (mask, page)))
 }
 
 /// One attention layer's work for one denoising step of the current block.
@@ -194,7 +196,7 @@ pub fn attend<B: LosaBackend>(
         active_rows: rows,
         prefix_tokens: n,
         kv_streams: batch * kv_heads,
-        loaded_tokens: None,
+        loaded_pages: None,
         dense: false,
     };
     let (o_b, l_b) = ops::attention(q.clone(), k_block, v_block, scale)?;
@@ -220,7 +222,7 @@ pub fn attend<B: LosaBackend>(
         }
         AttentionMode::Quest(cfg) => {
             let (o, l, loaded) = sparse_prefix(q, prefix, &cfg.pages, scale)?;
-            stats.loaded_tokens = Some(loaded);
+            stats.loaded_pages = Some(loaded);
             (o, l)
         }
         AttentionMode::Losa(cfg) => match state.cached.take() {
@@ -255,14 +257,14 @@ pub fn attend<B: LosaBackend>(
                 };
                 stats.active_rows = k;
                 if k == 0 {
-                    stats.loaded_tokens = None;
+                    stats.loaded_pages = None;
                     state.cached = Some(cached.clone());
                     (cached.o, cached.lse)
                 } else {
                     let active = ops::active_rows(change, k)?;
                     let q_a = gather_rows(q, active.clone());
                     let (o_a, l_a, loaded) = sparse_prefix(q_a.clone(), prefix, &cfg.pages, scale)?;
-                    stats.loaded_tokens = Some(loaded);
+                    stats.loaded_pages = Some(loaded);
                     let [b, h, _] = cached.lse.dims();
                     let lse = ops::scatter_rows(
                         cached.lse.reshape([b, h, rows, 1]),

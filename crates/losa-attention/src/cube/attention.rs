@@ -29,6 +29,10 @@ const DEFAULT_TARGET_CUBES: usize = 264;
 const COMPACT_UNITS: usize = 256;
 
 /// One cube per (batch, KV head): the indices of the set pages, in order, and their count.
+///
+/// Each unit owns a contiguous run of pages: it counts its set pages, one scan over the units'
+/// counts gives each run its offset, and each unit writes its run's indices from there. A
+/// handful of barriers whatever the number of pages.
 #[cube(launch)]
 #[allow(clippy::manual_div_ceil, clippy::manual_is_multiple_of)]
 fn compact_pages<I: Int>(
@@ -43,44 +47,69 @@ fn compact_pages<I: Int>(
     let np = mask.shape(2);
     let valid_cube = bk < count.len();
     let base = bk * np;
-    let mut scan = SharedMemory::<u32>::new(units);
-    let mut offset = 0u32.runtime();
-    let mut start = 0usize.runtime();
-    while start < np {
-        let p = start + unit;
-        let mut flag = 0u32.runtime();
-        // Nested on purpose: a kernel `&&` may evaluate both sides, and the read must be guarded.
-        #[allow(clippy::collapsible_if)]
-        if valid_cube && p < np {
+    let per = (np + units - 1) / units;
+    let start = min(unit * per, np);
+    let end = min(start + per, np);
+    let mut mine = 0u32.runtime();
+    if valid_cube {
+        for p in start..end {
             if mask[base + p] != I::new(0) {
-                flag = 1u32;
+                mine += 1u32;
             }
         }
-        scan[unit] = flag;
+    }
+    let mut scan = SharedMemory::<u32>::new(units);
+    scan[unit] = mine;
+    sync_cube();
+    // Hillis-Steele inclusive scan of the counts.
+    let mut stride = 1usize.runtime();
+    while stride < units {
+        let mut add = 0u32.runtime();
+        if unit >= stride {
+            add = scan[unit - stride];
+        }
         sync_cube();
-        // Hillis-Steele inclusive scan of the flags.
-        let mut stride = 1usize.runtime();
-        while stride < units {
-            let mut add = 0u32.runtime();
-            if unit >= stride {
-                add = scan[unit - stride];
+        scan[unit] += add;
+        sync_cube();
+        stride *= 2;
+    }
+    if valid_cube {
+        let mut at = (scan[unit] - mine) as usize;
+        for p in start..end {
+            if mask[base + p] != I::new(0) {
+                pages[base + at] = p as u32;
+                at += 1;
             }
-            sync_cube();
-            scan[unit] += add;
-            sync_cube();
-            stride *= 2;
         }
-        if flag == 1u32 {
-            pages[base + (offset + scan[unit]) as usize - 1] = p as u32;
+        if unit == units - 1 {
+            count[bk] = scan[units - 1];
         }
-        let total = scan[units - 1];
-        sync_cube();
-        offset += total;
-        start += units;
     }
-    if valid_cube && unit == 0 {
-        count[bk] = offset;
+}
+
+/// The key behind slot `slot` of a chunk: the slot itself (dense) or its page-list entry's
+/// page and offset (sparse); `keys` (no key) past the chunk's slots or the prefix's end.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn key_of(
+    pages: &Tensor<u32>,
+    slot: usize,
+    slots_end: usize,
+    list_base: usize,
+    page_size: usize,
+    keys: usize,
+    #[comptime] listed: bool,
+) -> usize {
+    let mut key = keys;
+    if slot < slots_end {
+        if listed {
+            let page = pages[list_base + slot / page_size] as usize;
+            key = min(page * page_size + slot % page_size, keys);
+        } else {
+            key = slot;
+        }
     }
+    key
 }
 
 /// Split-K partial attention of one cube: packed query rows `rows` (all query heads of one KV
@@ -118,6 +147,7 @@ fn attention_partial<F: Float, N: Size>(
     #[comptime] rows: usize,
     #[comptime] tile: usize,
     #[comptime] cv: usize,
+    #[comptime] units: usize,
     #[comptime] listed: bool,
     #[define(F)] _dtype: StorageType,
 ) {
@@ -128,7 +158,6 @@ fn attention_partial<F: Float, N: Size>(
     let rg = z % row_groups;
     let hkv = k.shape(1);
     let unit = UNIT_POS_X as usize;
-    let units = CUBE_DIM_X as usize;
     let width = k.vector_size();
     let row_blocks = rows / 4;
     let key_blocks = tile / 4;
@@ -195,39 +224,75 @@ fn attention_partial<F: Float, N: Size>(
         acc[i] = Vector::new(0.0f32);
     }
 
+    // K/V of the next tile are fetched into registers while the current one is computed, so the
+    // loads' latency hides behind the arithmetic (`loads` vectors of K and of V per unit).
+    let loads = (tile * dv + units - 1) / units;
+    let mut k_next = Array::<Vector<F, N>>::new(loads);
+    let mut v_next = Array::<Vector<F, N>>::new(loads);
     let mut s0 = slots_begin;
+    #[unroll]
+    for l in 0..loads {
+        let e = unit + l * units;
+        let key = key_of(
+            pages,
+            s0 + e / dv,
+            slots_end,
+            list_base,
+            page_size,
+            keys,
+            listed,
+        );
+        k_next[l] = Vector::new(F::new(0.0));
+        v_next[l] = Vector::new(F::new(0.0));
+        if e < tile * dv && key < keys {
+            k_next[l] = k[k_base + key * k_row + e % dv];
+            v_next[l] = v[v_base + key * v_row + e % dv];
+        }
+    }
     while s0 < slots_end {
         if unit < tile {
-            let slot = s0 + unit;
-            let mut key = keys;
-            if slot < slots_end {
-                if listed {
-                    let page = pages[list_base + slot / page_size] as usize;
-                    key = min(page * page_size + slot % page_size, keys);
-                } else {
-                    key = slot;
-                }
+            key_s[unit] = key_of(
+                pages,
+                s0 + unit,
+                slots_end,
+                list_base,
+                page_size,
+                keys,
+                listed,
+            ) as u32;
+        }
+        #[unroll]
+        for l in 0..loads {
+            let e = unit + l * units;
+            if e < tile * dv {
+                k_s[(e / dv) * (dv + 1) + e % dv] = k_next[l];
+                v_s[e] = v_next[l];
             }
-            key_s[unit] = key as u32;
         }
         sync_cube();
 
-        let mut e = unit;
-        while e < tile * dv {
-            let j = e / dv;
-            let c = e % dv;
-            let key = key_s[j] as usize;
-            let mut kval = Vector::<F, N>::new(F::new(0.0));
-            let mut vval = Vector::<F, N>::new(F::new(0.0));
-            if key < keys {
-                kval = k[k_base + key * k_row + c];
-                vval = v[v_base + key * v_row + c];
+        let s1 = s0 + tile;
+        if s1 < slots_end {
+            #[unroll]
+            for l in 0..loads {
+                let e = unit + l * units;
+                let key = key_of(
+                    pages,
+                    s1 + e / dv,
+                    slots_end,
+                    list_base,
+                    page_size,
+                    keys,
+                    listed,
+                );
+                k_next[l] = Vector::new(F::new(0.0));
+                v_next[l] = Vector::new(F::new(0.0));
+                if e < tile * dv && key < keys {
+                    k_next[l] = k[k_base + key * k_row + e % dv];
+                    v_next[l] = v[v_base + key * v_row + e % dv];
+                }
             }
-            k_s[j * (dv + 1) + c] = kval;
-            v_s[j * dv + c] = vval;
-            e += units;
         }
-        sync_cube();
 
         let mut blk = unit;
         while blk < row_blocks * key_blocks {
@@ -558,6 +623,7 @@ pub(crate) fn attention<R: CubeRuntime>(
         layout.rows,
         layout.tile,
         layout.cv,
+        layout.units,
         listed,
         q.dtype.into(),
     );
