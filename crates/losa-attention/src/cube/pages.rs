@@ -124,9 +124,10 @@ const THRESHOLD_UNITS: usize = 128;
 
 /// One cube per (batch, head, row): the `k`-th largest score counted with multiplicity.
 ///
-/// Walks the distinct values from the top, adding their multiplicities until `k` are covered;
-/// each pass is a cube-wide max and a cube-wide count over the row's pages, so a pass costs
-/// `pages / units + log2(units)` steps per unit, no sort and no extra global memory.
+/// Walks the distinct values from the top, adding their multiplicities until `k` are covered.
+/// Each pass is one sweep over the row's pages per unit (the largest value below the previous
+/// one, and how many equal the previous one) and one cube-wide (max, sum) reduction: with plane
+/// operations one barrier (the scratch alternates between two halves by pass), else a tree.
 #[cube(launch)]
 #[allow(clippy::manual_div_ceil, clippy::manual_is_multiple_of)]
 fn threshold_kernel(
@@ -134,6 +135,7 @@ fn threshold_kernel(
     threshold: &mut Tensor<f32>,
     k: usize,
     #[comptime] units: usize,
+    #[comptime] planes: bool,
 ) {
     let row = CUBE_POS_X as usize + CUBE_POS_Y as usize * CUBE_COUNT_X as usize;
     let unit = UNIT_POS_X as usize;
@@ -141,15 +143,17 @@ fn threshold_kernel(
     let rows = threshold.len();
     let valid_row = row < rows;
     let base = row * np;
-    let mut best_shared = SharedMemory::<f32>::new(units);
-    let mut count_shared = SharedMemory::<u32>::new(units);
+    let mut best_shared = SharedMemory::<f32>::new(2 * units);
+    let mut count_shared = SharedMemory::<u32>::new(2 * units);
     let mut below = 0.0f32.runtime();
     let mut bounded = false.runtime();
     let mut covered = 0usize.runtime();
     let mut result = NEG_SENTINEL.runtime();
     let mut searching = true.runtime();
+    let mut half = 0usize.runtime();
     while searching {
         let mut best = NEG_SENTINEL.runtime();
+        let mut ties = 0u32.runtime();
         if valid_row {
             let mut p = unit;
             while p < np {
@@ -157,54 +161,66 @@ fn threshold_kernel(
                 if (!bounded || x < below) && x > best {
                     best = x;
                 }
-                p += units;
-            }
-        }
-        best_shared[unit] = best;
-        sync_cube();
-        let mut stride = (units / 2).runtime();
-        while stride > 0 {
-            if unit < stride {
-                best_shared[unit] = max(best_shared[unit], best_shared[unit + stride]);
-            }
-            sync_cube();
-            stride /= 2;
-        }
-        let top = best_shared[0];
-        let mut ties = 0u32.runtime();
-        if valid_row {
-            let mut p = unit;
-            while p < np {
-                if scores[base + p] == top {
+                if bounded && x == below {
                     ties += 1u32;
                 }
                 p += units;
             }
         }
-        count_shared[unit] = ties;
-        sync_cube();
-        let mut stride = (units / 2).runtime();
-        while stride > 0 {
-            if unit < stride {
-                count_shared[unit] = count_shared[unit] + count_shared[unit + stride];
+        let mut top = NEG_SENTINEL.runtime();
+        let mut equal = 0u32.runtime();
+        if planes {
+            let plane_best = plane_max(best);
+            let plane_ties = plane_sum(ties);
+            let plane = unit / PLANE_DIM as usize;
+            let count = (units + PLANE_DIM as usize - 1) / PLANE_DIM as usize;
+            if UNIT_POS_PLANE == 0 {
+                best_shared[half * units + plane] = plane_best;
+                count_shared[half * units + plane] = plane_ties;
             }
             sync_cube();
-            stride /= 2;
+            for i in 0..count {
+                top = max(top, best_shared[half * units + i]);
+                equal += count_shared[half * units + i];
+            }
+            half = 1 - half;
+        } else {
+            best_shared[unit] = best;
+            count_shared[unit] = ties;
+            sync_cube();
+            let mut stride = (units / 2).runtime();
+            while stride > 0 {
+                if unit < stride {
+                    best_shared[unit] = max(best_shared[unit], best_shared[unit + stride]);
+                    count_shared[unit] = count_shared[unit] + count_shared[unit + stride];
+                }
+                sync_cube();
+                stride /= 2;
+            }
+            top = best_shared[0];
+            equal = count_shared[0];
+            sync_cube();
         }
-        let total = count_shared[0] as usize;
         // Every unit read the same shared values, so the loop condition stays uniform.
-        if top > NEG_SENTINEL && total > 0 {
-            covered += total;
-            result = top;
-            below = top;
-            bounded = true;
+        if bounded {
+            covered += equal as usize;
             if covered >= k {
+                result = below;
                 searching = false;
             }
-        } else {
-            searching = false;
         }
-        sync_cube();
+        if searching {
+            if top > NEG_SENTINEL {
+                below = top;
+                bounded = true;
+            } else {
+                // Fewer than `k` scores: the smallest one (or none).
+                if bounded {
+                    result = below;
+                }
+                searching = false;
+            }
+        }
     }
     if valid_row && unit == 0 {
         threshold[row] = result;
@@ -357,6 +373,13 @@ pub(crate) fn select_pages<R: CubeRuntime>(
     // One cube per row, spread over two grid dimensions (each is limited to 65,535).
     let rows = b * hq * s;
     let (x, y) = (rows.min(65_535), rows.div_ceil(65_535));
+    // Plane (warp) reductions where the runtime has them (CUDA); a shared-memory tree elsewhere
+    // (lavapipe reports none).
+    let planes = client
+        .properties()
+        .features
+        .plane
+        .contains(cubecl::ir::features::Plane::Ops);
     threshold_kernel::launch::<R>(
         &client,
         CubeCount::Static(x as u32, y as u32, 1),
@@ -365,6 +388,7 @@ pub(crate) fn select_pages<R: CubeRuntime>(
         threshold.clone().into_tensor_arg(),
         pages_per_query,
         THRESHOLD_UNITS,
+        planes,
     );
     let mask = empty_device_contiguous_dtype::<R>(
         client.clone(),
