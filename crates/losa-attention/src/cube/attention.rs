@@ -186,9 +186,10 @@ fn attention_partial<F: Float, N: Size>(
         slots_end = min(slots_begin + per, keys);
     }
 
-    let mut q_s = SharedMemory::<Vector<F, N>>::new(rows * (dv + 1));
-    let mut k_s = SharedMemory::<Vector<F, N>>::new(tile * (dv + 1));
-    let mut v_s = SharedMemory::<Vector<F, N>>::new(tile * dv);
+    // Staged as fp32: each element is converted once, not once per unit that reads it.
+    let mut q_s = SharedMemory::<Vector<f32, N>>::new(rows * (dv + 1));
+    let mut k_s = SharedMemory::<Vector<f32, N>>::new(tile * (dv + 1));
+    let mut v_s = SharedMemory::<Vector<f32, N>>::new(tile * dv);
     let mut s_s = SharedMemory::<f32>::new(rows * (tile + 1));
     let mut m_s = SharedMemory::<f32>::new(rows);
     let mut l_s = SharedMemory::<f32>::new(rows);
@@ -199,9 +200,9 @@ fn attention_partial<F: Float, N: Size>(
     while e < rows * dv {
         let r = e / dv;
         let c = e % dv;
-        let mut val = Vector::<F, N>::new(F::new(0.0));
+        let mut val = Vector::<f32, N>::new(0.0f32);
         if r < valid_rows {
-            val = q[(first_row + r) * dv + c];
+            val = Vector::cast_from(q[(first_row + r) * dv + c]);
         }
         q_s[r * (dv + 1) + c] = val;
         e += units;
@@ -265,8 +266,8 @@ fn attention_partial<F: Float, N: Size>(
         for l in 0..loads {
             let e = unit + l * units;
             if e < tile * dv {
-                k_s[(e / dv) * (dv + 1) + e % dv] = k_next[l];
-                v_s[e] = v_next[l];
+                k_s[(e / dv) * (dv + 1) + e % dv] = Vector::cast_from(k_next[l]);
+                v_s[e] = Vector::cast_from(v_next[l]);
             }
         }
         sync_cube();
@@ -307,11 +308,11 @@ fn attention_partial<F: Float, N: Size>(
             for c in 0..dv {
                 #[unroll]
                 for t in 0..4usize {
-                    kv[t] = Vector::cast_from(k_s[(kb + key_blocks * t) * (dv + 1) + c]);
+                    kv[t] = k_s[(kb + key_blocks * t) * (dv + 1) + c];
                 }
                 #[unroll]
                 for i in 0..4usize {
-                    let qv = Vector::<f32, N>::cast_from(q_s[(rb + row_blocks * i) * (dv + 1) + c]);
+                    let qv = q_s[(rb + row_blocks * i) * (dv + 1) + c];
                     #[unroll]
                     for t in 0..4usize {
                         sc[i * 4 + t] += qv.dot(kv[t]);
@@ -369,7 +370,7 @@ fn attention_partial<F: Float, N: Size>(
             for j in 0..tile {
                 #[unroll]
                 for u in 0..cv {
-                    vv[u] = Vector::cast_from(v_s[j * dv + pv_cb + col_blocks * u]);
+                    vv[u] = v_s[j * dv + pv_cb + col_blocks * u];
                 }
                 #[unroll]
                 for i in 0..4usize {
@@ -468,23 +469,24 @@ struct Layout {
 
 /// Most packed rows one cube serves (more rows form several row groups).
 const MAX_ROWS_PER_CUBE: usize = 64;
-/// Shared memory a cube may use: below every backend's limit we run on, and small enough for
-/// several cubes per multiprocessor.
-const SHARED_BUDGET: usize = 48 * 1024;
+/// Shared memory a cube may use at most (where the runtime allows it): two cubes fit an H100
+/// multiprocessor, as many as its registers allow.
+const SHARED_BUDGET: usize = 100 * 1024;
 /// fp32 accumulators per unit in `P · V` (a register budget).
 const PV_CHANNELS: usize = 16;
 
 impl Layout {
-    fn shared_bytes(&self, d: usize, elem: usize) -> usize {
+    /// Q, K and V are staged as fp32 vectors of `width`, scores and row state as fp32.
+    fn shared_bytes(&self, d: usize) -> usize {
         let dv = d / self.width;
-        let vector = self.width * elem;
+        let vector = self.width * 4;
         (self.rows * (dv + 1) + self.tile * (2 * dv + 1)) * vector
             + (self.rows * (self.tile + 4) + self.tile) * 4
     }
 
     /// The largest rows-per-cube (up to the packed rows of a KV head) and tile that fit the
     /// shared memory budget.
-    fn choose(d: usize, group_rows: usize, width: usize, elem: usize, shared_max: usize) -> Self {
+    fn choose(d: usize, group_rows: usize, width: usize, shared_max: usize) -> Self {
         let budget = shared_max.min(SHARED_BUDGET);
         let dv = d / width;
         let mut cv = (PV_CHANNELS / width).max(1).min(dv);
@@ -502,7 +504,7 @@ impl Layout {
                     cv,
                     units,
                 };
-                if layout.shared_bytes(d, elem) <= budget || (rows == 4 && tile == 4) {
+                if layout.shared_bytes(d) <= budget || (rows == 4 && tile == 4) {
                     return layout;
                 }
             }
@@ -540,13 +542,7 @@ pub(crate) fn attention<R: CubeRuntime>(
         .min()
         .unwrap_or(1)
         .max(1);
-    let layout = Layout::choose(
-        d,
-        group_rows,
-        width,
-        q.dtype.size(),
-        props.hardware.max_shared_memory_size,
-    );
+    let layout = Layout::choose(d, group_rows, width, props.hardware.max_shared_memory_size);
     let row_groups = group_rows.div_ceil(layout.rows);
     let target_cubes = props
         .hardware
@@ -653,21 +649,18 @@ mod tests {
 
     #[test]
     fn layouts_fit_the_shared_memory_and_cover_the_rows() {
-        for (d, group_rows, width, elem) in [
-            (128, 64, 8, 2),
-            (128, 64, 4, 4),
-            (128, 224, 8, 2),
-            (64, 32, 4, 4),
-            (32, 15, 4, 4),
-            (128, 8, 1, 4),
-            (256, 64, 4, 4),
+        for (d, group_rows, width) in [
+            (128, 64, 8),
+            (128, 64, 4),
+            (128, 224, 8),
+            (64, 32, 4),
+            (32, 15, 4),
+            (128, 8, 1),
+            (256, 64, 4),
         ] {
             for shared in [32 * 1024, 227 * 1024] {
-                let l = Layout::choose(d, group_rows, width, elem, shared);
-                assert!(
-                    l.shared_bytes(d, elem) <= shared.min(SHARED_BUDGET),
-                    "{l:?}"
-                );
+                let l = Layout::choose(d, group_rows, width, shared);
+                assert!(l.shared_bytes(d) <= shared.min(SHARED_BUDGET), "{l:?}");
                 assert_eq!(l.rows % 4, 0);
                 assert!(l.rows <= group_rows.next_multiple_of(4));
                 assert!(l.units >= (l.rows / 4) * (d / width / l.cv), "{l:?}");
@@ -675,7 +668,7 @@ mod tests {
             }
         }
         // bf16 on a large GPU: one cube serves all 64 packed rows of an SDAR-8B block of 16.
-        let l = Layout::choose(128, 64, 8, 2, 227 * 1024);
+        let l = Layout::choose(128, 64, 8, 227 * 1024);
         assert_eq!((l.rows, l.tile, l.units), (64, 32, 128));
     }
 }
