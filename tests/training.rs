@@ -31,6 +31,7 @@ fn micro() -> TrainConfig {
             max_context: 112,
             steps: 3,
             batch_tokens: 200,
+            lr: None,
         }],
         eval_items: 2,
         eval_every: 100,

@@ -21,7 +21,7 @@ pub struct TrainArgs {
     /// Device.
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: Device,
-    /// Curriculum: comma-separated MIN-MAX:STEPS:BATCH_TOKENS (default: the shipped recipe).
+    /// Curriculum: comma-separated MIN-MAX:STEPS:BATCH_TOKENS[:LR] (default: the shipped recipe).
     #[arg(long)]
     stages: Option<String>,
     /// Model width.
@@ -62,22 +62,35 @@ pub struct TrainArgs {
     log_every: usize,
 }
 
-/// Parses `MIN-MAX:STEPS:BATCH_TOKENS,...`.
+/// Parses `MIN-MAX:STEPS:BATCH_TOKENS[:LR],...`.
 fn parse_stages(text: &str) -> CliResult<Vec<Stage>> {
     text.split(',')
         .map(|s| {
-            let bad = || format!("bad stage {s:?}: expected MIN-MAX:STEPS:BATCH_TOKENS");
+            let bad = || format!("bad stage {s:?}: expected MIN-MAX:STEPS:BATCH_TOKENS[:LR]");
             let parts: Vec<&str> = s.trim().split(':').collect();
-            let [range, steps, batch] = parts.as_slice() else {
-                return Err(bad());
+            let (range, steps, batch, lr) = match parts.as_slice() {
+                [range, steps, batch] => (range, steps, batch, None),
+                [range, steps, batch, lr] => (range, steps, batch, Some(lr)),
+                _ => return Err(bad()),
             };
             let (lo, hi) = range.split_once('-').ok_or_else(bad)?;
             let num = |t: &str| t.trim().parse::<usize>().map_err(|_| bad());
+            let lr = match lr {
+                Some(t) => Some(
+                    t.trim()
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|x| x.is_finite() && *x > 0.0)
+                        .ok_or_else(bad)?,
+                ),
+                None => None,
+            };
             Ok(Stage {
                 min_context: num(lo)?,
                 max_context: num(hi)?,
                 steps: num(steps)?,
                 batch_tokens: num(batch)?,
+                lr,
             })
         })
         .collect()
@@ -159,5 +172,10 @@ mod tests {
         assert_eq!(s[1].batch_tokens, 8192);
         assert!(parse_stages("64:100:4096").is_err());
         assert!(parse_stages("a-b:1:2").is_err());
+        assert_eq!(s[0].lr, None);
+        let s = parse_stages("256-8000:7000:8192:1.5e-4").unwrap();
+        assert_eq!(s[0].lr, Some(1.5e-4));
+        assert!(parse_stages("256-8000:7000:8192:-1").is_err());
+        assert!(parse_stages("256-8000:7000:8192:1e-4:5").is_err());
     }
 }
