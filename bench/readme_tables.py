@@ -175,13 +175,15 @@ def variants_table(data):
     out = [
         data["note"],
         "",
-        "| checkpoint | " + " | ".join(f"{n} tokens" for n in lengths) + " |",
-        "| --- | " + " | ".join("---" for _ in lengths) + " |",
+        "| checkpoint | items per length | " + " | ".join(f"{n} tokens" for n in lengths) + " |",
+        "| --- | --- | " + " | ".join("---" for _ in lengths) + " |",
     ]
     for label, v in checkpoints.items():
-        acc = {r["context"]: r["accuracy"] for r in v["runs"] if r["attention"] == "dense"}
+        dense = [r for r in v["runs"] if r["attention"] == "dense"]
+        acc = {r["context"]: r["accuracy"] for r in dense}
+        items = "/".join(str(n) for n in sorted({r["items"] for r in dense}))
         cells = [f"{100 * acc[n]:.1f}" if n in acc else "-" for n in lengths]
-        out.append(f"| {label} | " + " | ".join(cells) + " |")
+        out.append(f"| {label} | {items} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 

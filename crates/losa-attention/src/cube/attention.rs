@@ -17,7 +17,7 @@ use burn_cubecl::{
     CubeRuntime, kernel::into_contiguous, ops::numeric::empty_device_contiguous_dtype,
     tensor::CubeTensor,
 };
-use cubecl::{prelude::*, tensor_vector_size_parallel};
+use cubecl::prelude::*;
 
 use super::{NEG_SENTINEL, elemwise_count};
 
@@ -110,6 +110,58 @@ fn key_of(
         }
     }
     key
+}
+
+/// Where a cube's keys live: its slots' end, its page-list row, and its K/V rows (in vectors).
+#[derive(CubeType, Clone, Copy)]
+struct KeyLayout {
+    slots_end: usize,
+    list_base: usize,
+    page_size: usize,
+    keys: usize,
+    k_base: usize,
+    v_base: usize,
+    k_row: usize,
+    v_row: usize,
+}
+
+/// This unit's share of the K/V tile that starts at slot `s0`, into registers (zeros past the
+/// keys): `loads` vectors of each, at tile elements `unit + l * units`.
+#[cube]
+#[allow(clippy::too_many_arguments, clippy::manual_div_ceil)]
+fn fetch_tile<F: Float, N: Size>(
+    k: &Tensor<Vector<F, N>>,
+    v: &Tensor<Vector<F, N>>,
+    pages: &Tensor<u32>,
+    k_next: &mut Array<Vector<F, N>>,
+    v_next: &mut Array<Vector<F, N>>,
+    at: &KeyLayout,
+    s0: usize,
+    unit: usize,
+    #[comptime] units: usize,
+    #[comptime] tile: usize,
+    #[comptime] dv: usize,
+    #[comptime] listed: bool,
+) {
+    #[unroll]
+    for l in 0..(tile * dv + units - 1) / units {
+        let e = unit + l * units;
+        let key = key_of(
+            pages,
+            s0 + e / dv,
+            at.slots_end,
+            at.list_base,
+            at.page_size,
+            at.keys,
+            listed,
+        );
+        k_next[l] = Vector::new(F::new(0.0));
+        v_next[l] = Vector::new(F::new(0.0));
+        if e < tile * dv && key < at.keys {
+            k_next[l] = k[at.k_base + key * at.k_row + e % dv];
+            v_next[l] = v[at.v_base + key * at.v_row + e % dv];
+        }
+    }
 }
 
 /// Split-K partial attention of one cube: packed query rows `rows` (all query heads of one KV
@@ -231,25 +283,30 @@ fn attention_partial<F: Float, N: Size>(
     let mut k_next = Array::<Vector<F, N>>::new(loads);
     let mut v_next = Array::<Vector<F, N>>::new(loads);
     let mut s0 = slots_begin;
-    #[unroll]
-    for l in 0..loads {
-        let e = unit + l * units;
-        let key = key_of(
-            pages,
-            s0 + e / dv,
-            slots_end,
-            list_base,
-            page_size,
-            keys,
-            listed,
-        );
-        k_next[l] = Vector::new(F::new(0.0));
-        v_next[l] = Vector::new(F::new(0.0));
-        if e < tile * dv && key < keys {
-            k_next[l] = k[k_base + key * k_row + e % dv];
-            v_next[l] = v[v_base + key * v_row + e % dv];
-        }
-    }
+    let at = KeyLayout {
+        slots_end,
+        list_base,
+        page_size,
+        keys,
+        k_base,
+        v_base,
+        k_row,
+        v_row,
+    };
+    fetch_tile(
+        k,
+        v,
+        pages,
+        &mut k_next,
+        &mut v_next,
+        &at,
+        s0,
+        unit,
+        units,
+        tile,
+        dv,
+        listed,
+    );
     while s0 < slots_end {
         if unit < tile {
             key_s[unit] = key_of(
@@ -272,27 +329,21 @@ fn attention_partial<F: Float, N: Size>(
         }
         sync_cube();
 
-        let s1 = s0 + tile;
-        if s1 < slots_end {
-            #[unroll]
-            for l in 0..loads {
-                let e = unit + l * units;
-                let key = key_of(
-                    pages,
-                    s1 + e / dv,
-                    slots_end,
-                    list_base,
-                    page_size,
-                    keys,
-                    listed,
-                );
-                k_next[l] = Vector::new(F::new(0.0));
-                v_next[l] = Vector::new(F::new(0.0));
-                if e < tile * dv && key < keys {
-                    k_next[l] = k[k_base + key * k_row + e % dv];
-                    v_next[l] = v[v_base + key * v_row + e % dv];
-                }
-            }
+        if s0 + tile < slots_end {
+            fetch_tile(
+                k,
+                v,
+                pages,
+                &mut k_next,
+                &mut v_next,
+                &at,
+                s0 + tile,
+                unit,
+                units,
+                tile,
+                dv,
+                listed,
+            );
         }
 
         let mut blk = unit;
@@ -535,13 +586,7 @@ pub(crate) fn attention<R: CubeRuntime>(
     let client = q.client.clone();
     let device = q.device.clone();
     let props = client.properties();
-    let sizes = client.io_optimized_vector_sizes(q.dtype.size());
-    let width = [&q, &k, &v]
-        .iter()
-        .map(|t| tensor_vector_size_parallel(sizes.clone(), t.meta.shape(), t.meta.strides(), 3))
-        .min()
-        .unwrap_or(1)
-        .max(1);
+    let width = super::channel_vector_width(&[&q, &k, &v]);
     let layout = Layout::choose(d, group_rows, width, props.hardware.max_shared_memory_size);
     let row_groups = group_rows.div_ceil(layout.rows);
     let target_cubes = props

@@ -51,6 +51,29 @@ pub(crate) fn channel_contiguous<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor
     }
 }
 
+/// The widest vector (16-byte loads where possible) that every tensor can be read in along its
+/// last (channel) axis: it divides the channel count and every stride.
+pub(crate) fn channel_vector_width<R: CubeRuntime>(tensors: &[&CubeTensor<R>]) -> usize {
+    let Some(first) = tensors.first() else {
+        return 1;
+    };
+    let sizes = first.client.io_optimized_vector_sizes(first.dtype.size());
+    tensors
+        .iter()
+        .map(|t| {
+            let axis = t.meta.shape().num_dims() - 1;
+            cubecl::tensor_vector_size_parallel(
+                sizes.clone(),
+                t.meta.shape(),
+                t.meta.strides(),
+                axis,
+            )
+        })
+        .min()
+        .unwrap_or(1)
+        .max(1)
+}
+
 fn kernel_float(dtype: DType) -> bool {
     matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
 }

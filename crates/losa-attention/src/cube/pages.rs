@@ -5,7 +5,7 @@ use burn_cubecl::{
     CubeRuntime, kernel::into_contiguous, ops::numeric::empty_device_contiguous_dtype,
     tensor::CubeTensor,
 };
-use cubecl::{prelude::*, tensor_vector_size_parallel};
+use cubecl::prelude::*;
 
 use super::{NEG_SENTINEL, channel_contiguous, elemwise_count};
 
@@ -319,13 +319,7 @@ pub(crate) fn page_scores<R: CubeRuntime>(
         shape.clone(),
         DType::F32,
     );
-    let sizes = q.client.io_optimized_vector_sizes(q.dtype.size());
-    let width = [&q, &lo, &hi]
-        .iter()
-        .map(|t| tensor_vector_size_parallel(sizes.clone(), t.meta.shape(), t.meta.strides(), 3))
-        .min()
-        .unwrap_or(1)
-        .max(1);
+    let width = super::channel_vector_width(&[&q, &lo, &hi]);
     let group_rows = (hq / hkv) * s;
     let rows = group_rows.min(SCORE_ROWS);
     let row_groups = group_rows.div_ceil(rows);
