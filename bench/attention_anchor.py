@@ -80,7 +80,7 @@ def main():
         rust_device = rust["device"]
     card = torch.cuda.get_device_name(0)
     driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                            capture_output=True, text=True).stdout.strip()
+                            capture_output=True, text=True).stdout.strip().splitlines()[0]
     bw = copy_bandwidth_gbs()
     dtype = torch.bfloat16
     seen = set()
