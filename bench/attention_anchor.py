@@ -80,7 +80,8 @@ def main():
         rust_device = rust["device"]
     card = torch.cuda.get_device_name(0)
     driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                            capture_output=True, text=True).stdout.strip().splitlines()[0]
+                            capture_output=True, text=True).stdout.strip()
+    driver = driver.splitlines()[0] if driver else "unknown"  # one line per GPU of the host
     bw = copy_bandwidth_gbs()
     dtype = torch.bfloat16
     seen = set()

@@ -331,6 +331,41 @@ fn active_rows_and_scatter_match_reference() {
     );
 }
 
+/// Degenerate inputs take the reference rather than a launch with no cubes, and NaN change
+/// scores (an fp16 overflow) still give `k` distinct rows, the finite ones first.
+#[test]
+fn empty_and_nan_inputs_keep_the_row_and_page_kernels_sound() {
+    let (q_empty, _) = pair(41, [1, 2, 0, 8]);
+    let (q_cached, _) = pair(42, [1, 2, 0, 8]);
+    assert_eq!(
+        ops::query_change(q_empty.clone(), q_cached).unwrap().dims(),
+        [1, 0]
+    );
+    let (lo, _) = pair(43, [1, 1, 3, 8]);
+    let hi = lo.clone() + 1.0;
+    assert_eq!(
+        ops::page_scores(q_empty, lo, hi).unwrap().dims(),
+        [1, 2, 0, 3]
+    );
+    let (q, _) = pair(44, [1, 2, 4, 8]);
+    let (no_pages, _) = pair(45, [1, 1, 0, 8]);
+    let scores = ops::page_scores(q, no_pages.clone(), no_pages).unwrap();
+    assert_eq!(scores.dims(), [1, 2, 4, 0]);
+
+    let values = [0.5, f32::NAN, 0.2, f32::NAN, 0.9, 0.1];
+    let scores = Tensor::<Dut, 1>::from_floats(values.as_slice(), &ddev()).reshape([1, 6]);
+    let rows = host_int(&ops::active_rows(scores, 5).unwrap());
+    assert_eq!(
+        &rows[..4],
+        &[4, 0, 2, 5],
+        "finite scores first, largest first"
+    );
+    assert!(
+        (0..6).contains(&rows[4]) && !rows[..4].contains(&rows[4]),
+        "{rows:?}"
+    );
+}
+
 /// A seeded `[rows, cols]` matrix: the device tensor in the dtype under test, and the reference's.
 fn pair2(seed: u64, rows: usize, cols: usize) -> (Tensor<Dut, 2>, Tensor<Ref, 2>) {
     let (d, r) = pair(seed, [1, 1, rows, cols]);

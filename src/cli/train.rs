@@ -33,7 +33,8 @@ pub struct TrainArgs {
     /// MLP width.
     #[arg(long)]
     intermediate: Option<usize>,
-    /// Peak learning rate.
+    /// Peak learning rate of the stages that do not carry their own (`MIN-MAX:STEPS:BATCH:LR`;
+    /// the default recipe's last two stages do).
     #[arg(long)]
     lr: Option<f64>,
     /// RoPE base of the trained model.

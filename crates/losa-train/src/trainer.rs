@@ -277,7 +277,8 @@ impl TrainConfig {
             return Err(TrainError::Config("no stage".into()));
         }
         for s in &self.stages {
-            if s.min_context > s.max_context || s.batch_tokens == 0 {
+            let bad_lr = s.lr.is_some_and(|lr| !(lr.is_finite() && lr > 0.0));
+            if s.min_context > s.max_context || s.batch_tokens == 0 || bad_lr {
                 return Err(TrainError::Config(format!("impossible stage {s:?}")));
             }
             RetrievalSpec::new(s.min_context).validate()?;
@@ -537,14 +538,14 @@ where
         let n = rows.iter().map(|r| r.targets.len()).sum::<usize>();
         let (loss, hits) = masked_loss(&model, &rows, eos)?;
         let loss_value: f64 = loss.clone().into_scalar().elem();
+        let lr = cfg.lr_at(step, step - first_step);
         if !loss_value.is_finite() {
+            // The rate of this step, which a stage's own rate may set (not only --lr).
             return Err(TrainError::Config(format!(
-                "the loss diverged at step {step} (lr {}); lower --lr",
-                cfg.lr
+                "the loss diverged at step {step} (lr {lr:.3e}); lower the stage's rate or --lr"
             )));
         }
         let grads = GradientsParams::from_grads(loss.backward(), &model);
-        let lr = cfg.lr_at(step, step - first_step);
         model = optim.step(lr, model, grads);
         log.steps_done += 1;
         let record = StepRecord {

@@ -195,7 +195,7 @@ fn attention_partial<F: Float, N: Size>(
     row_groups: usize,
     scale: f32,
     #[comptime] dv: usize,
-    #[comptime] group_rows: usize,
+    group_rows: usize,
     #[comptime] rows: usize,
     #[comptime] tile: usize,
     #[comptime] cv: usize,
@@ -505,7 +505,7 @@ fn attention_combine<F: Float>(
 
 /// How one cube of [`attention_partial`] is laid out for a head dimension and dtype.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Layout {
+pub(crate) struct Layout {
     /// Elements per vector load (16 bytes where the shapes allow).
     width: usize,
     /// Packed query rows per cube, a multiple of 4.
@@ -536,8 +536,14 @@ impl Layout {
     }
 
     /// The largest rows-per-cube (up to the packed rows of a KV head) and tile that fit the
-    /// shared memory budget.
-    fn choose(d: usize, group_rows: usize, width: usize, shared_max: usize) -> Self {
+    /// shared memory budget and the cube size; `None` when even 4 rows and 4 keys do not.
+    fn choose(
+        d: usize,
+        group_rows: usize,
+        width: usize,
+        shared_max: usize,
+        max_units: usize,
+    ) -> Option<Self> {
         let budget = shared_max.min(SHARED_BUDGET);
         let dv = d / width;
         let mut cv = (PV_CHANNELS / width).max(1).min(dv);
@@ -555,26 +561,51 @@ impl Layout {
                     cv,
                     units,
                 };
-                if layout.shared_bytes(d) <= budget || (rows == 4 && tile == 4) {
-                    return layout;
+                if layout.shared_bytes(d) <= budget && units <= max_units {
+                    return Some(layout);
                 }
+            }
+            if rows == 4 {
+                return None;
             }
             rows = (rows / 2).next_multiple_of(4).max(4);
         }
     }
 }
 
+/// The kernel's layout for these inputs (`q` `[b, hq, s, d]`, `k`/`v` `[b, hkv, n, d]`), or
+/// `None` when none fits the runtime (a very wide head on a small shared memory).
+pub(crate) fn layout_for<R: CubeRuntime>(
+    q: &CubeTensor<R>,
+    k: &CubeTensor<R>,
+    v: &CubeTensor<R>,
+) -> Option<Layout> {
+    let [_, hq, s, d] = q.meta.shape().dims::<4>();
+    let hkv = k.meta.shape()[1];
+    let width = super::channel_vector_width(&[q, k, v]);
+    let hardware = &q.client.properties().hardware;
+    Layout::choose(
+        d,
+        (hq / hkv) * s,
+        width,
+        hardware.max_shared_memory_size,
+        hardware.max_units_per_cube as usize,
+    )
+}
+
 /// Host side: validates nothing (the public ops did), compacts the mask, picks the split,
 /// launches the kernels.
 ///
 /// `q` `[b, hq, s, d]`, `k`/`v` `[b, hkv, n, d]` with unit stride on the channel, `mask`
-/// `[b, hkv, ceil(n / page)]` or `None`. Requires `n > 0` and `s > 0`.
+/// `[b, hkv, ceil(n / page)]` or `None`, `layout` from [`layout_for`] on the same inputs.
+/// Requires `n > 0` and `s > 0`.
 pub(crate) fn attention<R: CubeRuntime>(
     q: CubeTensor<R>,
     k: CubeTensor<R>,
     v: CubeTensor<R>,
     mask: Option<(CubeTensor<R>, usize)>,
     scale: f32,
+    layout: Layout,
 ) -> (CubeTensor<R>, CubeTensor<R>) {
     let q = into_contiguous(q);
     let k = super::channel_contiguous(k);
@@ -586,8 +617,8 @@ pub(crate) fn attention<R: CubeRuntime>(
     let client = q.client.clone();
     let device = q.device.clone();
     let props = client.properties();
-    let width = super::channel_vector_width(&[&q, &k, &v]);
-    let layout = Layout::choose(d, group_rows, width, props.hardware.max_shared_memory_size);
+    // `layout_for` chose the vector width on the inputs as given; the contiguous copies keep
+    // every stride a multiple of the head dimension, which the width divides.
     let row_groups = group_rows.div_ceil(layout.rows);
     let target_cubes = props
         .hardware
@@ -704,7 +735,7 @@ mod tests {
             (256, 64, 4),
         ] {
             for shared in [32 * 1024, 227 * 1024] {
-                let l = Layout::choose(d, group_rows, width, shared);
+                let l = Layout::choose(d, group_rows, width, shared, 1024).unwrap();
                 assert!(l.shared_bytes(d) <= shared.min(SHARED_BUDGET), "{l:?}");
                 assert_eq!(l.rows % 4, 0);
                 assert!(l.rows <= group_rows.next_multiple_of(4));
@@ -713,7 +744,11 @@ mod tests {
             }
         }
         // bf16 on a large GPU: one cube serves all 64 packed rows of an SDAR-8B block of 16.
-        let l = Layout::choose(128, 64, 8, 227 * 1024);
+        let l = Layout::choose(128, 64, 8, 227 * 1024, 1024).unwrap();
         assert_eq!((l.rows, l.tile, l.units), (64, 32, 128));
+        // A cube-size limit shrinks the rows; nothing fits a tiny shared memory.
+        let l = Layout::choose(512, 64, 4, 227 * 1024, 256).unwrap();
+        assert!(l.units <= 256, "{l:?}");
+        assert_eq!(Layout::choose(1024, 64, 4, 16 * 1024, 1024), None);
     }
 }

@@ -106,7 +106,14 @@ where
             fallback("attention", "dtypes the kernel does not take");
             return on_primitives::attention::<Self>(q, k, v, page_mask, scale);
         }
-        attention::attention(q, k, v, page_mask, scale)
+        let Some(layout) = attention::layout_for(&q, &k, &v) else {
+            fallback(
+                "attention",
+                "no tile layout fits the shared memory and cube size",
+            );
+            return on_primitives::attention::<Self>(q, k, v, page_mask, scale);
+        };
+        attention::attention(q, k, v, page_mask, scale, layout)
     }
 
     fn losa_merge(
@@ -143,6 +150,14 @@ where
             fallback("page scores", "dtypes the kernel does not take");
             return on_primitives::page_scores::<Self>(q, lo, hi);
         }
+        let empty = q.meta.shape().num_elements() == 0 || lo.meta.shape()[2] == 0;
+        if empty || !pages::scores_fit(&q) {
+            fallback(
+                "page scores",
+                "no rows or pages, or a head too wide for shared memory",
+            );
+            return on_primitives::page_scores::<Self>(q, lo, hi);
+        }
         pages::page_scores(q, lo, hi)
     }
 
@@ -174,8 +189,12 @@ where
     }
 
     fn losa_query_change(q: FloatTensor<Self>, q_cached: FloatTensor<Self>) -> FloatTensor<Self> {
-        if !kernel_float(q.dtype) || q_cached.dtype != q.dtype {
-            fallback("query change", "dtypes the kernel does not take");
+        if !kernel_float(q.dtype) || q_cached.dtype != q.dtype || q.meta.shape().num_elements() == 0
+        {
+            fallback(
+                "query change",
+                "dtypes the kernel does not take, or no rows",
+            );
             return on_primitives::query_change::<Self>(q, q_cached);
         }
         rows::query_change(q, q_cached)

@@ -63,7 +63,7 @@ fn page_scores_kernel<F: Float, N: Size>(
     row_groups: usize,
     #[comptime] dv: usize,
     #[comptime] width: usize,
-    #[comptime] group_rows: usize,
+    group_rows: usize,
     #[comptime] rows: usize,
     #[define(F)] _dtype: StorageType,
 ) {
@@ -303,6 +303,19 @@ const SCORE_UNITS: usize = 128;
 /// Packed rows one cube of the score kernel serves (fp32 accumulators per unit).
 const SCORE_ROWS: usize = 32;
 
+/// Packed rows per cube of the score kernel: [`SCORE_ROWS`], fewer where the rows' fp32 queries
+/// would not fit the runtime's shared memory.
+fn score_rows<R: CubeRuntime>(q: &CubeTensor<R>) -> usize {
+    let d = q.meta.shape()[3].max(1);
+    let shared = q.client.properties().hardware.max_shared_memory_size;
+    SCORE_ROWS.min(shared / (d * 4))
+}
+
+/// Whether the score kernel takes these queries: one row's fp32 query fits the shared memory.
+pub(crate) fn scores_fit<R: CubeRuntime>(q: &CubeTensor<R>) -> bool {
+    score_rows(q) >= 1
+}
+
 pub(crate) fn page_scores<R: CubeRuntime>(
     q: CubeTensor<R>,
     lo: CubeTensor<R>,
@@ -321,7 +334,7 @@ pub(crate) fn page_scores<R: CubeRuntime>(
     );
     let width = super::channel_vector_width(&[&q, &lo, &hi]);
     let group_rows = (hq / hkv) * s;
-    let rows = group_rows.min(SCORE_ROWS);
+    let rows = group_rows.min(score_rows(&q));
     let row_groups = group_rows.div_ceil(rows);
     page_scores_kernel::launch::<R>(
         &q.client,

@@ -8,7 +8,7 @@ use burn_cubecl::{
 };
 use cubecl::prelude::*;
 
-use super::elemwise_count;
+use super::{NEG_SENTINEL, elemwise_count};
 
 /// Units of the query-change cube (a power of two: the reduction halves it).
 const CHANGE_UNITS: usize = 256;
@@ -86,6 +86,17 @@ pub(crate) fn query_change<R: CubeRuntime>(
     change
 }
 
+/// A score in a total order: NaN (and -inf) rank as the lowest finite value, so the ranks of a
+/// batch are a permutation and every one of the `k` slots is written.
+#[cube]
+fn ordered(x: f32) -> f32 {
+    let mut y = NEG_SENTINEL.runtime();
+    if x >= NEG_SENTINEL {
+        y = x;
+    }
+    y
+}
+
 /// One unit per (batch, row): the row's rank by score (largest first, ties to the lower index);
 /// a row ranked below `k` writes its index at its rank.
 #[cube(launch)]
@@ -103,10 +114,10 @@ fn active_rows_kernel<I: Int>(
     }
     let b = pos / s;
     let i = pos % s;
-    let mine = scores[pos];
+    let mine = ordered(scores[pos]);
     let mut rank = 0usize.runtime();
     for j in 0..s {
-        let theirs = scores[b * s + j];
+        let theirs = ordered(scores[b * s + j]);
         if theirs > mine || (theirs == mine && j < i) {
             rank += 1;
         }
