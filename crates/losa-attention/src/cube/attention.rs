@@ -87,31 +87,6 @@ fn compact_pages<I: Int>(
     }
 }
 
-/// The key behind slot `slot` of a chunk: the slot itself (dense) or its page-list entry's
-/// page and offset (sparse); `keys` (no key) past the chunk's slots or the prefix's end.
-#[cube]
-#[allow(clippy::too_many_arguments)]
-fn key_of(
-    pages: &Tensor<u32>,
-    slot: usize,
-    slots_end: usize,
-    list_base: usize,
-    page_size: usize,
-    keys: usize,
-    #[comptime] listed: bool,
-) -> usize {
-    let mut key = keys;
-    if slot < slots_end {
-        if listed {
-            let page = pages[list_base + slot / page_size] as usize;
-            key = min(page * page_size + slot % page_size, keys);
-        } else {
-            key = slot;
-        }
-    }
-    key
-}
-
 /// Where a cube's keys live: its slots' end, its page-list row, and its K/V rows (in vectors).
 #[derive(CubeType, Clone, Copy)]
 struct KeyLayout {
@@ -123,6 +98,22 @@ struct KeyLayout {
     v_base: usize,
     k_row: usize,
     v_row: usize,
+}
+
+/// The key behind slot `slot` of a chunk: the slot itself (dense) or its page-list entry's
+/// page and offset (sparse); `at.keys` (no key) past the chunk's slots or the prefix's end.
+#[cube]
+fn key_of(pages: &Tensor<u32>, slot: usize, at: &KeyLayout, #[comptime] listed: bool) -> usize {
+    let mut key = at.keys;
+    if slot < at.slots_end {
+        if listed {
+            let page = pages[at.list_base + slot / at.page_size] as usize;
+            key = min(page * at.page_size + slot % at.page_size, at.keys);
+        } else {
+            key = slot;
+        }
+    }
+    key
 }
 
 /// This unit's share of the K/V tile that starts at slot `s0`, into registers (zeros past the
@@ -146,15 +137,7 @@ fn fetch_tile<F: Float, N: Size>(
     #[unroll]
     for l in 0..(tile * dv + units - 1) / units {
         let e = unit + l * units;
-        let key = key_of(
-            pages,
-            s0 + e / dv,
-            at.slots_end,
-            at.list_base,
-            at.page_size,
-            at.keys,
-            listed,
-        );
+        let key = key_of(pages, s0 + e / dv, at, listed);
         k_next[l] = Vector::new(F::new(0.0));
         v_next[l] = Vector::new(F::new(0.0));
         if e < tile * dv && key < at.keys {
@@ -167,12 +150,12 @@ fn fetch_tile<F: Float, N: Size>(
 /// Split-K partial attention of one cube: packed query rows `rows` (all query heads of one KV
 /// head x block rows, GQA packing) against the keys of one chunk, tile by tile.
 ///
-/// Per tile of `tile` keys the cube (1) stages K and V in shared memory with vector loads in
-/// the input dtype, (2) computes the `rows x tile` scores as a register-tiled product (each unit
-/// a 4 x 4 block: 8 shared vector reads feed 32·width FMAs), (3) runs the online softmax per row,
-/// (4) accumulates `P · V` into fp32 registers (each unit 4 rows x `cv` channel vectors). Rows
-/// and keys of a block are interleaved (`rb + row_blocks * i`) and shared rows padded by one
-/// vector so that the reads of a plane hit distinct banks.
+/// Per tile of `tile` keys the cube (1) stores the K/V vectors fetched one tile ahead into
+/// shared memory as fp32 and fetches the next tile's, (2) computes the `rows x tile` scores as a
+/// register-tiled product (each unit a 4 x 4 block: 8 shared vector reads feed 16·width FMAs),
+/// (3) runs the online softmax per row, (4) accumulates `P · V` into fp32 registers (each unit 4
+/// rows x `cv` channel vectors). Rows and keys of a block are interleaved (`rb + row_blocks *
+/// i`) and shared rows padded by one vector so that the reads of a plane hit distinct banks.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 #[allow(
@@ -309,15 +292,7 @@ fn attention_partial<F: Float, N: Size>(
     );
     while s0 < slots_end {
         if unit < tile {
-            key_s[unit] = key_of(
-                pages,
-                s0 + unit,
-                slots_end,
-                list_base,
-                page_size,
-                keys,
-                listed,
-            ) as u32;
+            key_s[unit] = key_of(pages, s0 + unit, &at, listed) as u32;
         }
         #[unroll]
         for l in 0..loads {
@@ -617,8 +592,6 @@ pub(crate) fn attention<R: CubeRuntime>(
     let client = q.client.clone();
     let device = q.device.clone();
     let props = client.properties();
-    // `layout_for` chose the vector width on the inputs as given; the contiguous copies keep
-    // every stride a multiple of the head dimension, which the width divides.
     let row_groups = group_rows.div_ceil(layout.rows);
     let target_cubes = props
         .hardware
@@ -676,6 +649,8 @@ pub(crate) fn attention<R: CubeRuntime>(
         &client,
         CubeCount::Static(num_chunks as u32, hkv as u32, (b * row_groups) as u32),
         CubeDim::new_1d(layout.units as u32),
+        // Chosen by `layout_for` on the inputs as given: the contiguous copies keep every stride
+        // a multiple of the head dimension, which the width divides.
         layout.width,
         q.clone().into_tensor_arg(),
         k.into_tensor_arg(),

@@ -62,13 +62,13 @@ fn page_scores_kernel<F: Float, N: Size>(
     scores: &mut Tensor<f32>,
     row_groups: usize,
     #[comptime] dv: usize,
-    #[comptime] width: usize,
     group_rows: usize,
     #[comptime] rows: usize,
     #[define(F)] _dtype: StorageType,
 ) {
     let unit = UNIT_POS_X as usize;
     let units = CUBE_DIM_X as usize;
+    let width = lo.vector_size();
     let page = CUBE_POS_X as usize * units + unit;
     let kvh = CUBE_POS_Y as usize;
     let z = CUBE_POS_Z as usize;
@@ -351,7 +351,6 @@ pub(crate) fn page_scores<R: CubeRuntime>(
         scores.clone().into_tensor_arg(),
         row_groups,
         d / width,
-        width,
         group_rows,
         rows,
         q.dtype.into(),
