@@ -12,8 +12,8 @@ use common::Ref;
 use losa::losa_models::{Tokenizer, load};
 use losa_tasks::{RetrievalSpec, TaskVocab};
 use losa_train::{
-    Stage, TrainConfig, train,
-    trainer::{Event, RunLimits},
+    Lengths, Stage, TrainConfig, train,
+    trainer::{Event, RAW_WEIGHTS_DIR, RunLimits},
 };
 
 fn micro() -> TrainConfig {
@@ -32,6 +32,7 @@ fn micro() -> TrainConfig {
             steps: 3,
             batch_tokens: 200,
             lr: None,
+            lengths: Lengths::Uniform,
         }],
         eval_items: 2,
         eval_every: 100,
@@ -91,6 +92,65 @@ fn a_stopped_run_resumes_from_its_checkpoint() {
     let tokenizer = Tokenizer::from_dir(&out).unwrap();
     let e = RetrievalSpec::new(100).example(&vocab, 5).unwrap();
     assert_eq!(tokenizer.encode(&vocab.text(&e.prompt)).unwrap(), e.prompt);
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+/// With a weight average, the folder holds the average (what is evaluated and shipped) and
+/// `raw/` the trained weights, which a resumed run continues from.
+#[test]
+fn a_weight_averaged_run_saves_the_average_and_resumes_from_the_raw_weights() {
+    use burn::tensor::{Tensor, Tolerance};
+    use losa::losa_models::DlmModel;
+
+    let out = std::env::temp_dir().join(format!("losa-train-ema-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let device = Default::default();
+    // A large first step (no warmup) so that the average and the raw weights differ well past
+    // bf16 rounding.
+    let cfg = TrainConfig {
+        ema: Some(0.5),
+        lr: 1e-2,
+        warmup: 1,
+        ..micro()
+    };
+    let first = train::<Autodiff<Ref>>(
+        &cfg,
+        &out,
+        &device,
+        RunLimits {
+            time: Some(Duration::ZERO),
+        },
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(first.steps_done, 1);
+    let vocab = TaskVocab::new();
+    let init =
+        DlmModel::<Ref>::random(cfg.model_config(&vocab), &device, FloatDType::F32, cfg.seed)
+            .unwrap();
+    let raw = load::<Ref>(&out.join(RAW_WEIGHTS_DIR), &device, FloatDType::F32).unwrap();
+    let averaged = load::<Ref>(&out, &device, FloatDType::F32).unwrap();
+    let q = |m: &DlmModel<Ref>| -> Tensor<Ref, 2> { m.layers[0].attn.q.weight.val() };
+    let moved = (q(&raw) - q(&init)).abs().max().into_scalar();
+    assert!(moved > 1e-3, "the first step moved the weights by {moved}");
+    // One update at decay 0.5: half the initial weights, half the trained ones.
+    let expected = (q(&init) + q(&raw)).mul_scalar(0.5);
+    q(&averaged)
+        .into_data()
+        .assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(2e-3));
+    // The resumed run continues the step counter from the raw weights and finishes the stage.
+    let second = train::<Autodiff<Ref>>(&cfg, &out, &device, RunLimits::default(), |_| {}).unwrap();
+    assert_eq!(second.steps_done, 3);
+    let raw_after = load::<Ref>(&out.join(RAW_WEIGHTS_DIR), &device, FloatDType::F32).unwrap();
+    let averaged_after = load::<Ref>(&out, &device, FloatDType::F32).unwrap();
+    let gap = (q(&raw_after) - q(&averaged_after))
+        .abs()
+        .max()
+        .into_scalar();
+    assert!(
+        gap > 1e-3,
+        "the saved average is not the raw weights ({gap})"
+    );
     std::fs::remove_dir_all(&out).unwrap();
 }
 

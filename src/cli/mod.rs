@@ -50,6 +50,9 @@ pub enum Device {
     Wgpu,
     /// CUDA with the CubeCL kernels.
     Cuda,
+    /// CUDA with the CubeCL kernels but without burn-fusion: every tensor op is its own
+    /// kernel, with fewer host-side steps per op (for comparing where decode time goes).
+    CudaUnfused,
 }
 
 /// Weight and activation dtype.
@@ -225,16 +228,22 @@ impl DecodeArgs {
     }
 }
 
+/// The CUDA backend without burn-fusion.
+#[cfg(feature = "cuda")]
+type CudaUnfused = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>;
+
 /// Work that runs on any backend with the LoSA op.
 pub trait Job {
     fn run<B: LosaBackend>(self, device: &B::Device) -> CliResult<()>;
 }
 
 fn missing(device: Device) -> String {
-    format!(
-        "this build has no {device:?} device: rebuild with --features {}",
-        format!("{device:?}").to_lowercase()
-    )
+    let feature = match device {
+        Device::Cpu => "ndarray",
+        Device::Wgpu => "wgpu",
+        Device::Cuda | Device::CudaUnfused => "cuda",
+    };
+    format!("this build has no {device:?} device: rebuild with --features {feature}")
 }
 
 /// Runs `job` on the backend of `device`, after refusing a `dtype` that backend cannot compute in.
@@ -246,6 +255,8 @@ pub fn on_device(device: Device, dtype: Dtype, job: impl Job) -> CliResult<()> {
         Device::Wgpu => job.run::<burn::backend::Wgpu<f32, i32>>(&Default::default()),
         #[cfg(feature = "cuda")]
         Device::Cuda => job.run::<burn::backend::Cuda<f32, i32>>(&Default::default()),
+        #[cfg(feature = "cuda")]
+        Device::CudaUnfused => job.run::<CudaUnfused>(&Default::default()),
         #[allow(unreachable_patterns)]
         other => Err(missing(other)),
     }
@@ -268,6 +279,8 @@ pub fn on_autodiff_device(device: Device, job: impl TrainJob) -> CliResult<()> {
         Device::Wgpu => job.run::<Autodiff<burn::backend::Wgpu<f32, i32>>>(&Default::default()),
         #[cfg(feature = "cuda")]
         Device::Cuda => job.run::<Autodiff<burn::backend::Cuda<f32, i32>>>(&Default::default()),
+        #[cfg(feature = "cuda")]
+        Device::CudaUnfused => job.run::<Autodiff<CudaUnfused>>(&Default::default()),
         #[allow(unreachable_patterns)]
         other => Err(missing(other)),
     }

@@ -6,7 +6,7 @@ use std::{path::PathBuf, time::Duration};
 use clap::Args;
 use losa::losa_attention::LosaBackend;
 use losa_train::{
-    Stage, TrainConfig,
+    Lengths, Stage, TrainConfig,
     trainer::{Event, RunLimits},
 };
 
@@ -21,7 +21,9 @@ pub struct TrainArgs {
     /// Device.
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: Device,
-    /// Curriculum: comma-separated MIN-MAX:STEPS:BATCH_TOKENS[:LR] (default: the shipped recipe).
+    /// Curriculum: comma-separated MIN-MAX:STEPS:BATCH_TOKENS[:LR][:log] (default: the shipped
+    /// recipe). `log` draws context lengths log-uniformly (every octave equally often) instead
+    /// of uniformly.
     #[arg(long)]
     stages: Option<String>,
     /// Model width.
@@ -58,17 +60,27 @@ pub struct TrainArgs {
     /// Stop (after saving) after this many seconds; run again to resume.
     #[arg(long)]
     time_limit: Option<u64>,
+    /// Save and evaluate an exponential moving average of the weights with this decay (e.g.
+    /// 0.999); the raw weights, for resuming, go to the `raw` folder inside `--out`.
+    #[arg(long)]
+    ema: Option<f64>,
     /// Print a step line every this many steps.
     #[arg(long, default_value_t = 25)]
     log_every: usize,
 }
 
-/// Parses `MIN-MAX:STEPS:BATCH_TOKENS[:LR],...`.
+/// Parses `MIN-MAX:STEPS:BATCH_TOKENS[:LR][:log],...`.
 fn parse_stages(text: &str) -> CliResult<Vec<Stage>> {
     text.split(',')
         .map(|s| {
-            let bad = || format!("bad stage {s:?}: expected MIN-MAX:STEPS:BATCH_TOKENS[:LR]");
-            let parts: Vec<&str> = s.trim().split(':').collect();
+            let bad = || format!("bad stage {s:?}: expected MIN-MAX:STEPS:BATCH_TOKENS[:LR][:log]");
+            let mut parts: Vec<&str> = s.trim().split(':').collect();
+            let lengths = if parts.last().is_some_and(|p| p.trim() == "log") {
+                parts.pop();
+                Lengths::LogUniform
+            } else {
+                Lengths::Uniform
+            };
             let (range, steps, batch, lr) = match parts.as_slice() {
                 [range, steps, batch] => (range, steps, batch, None),
                 [range, steps, batch, lr] => (range, steps, batch, Some(lr)),
@@ -92,6 +104,7 @@ fn parse_stages(text: &str) -> CliResult<Vec<Stage>> {
                 steps: num(steps)?,
                 batch_tokens: num(batch)?,
                 lr,
+                lengths,
             })
         })
         .collect()
@@ -113,6 +126,7 @@ impl TrainArgs {
         c.eval_items = self.eval_items.unwrap_or(c.eval_items);
         c.eval_every = self.eval_every.unwrap_or(c.eval_every);
         c.checkpoint_every = self.checkpoint_every.unwrap_or(c.checkpoint_every);
+        c.ema = self.ema.or(c.ema);
         Ok(c)
     }
 }
@@ -161,7 +175,7 @@ impl TrainJob for &TrainArgs {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_stages;
+    use super::{Lengths, parse_stages};
 
     #[test]
     fn stages_parse() {
@@ -178,5 +192,14 @@ mod tests {
         assert_eq!(s[0].lr, Some(1.5e-4));
         assert!(parse_stages("256-8000:7000:8192:-1").is_err());
         assert!(parse_stages("256-8000:7000:8192:1e-4:5").is_err());
+        let s = parse_stages("256-8000:7000:8192:1e-4:log, 96-256:10:8192:log").unwrap();
+        assert_eq!(s[0].lr, Some(1e-4));
+        assert_eq!(s[0].lengths, Lengths::LogUniform);
+        assert_eq!((s[1].lr, s[1].lengths), (None, Lengths::LogUniform));
+        assert_eq!(
+            parse_stages("96-256:10:8192").unwrap()[0].lengths,
+            Lengths::Uniform
+        );
+        assert!(parse_stages("96-256:10:log").is_err());
     }
 }

@@ -9,9 +9,11 @@
 //!   ratio drawn per example), cross-entropy on the masked tokens.
 //! - [`trainer`]: stages of growing context length, AdamW with warmup and cosine decay,
 //!   held-out accuracy during training, checkpoints that a later run resumes from.
+//! - [`average`]: an exponential moving average of the weights, saved in their place.
 
+pub mod average;
 pub mod objective;
 pub mod trainer;
 
 pub use objective::{NoisedExample, masked_loss, noise_drill, noise_example};
-pub use trainer::{Stage, TrainConfig, TrainError, TrainLog, train};
+pub use trainer::{Lengths, Stage, TrainConfig, TrainError, TrainLog, train};

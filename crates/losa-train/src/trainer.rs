@@ -26,11 +26,18 @@ use losa_tasks::{
     RetrievalSpec, TaskError, TaskVocab, exact_match, retrieval::answer_with_eos, vocab,
     write_tokenizer,
 };
-use rand::{SeedableRng, rngs::StdRng};
+use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::objective::{masked_loss, noise_drill};
+use crate::{
+    average::{AverageMismatch, WeightAverage},
+    objective::{masked_loss, noise_drill},
+};
+
+/// Where a run with a weight average keeps the raw (trained, not averaged) weights it resumes
+/// from; the run's folder itself holds the averaged model, which is what gets evaluated and used.
+pub const RAW_WEIGHTS_DIR: &str = "raw";
 
 /// Why training stopped with an error.
 #[derive(Debug, Error)]
@@ -52,12 +59,50 @@ pub enum TrainError {
         /// What happened.
         message: String,
     },
+    /// The weight average does not fit the model.
+    #[error(transparent)]
+    Average(#[from] AverageMismatch),
     /// The configuration is impossible.
     #[error("invalid training configuration: {0}")]
     Config(String),
 }
 
-/// One stage of the curriculum: contexts drawn uniformly in `[min_context, max_context]` tokens.
+/// How a stage draws each batch's context length from `[min_context, max_context]`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lengths {
+    /// Every length equally likely.
+    #[default]
+    Uniform,
+    /// Every octave equally likely (as many batches in `[n, 2n]` for any `n`): a 256-8000
+    /// stage gives 256-1024 a 40% share instead of 10%, so short contexts are not forgotten
+    /// while long ones are learnt.
+    LogUniform,
+}
+
+impl Lengths {
+    fn is_uniform(&self) -> bool {
+        *self == Lengths::Uniform
+    }
+
+    /// One context length in `[min, max]`.
+    fn draw(self, rng: &mut StdRng, min: usize, max: usize) -> usize {
+        match self {
+            Lengths::Uniform => rng.random_range(min..=max),
+            Lengths::LogUniform => {
+                let (lo, hi) = ((min.max(1) as f64).ln(), ((max + 1).max(1) as f64).ln());
+                let x = if hi > lo {
+                    rng.random_range(lo..hi)
+                } else {
+                    lo
+                };
+                (x.exp().floor() as usize).clamp(min, max)
+            }
+        }
+    }
+}
+
+/// One stage of the curriculum: contexts drawn in `[min_context, max_context]` tokens.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Stage {
     /// Shortest context, tokens.
@@ -71,6 +116,9 @@ pub struct Stage {
     /// Peak learning rate of this stage; the recipe's `lr` when `None`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lr: Option<f64>,
+    /// How the context lengths are drawn.
+    #[serde(default, skip_serializing_if = "Lengths::is_uniform")]
+    pub lengths: Lengths,
 }
 
 /// Model shape and optimisation settings.
@@ -118,6 +166,10 @@ pub struct TrainConfig {
     pub eval_every: usize,
     /// Held-out examples per evaluation.
     pub eval_items: usize,
+    /// Decay of an exponential moving average of the weights, which is then what is saved and
+    /// evaluated (the raw weights go to [`RAW_WEIGHTS_DIR`] for resuming); none when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ema: Option<f64>,
 }
 
 impl Default for TrainConfig {
@@ -150,6 +202,7 @@ impl Default for TrainConfig {
                     steps: 8000,
                     batch_tokens: 8_192,
                     lr: None,
+                    lengths: Lengths::Uniform,
                 },
                 // 8K steps here: exact match at 1024 tokens went from 72% (step 12K) to 88% (16K).
                 Stage {
@@ -158,6 +211,7 @@ impl Default for TrainConfig {
                     steps: 8000,
                     batch_tokens: 16_384,
                     lr: None,
+                    lengths: Lengths::Uniform,
                 },
                 Stage {
                     min_context: 1024,
@@ -165,6 +219,7 @@ impl Default for TrainConfig {
                     steps: 2000,
                     batch_tokens: 16_384,
                     lr: None,
+                    lengths: Lengths::Uniform,
                 },
                 // One row per batch: two 7K-token rows ran out of memory in the unfused fp32
                 // training attention on an 80 GB card.
@@ -174,6 +229,7 @@ impl Default for TrainConfig {
                     steps: 1000,
                     batch_tokens: 8_192,
                     lr: None,
+                    lengths: Lengths::Uniform,
                 },
                 // Back over every length up to 4K: 84% -> 91% at 4096 tokens, but 8000-token
                 // prompts fall to 14% (a 256-8000 mixture instead kept 63-73% there and
@@ -184,6 +240,7 @@ impl Default for TrainConfig {
                     steps: 3500,
                     batch_tokens: 16_384,
                     lr: None,
+                    lengths: Lengths::Uniform,
                 },
                 // Then the whole 256-8000 mixture at lower rates: 8000-token prompts went from
                 // 14% to 89% (first stage) and 92% (second), 4096 from 91% to 97-98%
@@ -195,6 +252,7 @@ impl Default for TrainConfig {
                     steps: 7000,
                     batch_tokens: 8_192,
                     lr: Some(1.5e-4),
+                    lengths: Lengths::Uniform,
                 },
                 Stage {
                     min_context: 256,
@@ -202,6 +260,7 @@ impl Default for TrainConfig {
                     steps: 7000,
                     batch_tokens: 8_192,
                     lr: Some(1e-4),
+                    lengths: Lengths::Uniform,
                 },
             ],
             lr: 3e-4,
@@ -213,6 +272,7 @@ impl Default for TrainConfig {
             checkpoint_every: 250,
             eval_every: 250,
             eval_items: 32,
+            ema: None,
         }
     }
 }
@@ -291,6 +351,13 @@ impl TrainConfig {
                 )));
             }
         }
+        if let Some(decay) = self.ema
+            && !(decay > 0.0 && decay < 1.0)
+        {
+            return Err(TrainError::Config(format!(
+                "the weight average's decay must be in (0, 1), got {decay}"
+            )));
+        }
         if self.lr.is_nan() || self.lr <= 0.0 {
             return Err(TrainError::Config(format!(
                 "lr must be positive, got {}",
@@ -336,6 +403,44 @@ mod tests {
         let mid = first + c.stages[1].steps / 2;
         assert!(c.lr_at(mid, 0) < 0.01 * c.lr);
         assert!(c.lr_at(mid, warmup) > 0.5 * c.lr);
+    }
+
+    #[test]
+    fn log_uniform_lengths_give_every_octave_an_equal_share() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let (min, max, n) = (256, 8191, 20_000);
+        let draws: Vec<usize> = (0..n)
+            .map(|_| Lengths::LogUniform.draw(&mut rng, min, max))
+            .collect();
+        assert!(draws.iter().all(|&c| (min..=max).contains(&c)));
+        // Five octaves from 256 to 8192: a fifth each (uniform would give 256-512 3%).
+        let share = |lo: usize| draws.iter().filter(|&&c| (lo..2 * lo).contains(&c)).count();
+        for lo in [256, 512, 1024, 2048, 4096] {
+            let f = share(lo) as f64 / n as f64;
+            assert!((f - 0.2).abs() < 0.02, "octave {lo}: {f}");
+        }
+        assert_eq!(Lengths::LogUniform.draw(&mut rng, 300, 300), 300);
+        let uniform = (0..n)
+            .filter(|_| Lengths::Uniform.draw(&mut rng, min, max) < 512)
+            .count();
+        assert!((uniform as f64 / n as f64) < 0.05);
+    }
+
+    #[test]
+    fn a_weight_average_decay_outside_0_1_is_refused() {
+        let vocab = TaskVocab::new();
+        for decay in [0.0, 1.0, 1.5, f64::NAN] {
+            let c = TrainConfig {
+                ema: Some(decay),
+                ..TrainConfig::default()
+            };
+            assert!(matches!(c.validate(&vocab), Err(TrainError::Config(_))));
+        }
+        let c = TrainConfig {
+            ema: Some(0.999),
+            ..TrainConfig::default()
+        };
+        assert!(c.validate(&vocab).is_ok());
     }
 
     #[test]
@@ -423,8 +528,20 @@ fn file_error(path: &Path, e: impl std::fmt::Display) -> TrainError {
     }
 }
 
-fn save<B: LosaBackend>(model: &DlmModel<B>, log: &TrainLog, out: &Path) -> Result<(), TrainError> {
-    model.save_sdar(out)?;
+/// Saves the published model (averaged, if the run averages) and the log into `out`, and the raw
+/// weights, where they differ, into its [`RAW_WEIGHTS_DIR`].
+fn save<B: LosaBackend>(
+    model: &DlmModel<B>,
+    average: Option<&WeightAverage<B>>,
+    log: &TrainLog,
+    out: &Path,
+) -> Result<(), TrainError> {
+    if let Some(average) = average {
+        model.save_sdar(&out.join(RAW_WEIGHTS_DIR))?;
+        average.apply(model.clone())?.save_sdar(out)?;
+    } else {
+        model.save_sdar(out)?;
+    }
     let path = out.join("training.json");
     let partial = out.join("training.json.partial");
     let text = serde_json::to_string_pretty(log).map_err(|e| file_error(&path, e))?;
@@ -478,7 +595,13 @@ where
         let text = std::fs::read_to_string(&log_path).map_err(|e| file_error(&log_path, e))?;
         let log: TrainLog = serde_json::from_str(&text).map_err(|e| file_error(&log_path, e))?;
         log.config.validate(&vocab)?;
-        let model = load::<B>(out, device, FloatDType::F32)?;
+        let raw = out.join(RAW_WEIGHTS_DIR);
+        let from = if log.config.ema.is_some() && raw.join("config.json").exists() {
+            &raw
+        } else {
+            out
+        };
+        let model = load::<B>(from, device, FloatDType::F32)?;
         (model, log)
     } else {
         config.validate(&vocab)?;
@@ -499,6 +622,16 @@ where
         (model, log)
     };
     let cfg = log.config.clone();
+    // A resumed run's average continues from the averaged weights it saved; a new one (or one
+    // whose recipe just gained an average) starts at the weights being trained.
+    let mut average = match cfg.ema {
+        Some(decay) if out.join(RAW_WEIGHTS_DIR).join("config.json").exists() => {
+            let saved = load::<B::InnerBackend>(out, device, FloatDType::F32)?;
+            Some(WeightAverage::new(&saved, decay))
+        }
+        Some(decay) => Some(WeightAverage::new(&model.valid(), decay)),
+        None => None,
+    };
     let (mask, eos) = (vocab.known(vocab::MASK), vocab.known(vocab::EOS));
     let mut optim = AdamWConfig::new()
         .with_beta_2(0.95)
@@ -514,7 +647,9 @@ where
     while let Some((stage_index, stage)) = cfg.stage_at(log.steps_done) {
         let step = log.steps_done;
         let mut rng = StdRng::seed_from_u64(cfg.seed ^ (step as u64).wrapping_mul(0x9E37_79B9));
-        let context = rand::Rng::random_range(&mut rng, stage.min_context..=stage.max_context);
+        let context = stage
+            .lengths
+            .draw(&mut rng, stage.min_context, stage.max_context);
         let batch = (stage.batch_tokens / context).max(1);
         let spec = RetrievalSpec::new(context);
         let questions = cfg.questions_at(context);
@@ -547,6 +682,9 @@ where
         }
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optim.step(lr, model, grads);
+        if let Some(average) = &mut average {
+            average.update(&model.valid())?;
+        }
         log.steps_done += 1;
         let record = StepRecord {
             step: log.steps_done,
@@ -562,14 +700,18 @@ where
             .is_none_or(|(next, _)| next != stage_index);
         let out_of_time = limits.time.is_some_and(|t| started.elapsed() >= t);
         if log.steps_done.is_multiple_of(cfg.eval_every.max(1)) || stage_done {
-            let mut eval = evaluate(&model.valid(), &vocab, stage.max_context, cfg.eval_items)?;
+            let published = match &average {
+                Some(average) => average.apply(model.valid())?,
+                None => model.valid(),
+            };
+            let mut eval = evaluate(&published, &vocab, stage.max_context, cfg.eval_items)?;
             eval.step = log.steps_done;
             on_event(Event::Eval(&eval));
             log.evals.push(eval);
         }
         if log.steps_done.is_multiple_of(cfg.checkpoint_every.max(1)) || stage_done || out_of_time {
             log.seconds = prior_seconds + started.elapsed().as_secs_f64();
-            save(&model.valid(), &log, out)?;
+            save(&model.valid(), average.as_ref(), &log, out)?;
             on_event(Event::Saved(log.steps_done));
         }
         if out_of_time {
@@ -577,6 +719,6 @@ where
         }
     }
     log.seconds = prior_seconds + started.elapsed().as_secs_f64();
-    save(&model.valid(), &log, out)?;
+    save(&model.valid(), average.as_ref(), &log, out)?;
     Ok(log)
 }
