@@ -78,3 +78,24 @@ fn stop_ids_stay_within_the_vocabulary() {
         "the task vocabulary's end of text only"
     );
 }
+
+/// Weights drawn on the device (benchmarks) follow the host path's initialisation: matrices
+/// uniform with mean 0 and standard deviation 0.02, norm weights one; a seed repeats them.
+#[test]
+fn device_drawn_weights_have_the_initialisation_distribution() {
+    let device = Default::default();
+    let draw = |seed| {
+        DlmModel::<Ref>::random_on_device(fixture_config(), &device, FloatDType::F32, seed)
+            .unwrap()
+    };
+    let model = draw(5);
+    let gate = host(&model.layers[0].mlp.gate.weight.val());
+    let n = gate.len() as f64;
+    let mean = gate.iter().sum::<f64>() / n;
+    let std = (gate.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt();
+    assert!(mean.abs() < 2e-3, "mean {mean}");
+    assert!((std - 0.02).abs() < 2e-3, "std {std}");
+    assert!(gate.iter().all(|x| x.abs() <= 0.02 * 3f64.sqrt()));
+    assert!(host(&model.norm.weight.val()).iter().all(|&w| w == 1.0));
+    assert_eq!(gate, host(&draw(5).layers[0].mlp.gate.weight.val()));
+}

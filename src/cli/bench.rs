@@ -149,8 +149,9 @@ impl Job for &GenerateBenchArgs {
         let config = args.shape.config(longest + args.blocks * block + block);
         let weights_bytes = weight_count(&config) * dtype_bytes(args.dtype);
         let started = std::time::Instant::now();
-        let base = DlmModel::<B>::random(config.clone(), device, args.dtype.float(), args.seed)
-            .map_err(|e| e.to_string())?;
+        let base =
+            DlmModel::<B>::random_on_device(config.clone(), device, args.dtype.float(), args.seed)
+                .map_err(|e| e.to_string())?;
         eprintln!(
             "{:?}: {:.2}B parameters built in {:.0} s",
             args.shape,

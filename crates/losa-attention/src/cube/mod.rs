@@ -41,6 +41,21 @@ pub(crate) fn elemwise_count<R: Runtime>(
     )
 }
 
+/// An output of `shape` with no elements, allocated without a launch: CUDA refuses a launch of
+/// zero cubes, which the reference's tensor ops would make on empty inputs.
+fn no_elements<R: CubeRuntime, const D: usize>(
+    like: &CubeTensor<R>,
+    shape: [usize; D],
+    dtype: DType,
+) -> CubeTensor<R> {
+    burn_cubecl::ops::numeric::empty_device_contiguous_dtype::<R>(
+        like.client.clone(),
+        like.device.clone(),
+        burn::tensor::Shape::new(shape),
+        dtype,
+    )
+}
+
 /// Kernels index K/V through their strides (so a view into a larger KV buffer is read in place)
 /// but need the channel dimension packed.
 pub(crate) fn channel_contiguous<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
@@ -150,12 +165,13 @@ where
             fallback("page scores", "dtypes the kernel does not take");
             return on_primitives::page_scores::<Self>(q, lo, hi);
         }
-        let empty = q.meta.shape().num_elements() == 0 || lo.meta.shape()[2] == 0;
-        if empty || !pages::scores_fit(&q) {
-            fallback(
-                "page scores",
-                "no rows or pages, or a head too wide for shared memory",
-            );
+        let [b, hq, s, _] = q.meta.shape().dims::<4>();
+        let pages = lo.meta.shape()[2];
+        if b * hq * s * pages == 0 {
+            return no_elements(&q, [b, hq, s, pages], DType::F32);
+        }
+        if !pages::scores_fit(&q) {
+            fallback("page scores", "a head too wide for shared memory");
             return on_primitives::page_scores::<Self>(q, lo, hi);
         }
         pages::page_scores(q, lo, hi)
@@ -189,12 +205,12 @@ where
     }
 
     fn losa_query_change(q: FloatTensor<Self>, q_cached: FloatTensor<Self>) -> FloatTensor<Self> {
-        if !kernel_float(q.dtype) || q_cached.dtype != q.dtype || q.meta.shape().num_elements() == 0
-        {
-            fallback(
-                "query change",
-                "dtypes the kernel does not take, or no rows",
-            );
+        let [b, _, s, _] = q.meta.shape().dims::<4>();
+        if b * s == 0 {
+            return no_elements(&q, [b, s], DType::F32);
+        }
+        if !kernel_float(q.dtype) || q_cached.dtype != q.dtype {
+            fallback("query change", "dtypes the kernel does not take");
             return on_primitives::query_change::<Self>(q, q_cached);
         }
         rows::query_change(q, q_cached)
