@@ -85,8 +85,7 @@ fn stop_ids_stay_within_the_vocabulary() {
 fn device_drawn_weights_have_the_initialisation_distribution() {
     let device = Default::default();
     let draw = |seed| {
-        DlmModel::<Ref>::random_on_device(fixture_config(), &device, FloatDType::F32, seed)
-            .unwrap()
+        DlmModel::<Ref>::random_on_device(fixture_config(), &device, FloatDType::F32, seed).unwrap()
     };
     let model = draw(5);
     let gate = host(&model.layers[0].mlp.gate.weight.val());

@@ -37,6 +37,8 @@ fn micro() -> TrainConfig {
         eval_items: 2,
         eval_every: 100,
         checkpoint_every: 100,
+        // The plain path; the weight average has its own test.
+        ema: None,
         ..TrainConfig::default()
     }
 }

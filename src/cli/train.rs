@@ -60,8 +60,9 @@ pub struct TrainArgs {
     /// Stop (after saving) after this many seconds; run again to resume.
     #[arg(long)]
     time_limit: Option<u64>,
-    /// Save and evaluate an exponential moving average of the weights with this decay (e.g.
-    /// 0.999); the raw weights, for resuming, go to the `raw` folder inside `--out`.
+    /// Save and evaluate an exponential moving average of the weights with this decay (the
+    /// recipe's is 0.999; 0 turns it off); the raw weights, for resuming, go to the `raw` folder
+    /// inside `--out`.
     #[arg(long)]
     ema: Option<f64>,
     /// Print a step line every this many steps.
@@ -126,7 +127,11 @@ impl TrainArgs {
         c.eval_items = self.eval_items.unwrap_or(c.eval_items);
         c.eval_every = self.eval_every.unwrap_or(c.eval_every);
         c.checkpoint_every = self.checkpoint_every.unwrap_or(c.checkpoint_every);
-        c.ema = self.ema.or(c.ema);
+        c.ema = match self.ema {
+            Some(0.0) => None,
+            Some(decay) => Some(decay),
+            None => c.ema,
+        };
         Ok(c)
     }
 }
