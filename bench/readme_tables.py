@@ -7,6 +7,7 @@
   bench/results/eval-retrieval.json (`losa eval --sweep`) and bench/results/eval-retrieval-static.json
   (`losa eval --sweep --policy low_confidence_static --steps 4`)
 - generate-table: bench/results/generate-h100.json (`losa bench generate` + `bench/generate_anchor.py`)
+- generate-unfused-table: bench/results/generate-h100-unfused.json (the same with `--device cuda-unfused`)
 - variants-table: bench/results/train-retrieval-variants.json (`bench/merge_evals.py` over `losa eval` results)
 - matmul-table: bench/results/matmul-h100.json (`losa bench matmul`)
 """
@@ -24,6 +25,9 @@ EVAL_RESULTS = [
 EVAL_START, EVAL_END = "<!-- eval-table:start -->", "<!-- eval-table:end -->"
 GEN_RESULT = os.path.join(ROOT, "bench", "results", "generate-h100.json")
 GEN_START, GEN_END = "<!-- generate-table:start -->", "<!-- generate-table:end -->"
+GEN_UNFUSED_RESULT = os.path.join(ROOT, "bench", "results", "generate-h100-unfused.json")
+GEN_UNFUSED_START = "<!-- generate-unfused-table:start -->"
+GEN_UNFUSED_END = "<!-- generate-unfused-table:end -->"
 VARIANTS_RESULT = os.path.join(ROOT, "bench", "results", "train-retrieval-variants.json")
 VARIANTS_START, VARIANTS_END = "<!-- variants-table:start -->", "<!-- variants-table:end -->"
 MATMUL_RESULT = os.path.join(ROOT, "bench", "results", "matmul-h100.json")
@@ -67,10 +71,12 @@ def table(data, budget=256, page=16):
 
 
 def backend_name(backend):
-    """A readable name of a burn backend type name."""
+    """A readable name of a burn backend type name (CubeCL backends say whether burn-fusion wraps them)."""
     for key, name in (("Cuda", "CUDA"), ("Wgpu", "wgpu"), ("NdArray", "NdArray (CPU)")):
         if key in backend:
-            return name
+            if key == "NdArray":
+                return name
+            return name + (" with burn-fusion" if "Fusion<" in backend else " without burn-fusion")
     return backend
 
 
@@ -133,7 +139,8 @@ def generate_table(data):
         return hits[0] if hits else None
 
     out = [
-        f"{data['card']} (driver {data['driver']}, copy bandwidth {bw:.0f} GB/s), `{data['shape']}` shape with random "
+        f"{data['card']} (driver {data['driver']}, copy bandwidth {bw:.0f} GB/s), {backend_name(data['backend'])}, "
+        f"`{data['shape']}` shape with random "
         f"{data['dtype']} weights ({weights / gib:.1f} GiB; KV {kv / 1024:.0f} KiB per token), block "
         f"{data['block_size']}, fixed quotas, budget {data['budget']}, page {data['page_size']}, LoSA top-"
         f"{data['active']}, {data['dense_layers']} dense layers; commit `{data['commit']}`. ms per denoising step "
@@ -226,6 +233,9 @@ def main():
     if os.path.exists(GEN_RESULT) and GEN_START in readme:
         with open(GEN_RESULT) as f:
             readme = replace(readme, GEN_START, GEN_END, generate_table(json.load(f)))
+    if os.path.exists(GEN_UNFUSED_RESULT) and GEN_UNFUSED_START in readme:
+        with open(GEN_UNFUSED_RESULT) as f:
+            readme = replace(readme, GEN_UNFUSED_START, GEN_UNFUSED_END, generate_table(json.load(f)))
     if os.path.exists(VARIANTS_RESULT) and VARIANTS_START in readme:
         with open(VARIANTS_RESULT) as f:
             readme = replace(readme, VARIANTS_START, VARIANTS_END, variants_table(json.load(f)))
