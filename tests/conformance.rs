@@ -369,6 +369,49 @@ fn empty_and_nan_inputs_keep_the_row_and_page_kernels_sound() {
     );
 }
 
+/// The RMSNorm kernel against the reference: rows of 4096 (a hidden state), 128 (a q/k head),
+/// ragged widths that force narrower vectors (96, 30), a strided view (the first 64 channels of
+/// rows 96 wide), and more rows than one grid dimension holds (70,000). The reference runs in
+/// fp32 on the same (rounded) inputs; the kernel rounds the normalised row to the dtype under
+/// test before the weight, as the reference does on the device.
+#[test]
+fn rms_norm_matches_reference() {
+    let (_, atol, rtol) = dut_dtype();
+    for (rows, dim, view) in [
+        (16, 4096, None),
+        (48, 128, None),
+        (5, 96, None),
+        (33, 30, None),
+        (7, 96, Some(64)),
+        (70_000, 8, None),
+    ] {
+        let (xd, xr) = pair2(71, rows, dim);
+        let channels = view.unwrap_or(dim);
+        let (wd, wr) = pair2(72, 1, channels);
+        let (wd, wr) = (wd.reshape([channels]), wr.reshape([channels]));
+        let (xd, xr) = match view {
+            Some(n) => (xd.narrow(1, 0, n), xr.narrow(1, 0, n)),
+            None => (xd, xr),
+        };
+        let expected = ops::rms_norm(xr, wr, 1e-6).unwrap();
+        let got = ops::rms_norm(xd, wd, 1e-6).unwrap();
+        assert_eq!(got.dims(), expected.dims());
+        assert_close(
+            &format!("rms norm {rows}x{dim} (view {view:?})"),
+            &host(&got),
+            &host(&expected),
+            atol,
+            rtol,
+        );
+    }
+    // Bad input is refused before any launch.
+    let (x, _) = pair2(73, 4, 8);
+    let (w, _) = pair2(74, 1, 7);
+    assert!(ops::rms_norm(x.clone(), w.reshape([7]), 1e-6).is_err());
+    let (w, _) = pair2(75, 1, 8);
+    assert!(ops::rms_norm(x, w.reshape([8]), f64::NAN).is_err());
+}
+
 /// A seeded `[rows, cols]` matrix: the device tensor in the dtype under test, and the reference's.
 fn pair2(seed: u64, rows: usize, cols: usize) -> (Tensor<Dut, 2>, Tensor<Ref, 2>) {
     let (d, r) = pair(seed, [1, 1, rows, cols]);

@@ -4,15 +4,16 @@
 use burn::{
     module::{Module, Param},
     nn::Linear,
-    tensor::{FloatDType, Tensor, TensorData, backend::Backend},
+    tensor::{Tensor, TensorData, backend::Backend},
 };
 
-use losa_attention::{LosaBackend, ops};
+use losa_attention::{LosaBackend, LosaError, ops};
 
 use crate::config::RopeScaling;
 
 /// RMSNorm `w * x * rsqrt(mean(x^2) + eps)`, computed in fp32 and cast back before the weight
-/// (as the Qwen and LLaMA references do).
+/// (as the Qwen and LLaMA references do), through [`ops::rms_norm`]: one kernel on the CubeCL
+/// backends, the reference's tensor ops elsewhere and under autodiff.
 #[derive(Module, Debug)]
 pub struct RmsNorm<B: Backend> {
     /// Per-channel gain.
@@ -22,23 +23,15 @@ pub struct RmsNorm<B: Backend> {
     pub eps: f64,
 }
 
-impl<B: Backend> RmsNorm<B> {
-    /// Normalises the last dimension.
-    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let dtype = x.dtype();
-        let x32 = x.clone().cast(FloatDType::F32);
-        let rms = (x32.clone() * x32)
-            .mean_dim(D - 1)
-            .add_scalar(self.eps)
-            .sqrt()
-            .recip();
-        // Cast `x` again rather than reuse the fp32 copy across the reduction: burn-cubecl-fusion
-        // 0.21 panics (`ir.rs:500`, tracel-ai/burn#5292) when a fused reduce's reference layout is
-        // an intermediate the block also writes out, which the reused cast became in f16/bf16.
-        let normed = (x.cast(FloatDType::F32) * rms).cast(dtype);
-        let w = self.weight.val();
-        let shape: [usize; D] = core::array::from_fn(|i| if i == D - 1 { w.dims()[0] } else { 1 });
-        normed * w.reshape(shape)
+impl<B: LosaBackend> RmsNorm<B> {
+    /// Normalises the last dimension (`x` is viewed as rows of it: pass a tensor whose last
+    /// dimension is packed, or the view costs a copy).
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Result<Tensor<B, D>, LosaError> {
+        let dims = x.dims();
+        let dim = dims[D - 1];
+        let rows = dims[..D - 1].iter().product::<usize>();
+        let y = ops::rms_norm(x.reshape([rows, dim]), self.weight.val(), self.eps)?;
+        Ok(y.reshape(dims))
     }
 }
 
@@ -164,20 +157,26 @@ impl<B: LosaBackend> AttentionProj<B> {
         &self,
         x: Tensor<B, 3>,
         rope: &RopeTables<B>,
-    ) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+    ) -> Result<(Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>), LosaError> {
         let [b, s, _] = x.dims();
-        let split =
-            |t: Tensor<B, 3>, heads: usize| t.reshape([b, s, heads, self.head_dim]).swap_dims(1, 2);
+        // `[b, s, heads, d]`: the per-head norms run on this packed layout, before the heads
+        // move in front of the positions.
+        let split = |t: Tensor<B, 3>, heads: usize| t.reshape([b, s, heads, self.head_dim]);
         let mut q = split(linear(&self.q, x.clone()), self.heads);
         let mut k = split(linear(&self.k, x.clone()), self.kv_heads);
         let v = split(linear(&self.v, x), self.kv_heads);
         if let Some(norm) = &self.q_norm {
-            q = norm.forward(q);
+            q = norm.forward(q)?;
         }
         if let Some(norm) = &self.k_norm {
-            k = norm.forward(k);
+            k = norm.forward(k)?;
         }
-        (rope.apply(q), rope.apply(k), v)
+        let heads_first = |t: Tensor<B, 4>| t.swap_dims(1, 2);
+        Ok((
+            rope.apply(heads_first(q)),
+            rope.apply(heads_first(k)),
+            heads_first(v),
+        ))
     }
 
     /// Output projection of the attention result `[b, heads, s, d]`.

@@ -277,8 +277,8 @@ impl<B: LosaBackend> DlmModel<B> {
         };
         let mut stats = Vec::new();
         for (l, layer) in self.layers.iter().enumerate() {
-            let h = layer.attn_norm.forward(x.clone());
-            let (q, k, v) = layer.attn.qkv(h, &rope);
+            let h = layer.attn_norm.forward(x.clone())?;
+            let (q, k, v) = layer.attn.qkv(h, &rope)?;
             Lap::mark::<B>(&mut lap, &device, Part::Rest)?;
             let attn = match &mut keys {
                 Keys::Masked(cache, keep) => {
@@ -325,10 +325,10 @@ impl<B: LosaBackend> DlmModel<B> {
             Lap::mark::<B>(&mut lap, &device, Part::Attention)?;
             x = x + layer.attn.out(attn);
             Lap::mark::<B>(&mut lap, &device, Part::Rest)?;
-            x = x.clone() + layer.mlp.forward(layer.mlp_norm.forward(x));
+            x = x.clone() + layer.mlp.forward(layer.mlp_norm.forward(x)?);
             Lap::mark::<B>(&mut lap, &device, Part::Mlp)?;
         }
-        let x = self.norm.forward(x);
+        let x = self.norm.forward(x)?;
         let logits = match &self.lm_head {
             Some(head) => linear(head, x),
             None => project(x, embed.transpose()),

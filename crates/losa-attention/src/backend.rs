@@ -98,6 +98,17 @@ pub trait LosaBackend: Backend {
     fn losa_few_row_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
         on_primitives::few_row_matmul::<Self>(x, w)
     }
+
+    /// RMSNorm of each row of `x` `[rows, dim]` by `weight` `[dim]`: one launch where the
+    /// reference takes about ten tensor operations, whose per-operation host cost dominated a
+    /// decoding step. See [`crate::reference::rms_norm`].
+    fn losa_rms_norm(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
+        on_primitives::rms_norm::<Self>(x, weight, eps)
+    }
 }
 
 /// The reference functions on primitives: the trait's default bodies, and the fallback of
@@ -197,5 +208,13 @@ pub(crate) mod on_primitives {
         w: FloatTensor<B>,
     ) -> FloatTensor<B> {
         prim(reference::few_row_matmul::<B>(float(x), float(w)))
+    }
+
+    pub(crate) fn rms_norm<B: Backend>(
+        x: FloatTensor<B>,
+        weight: FloatTensor<B>,
+        eps: f64,
+    ) -> FloatTensor<B> {
+        prim(reference::rms_norm::<B>(float(x), float(weight), eps))
     }
 }

@@ -38,6 +38,9 @@ enum Call {
     },
     ScatterRows,
     FewRowMatmul,
+    RmsNorm {
+        eps: f64,
+    },
 }
 
 impl Call {
@@ -52,6 +55,7 @@ impl Call {
             Call::ActiveRows { .. } => "losa_active_rows",
             Call::ScatterRows => "losa_scatter_rows",
             Call::FewRowMatmul => "losa_few_row_matmul",
+            Call::RmsNorm { .. } => "losa_rms_norm",
         }
     }
 }
@@ -128,6 +132,10 @@ impl<B: FusionBackend + LosaBackend> Operation<B::FusionRuntime> for LosaOp<B> {
             Call::FewRowMatmul => {
                 let (x, w) = (float(handles, 0), float(handles, 1));
                 handles.register_float_tensor::<B>(&outputs[0].id, B::losa_few_row_matmul(x, w));
+            }
+            Call::RmsNorm { eps } => {
+                let (x, w) = (float(handles, 0), float(handles, 1));
+                handles.register_float_tensor::<B>(&outputs[0].id, B::losa_rms_norm(x, w, eps));
             }
         }
     }
@@ -263,5 +271,14 @@ impl<B: FusionBackend + LosaBackend> LosaBackend for Fusion<B> {
     fn losa_few_row_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
         let outputs = [(vec![x.shape[0], w.shape[1]], x.dtype)];
         register::<B>(Call::FewRowMatmul, vec![x, w], &outputs).remove(0)
+    }
+
+    fn losa_rms_norm(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
+        let outputs = [(x.shape.dims::<2>().to_vec(), x.dtype)];
+        register::<B>(Call::RmsNorm { eps }, vec![x, weight], &outputs).remove(0)
     }
 }

@@ -258,6 +258,40 @@ pub fn few_row_matmul<B: LosaBackend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Resul
     Ok(float(B::losa_few_row_matmul(prim(x), prim(w))))
 }
 
+/// RMSNorm of each row, `weight * x * rsqrt(mean(x^2) + eps)`: fp32 statistics, the normalised
+/// row cast back to `x`'s dtype before the weight (as the Qwen and LLaMA references do). One
+/// kernel on the CubeCL backends; the reference's tensor ops elsewhere (and under autodiff).
+///
+/// # Shapes
+/// `x`: `[rows, dim]`, `weight`: `[dim]` -> `[rows, dim]`.
+pub fn rms_norm<B: LosaBackend>(
+    x: Tensor<B, 2>,
+    weight: Tensor<B, 1>,
+    eps: f64,
+) -> Result<Tensor<B, 2>> {
+    let [rows, dim] = x.dims();
+    if weight.dims() != [dim] {
+        return Err(mismatch(
+            "rms_norm: weight [dim] against x [rows, dim]",
+            &weight.dims(),
+            &[dim],
+        ));
+    }
+    if !(eps.is_finite() && eps >= 0.0) {
+        return Err(LosaError::InvalidConfig(format!(
+            "rms_norm: eps must be finite and non-negative, got {eps}"
+        )));
+    }
+    if x.device() != weight.device() {
+        return Err(LosaError::DeviceMismatch("x and weight".into()));
+    }
+    if rows == 0 || dim == 0 {
+        // Nothing to normalise: the empty input is the empty output.
+        return Ok(x);
+    }
+    Ok(float(B::losa_rms_norm(prim(x), prim(weight), eps)))
+}
+
 /// The `k` rows with the largest scores (largest first, ties to the lower index).
 ///
 /// # Shapes

@@ -8,6 +8,7 @@
 mod attention;
 mod few_rows;
 mod merge;
+mod norm;
 mod pages;
 mod rows;
 
@@ -252,5 +253,17 @@ where
             return on_primitives::few_row_matmul::<Self>(x, w);
         }
         few_rows::few_row_matmul(x, w)
+    }
+
+    fn losa_rms_norm(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
+        if !kernel_float(x.dtype) || weight.dtype != x.dtype {
+            fallback("rms norm", "dtypes the kernel does not take");
+            return on_primitives::rms_norm::<Self>(x, weight, eps);
+        }
+        norm::rms_norm(x, weight, eps)
     }
 }
