@@ -412,6 +412,72 @@ fn rms_norm_matches_reference() {
     assert!(ops::rms_norm(x, w.reshape([8]), f64::NAN).is_err());
 }
 
+/// The rotary-embedding kernel against the reference: the model's layout (heads swapped in
+/// front of the positions, a strided view), a contiguous tensor, and the smallest head (2
+/// channels). Random tables stand in for cos/sin: the kernel must only pair and weight the
+/// channel halves as the reference does.
+#[test]
+fn rope_matches_reference() {
+    let (_, atol, rtol) = dut_dtype();
+    for (b, h, s, d, swapped) in [
+        (1, 4, 16, 128, true),
+        (2, 3, 5, 32, false),
+        (1, 2, 3, 2, true),
+    ] {
+        let (xd, xr) = if swapped {
+            let (xd, xr) = pair(81, [b, s, h, d]);
+            (xd.swap_dims(1, 2), xr.swap_dims(1, 2))
+        } else {
+            pair(81, [b, h, s, d])
+        };
+        let (cd, cr) = pair2(82, s, d);
+        let (sd, sr) = pair2(83, s, d);
+        let expected = ops::rope(xr, cr, sr).unwrap();
+        let got = ops::rope(xd, cd, sd).unwrap();
+        assert_eq!(got.dims(), [b, h, s, d]);
+        // Three rounded bf16/f16 operations in the reference against one in the kernel.
+        assert_close(
+            &format!("rope {b}x{h}x{s}x{d} (swapped {swapped})"),
+            &host(&got),
+            &host(&expected),
+            2.0 * atol,
+            2.0 * rtol,
+        );
+    }
+    let (x, _) = pair(84, [1, 1, 2, 3]);
+    let (t, _) = pair2(85, 2, 3);
+    assert!(ops::rope(x, t.clone(), t).is_err(), "odd channel count");
+    let (x, _) = pair(86, [1, 1, 2, 4]);
+    let (t, _) = pair2(87, 3, 4);
+    assert!(
+        ops::rope(x, t.clone(), t).is_err(),
+        "table of other positions"
+    );
+}
+
+/// The SwiGLU kernel against the reference, over vector widths 4, 2 and 1 (f32) and a
+/// projection-sized row.
+#[test]
+fn swiglu_matches_reference() {
+    let (_, atol, rtol) = dut_dtype();
+    for (rows, n) in [(16, 3072), (5, 30), (3, 7)] {
+        let (gd, gr) = pair2(91, rows, n);
+        let (ud, ur) = pair2(92, rows, n);
+        let expected = ops::swiglu(gr, ur).unwrap();
+        let got = ops::swiglu(gd, ud).unwrap();
+        assert_close(
+            &format!("swiglu {rows}x{n}"),
+            &host(&got),
+            &host(&expected),
+            2.0 * atol,
+            2.0 * rtol,
+        );
+    }
+    let (g, _) = pair2(93, 2, 3);
+    let (u, _) = pair2(94, 3, 2);
+    assert!(ops::swiglu(g, u).is_err());
+}
+
 /// A seeded `[rows, cols]` matrix: the device tensor in the dtype under test, and the reference's.
 fn pair2(seed: u64, rows: usize, cols: usize) -> (Tensor<Dut, 2>, Tensor<Ref, 2>) {
     let (d, r) = pair(seed, [1, 1, rows, cols]);

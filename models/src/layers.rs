@@ -36,12 +36,12 @@ impl<B: LosaBackend> RmsNorm<B> {
 }
 
 /// NeoX-style rotary tables: `cos`/`sin` of `cat(freqs, freqs)` at absolute positions
-/// `start..start + seq`, `[1, 1, seq, head_dim]`. Built once per forward pass and shared by every
+/// `start..start + seq`, `[seq, head_dim]`. Built once per forward pass and shared by every
 /// layer (the positions are the same in all of them).
 #[derive(Debug, Clone)]
 pub struct RopeTables<B: Backend> {
-    cos: Tensor<B, 4>,
-    sin: Tensor<B, 4>,
+    cos: Tensor<B, 2>,
+    sin: Tensor<B, 2>,
 }
 
 impl<B: Backend> RopeTables<B> {
@@ -73,24 +73,21 @@ impl<B: Backend> RopeTables<B> {
                 }
             }
         }
-        let table = |v: Vec<f32>| {
-            Tensor::<B, 2>::from_data(TensorData::new(v, [s, d]), device)
-                .cast(dtype)
-                .reshape([1, 1, s, d])
-        };
+        let table =
+            |v: Vec<f32>| Tensor::<B, 2>::from_data(TensorData::new(v, [s, d]), device).cast(dtype);
         Self {
             cos: table(cos),
             sin: table(sin),
         }
     }
 
-    /// `x * cos + rotate_half(x) * sin` for `x` `[b, heads, seq, head_dim]`.
-    pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let half = x.dims()[3] / 2;
-        let x1 = x.clone().narrow(3, 0, half);
-        let x2 = x.clone().narrow(3, half, half);
-        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-        x * self.cos.clone() + rotated * self.sin.clone()
+    /// `x * cos + rotate_half(x) * sin` for `x` `[b, heads, seq, head_dim]`, through
+    /// [`ops::rope`].
+    pub fn apply(&self, x: Tensor<B, 4>) -> Result<Tensor<B, 4>, LosaError>
+    where
+        B: LosaBackend,
+    {
+        ops::rope(x, self.cos.clone(), self.sin.clone())
     }
 }
 
@@ -173,8 +170,8 @@ impl<B: LosaBackend> AttentionProj<B> {
         }
         let heads_first = |t: Tensor<B, 4>| t.swap_dims(1, 2);
         Ok((
-            rope.apply(heads_first(q)),
-            rope.apply(heads_first(k)),
+            rope.apply(heads_first(q))?,
+            rope.apply(heads_first(k))?,
             heads_first(v),
         ))
     }
@@ -198,10 +195,13 @@ pub struct Mlp<B: Backend> {
 }
 
 impl<B: LosaBackend> Mlp<B> {
-    /// Applies the MLP.
-    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let gate = burn::tensor::activation::silu(linear(&self.gate, x.clone()));
-        linear(&self.down, gate * linear(&self.up, x))
+    /// Applies the MLP (the gate through [`ops::swiglu`]).
+    pub fn forward(&self, x: Tensor<B, 3>) -> Result<Tensor<B, 3>, LosaError> {
+        let gate = linear(&self.gate, x.clone());
+        let up = linear(&self.up, x);
+        let [b, s, n] = gate.dims();
+        let gated = ops::swiglu(gate.reshape([b * s, n]), up.reshape([b * s, n]))?;
+        Ok(linear(&self.down, gated.reshape([b, s, n])))
     }
 }
 

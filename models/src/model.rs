@@ -325,7 +325,7 @@ impl<B: LosaBackend> DlmModel<B> {
             Lap::mark::<B>(&mut lap, &device, Part::Attention)?;
             x = x + layer.attn.out(attn);
             Lap::mark::<B>(&mut lap, &device, Part::Rest)?;
-            x = x.clone() + layer.mlp.forward(layer.mlp_norm.forward(x)?);
+            x = x.clone() + layer.mlp.forward(layer.mlp_norm.forward(x)?)?;
             Lap::mark::<B>(&mut lap, &device, Part::Mlp)?;
         }
         let x = self.norm.forward(x)?;

@@ -109,6 +109,22 @@ pub trait LosaBackend: Backend {
     ) -> FloatTensor<Self> {
         on_primitives::rms_norm::<Self>(x, weight, eps)
     }
+
+    /// NeoX rotary embedding of `x` `[b, heads, s, d]` by the `[s, d]` tables: one launch for
+    /// the reference's five. See [`crate::reference::rope`].
+    fn losa_rope(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        on_primitives::rope::<Self>(x, cos, sin)
+    }
+
+    /// `silu(gate) * up` (the MLP's gate): one launch for the reference's two or three.
+    /// See [`crate::reference::swiglu`].
+    fn losa_swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+        on_primitives::swiglu::<Self>(gate, up)
+    }
 }
 
 /// The reference functions on primitives: the trait's default bodies, and the fallback of
@@ -216,5 +232,17 @@ pub(crate) mod on_primitives {
         eps: f64,
     ) -> FloatTensor<B> {
         prim(reference::rms_norm::<B>(float(x), float(weight), eps))
+    }
+
+    pub(crate) fn rope<B: Backend>(
+        x: FloatTensor<B>,
+        cos: FloatTensor<B>,
+        sin: FloatTensor<B>,
+    ) -> FloatTensor<B> {
+        prim(reference::rope::<B>(float(x), float(cos), float(sin)))
+    }
+
+    pub(crate) fn swiglu<B: Backend>(gate: FloatTensor<B>, up: FloatTensor<B>) -> FloatTensor<B> {
+        prim(reference::swiglu::<B>(float(gate), float(up)))
     }
 }

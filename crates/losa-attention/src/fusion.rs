@@ -41,6 +41,8 @@ enum Call {
     RmsNorm {
         eps: f64,
     },
+    Rope,
+    Swiglu,
 }
 
 impl Call {
@@ -56,6 +58,8 @@ impl Call {
             Call::ScatterRows => "losa_scatter_rows",
             Call::FewRowMatmul => "losa_few_row_matmul",
             Call::RmsNorm { .. } => "losa_rms_norm",
+            Call::Rope => "losa_rope",
+            Call::Swiglu => "losa_swiglu",
         }
     }
 }
@@ -136,6 +140,14 @@ impl<B: FusionBackend + LosaBackend> Operation<B::FusionRuntime> for LosaOp<B> {
             Call::RmsNorm { eps } => {
                 let (x, w) = (float(handles, 0), float(handles, 1));
                 handles.register_float_tensor::<B>(&outputs[0].id, B::losa_rms_norm(x, w, eps));
+            }
+            Call::Rope => {
+                let (x, cos, sin) = (float(handles, 0), float(handles, 1), float(handles, 2));
+                handles.register_float_tensor::<B>(&outputs[0].id, B::losa_rope(x, cos, sin));
+            }
+            Call::Swiglu => {
+                let (gate, up) = (float(handles, 0), float(handles, 1));
+                handles.register_float_tensor::<B>(&outputs[0].id, B::losa_swiglu(gate, up));
             }
         }
     }
@@ -280,5 +292,19 @@ impl<B: FusionBackend + LosaBackend> LosaBackend for Fusion<B> {
     ) -> FloatTensor<Self> {
         let outputs = [(x.shape.dims::<2>().to_vec(), x.dtype)];
         register::<B>(Call::RmsNorm { eps }, vec![x, weight], &outputs).remove(0)
+    }
+
+    fn losa_rope(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let outputs = [(x.shape.dims::<4>().to_vec(), x.dtype)];
+        register::<B>(Call::Rope, vec![x, cos, sin], &outputs).remove(0)
+    }
+
+    fn losa_swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+        let outputs = [(gate.shape.dims::<2>().to_vec(), gate.dtype)];
+        register::<B>(Call::Swiglu, vec![gate, up], &outputs).remove(0)
     }
 }

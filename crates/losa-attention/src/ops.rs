@@ -292,6 +292,62 @@ pub fn rms_norm<B: LosaBackend>(
     Ok(float(B::losa_rms_norm(prim(x), prim(weight), eps)))
 }
 
+/// NeoX rotary embedding, `x * cos + rotate_half(x) * sin` (`rotate_half(x) = cat(-x2, x1)`
+/// over the channel halves), with `cos`/`sin` the `[s, d]` tables of the positions' angles.
+/// One kernel on the CubeCL backends; the reference's tensor ops elsewhere and under autodiff.
+///
+/// # Shapes
+/// `x`: `[batch, heads, seq, dim]` (`dim` even), `cos`, `sin`: `[seq, dim]` -> as `x`.
+pub fn rope<B: LosaBackend>(
+    x: Tensor<B, 4>,
+    cos: Tensor<B, 2>,
+    sin: Tensor<B, 2>,
+) -> Result<Tensor<B, 4>> {
+    let [_, _, s, d] = x.dims();
+    if d % 2 != 0 {
+        return Err(LosaError::InvalidConfig(format!(
+            "rope: the channel count must be even, got {d}"
+        )));
+    }
+    for (name, table) in [("cos", &cos), ("sin", &sin)] {
+        if table.dims() != [s, d] {
+            return Err(mismatch(
+                &format!("rope: {name} [seq, dim] against x [batch, heads, seq, dim]"),
+                &table.dims(),
+                &[s, d],
+            ));
+        }
+        if table.device() != x.device() {
+            return Err(LosaError::DeviceMismatch(format!("x and {name}")));
+        }
+    }
+    if x.dims().contains(&0) {
+        return Ok(x);
+    }
+    Ok(float(B::losa_rope(prim(x), prim(cos), prim(sin))))
+}
+
+/// The SwiGLU gate `silu(gate) * up`, elementwise. One kernel on the CubeCL backends.
+///
+/// # Shapes
+/// `gate`, `up`: `[rows, n]` -> `[rows, n]`.
+pub fn swiglu<B: LosaBackend>(gate: Tensor<B, 2>, up: Tensor<B, 2>) -> Result<Tensor<B, 2>> {
+    if gate.dims() != up.dims() {
+        return Err(mismatch(
+            "swiglu: up against gate",
+            &up.dims(),
+            &gate.dims(),
+        ));
+    }
+    if gate.device() != up.device() {
+        return Err(LosaError::DeviceMismatch("gate and up".into()));
+    }
+    if gate.dims().contains(&0) {
+        return Ok(gate);
+    }
+    Ok(float(B::losa_swiglu(prim(gate), prim(up))))
+}
+
 /// The `k` rows with the largest scores (largest first, ties to the lower index).
 ///
 /// # Shapes

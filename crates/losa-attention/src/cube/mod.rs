@@ -7,8 +7,8 @@
 
 mod attention;
 mod few_rows;
+mod layer_ops;
 mod merge;
-mod norm;
 mod pages;
 mod rows;
 
@@ -264,6 +264,26 @@ where
             fallback("rms norm", "dtypes the kernel does not take");
             return on_primitives::rms_norm::<Self>(x, weight, eps);
         }
-        norm::rms_norm(x, weight, eps)
+        layer_ops::rms_norm(x, weight, eps)
+    }
+
+    fn losa_rope(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        if !kernel_float(x.dtype) || cos.dtype != x.dtype || sin.dtype != x.dtype {
+            fallback("rope", "dtypes the kernel does not take");
+            return on_primitives::rope::<Self>(x, cos, sin);
+        }
+        layer_ops::rope(x, cos, sin)
+    }
+
+    fn losa_swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+        if !kernel_float(gate.dtype) || up.dtype != gate.dtype {
+            fallback("swiglu", "dtypes the kernel does not take");
+            return on_primitives::swiglu::<Self>(gate, up);
+        }
+        layer_ops::swiglu(gate, up)
     }
 }

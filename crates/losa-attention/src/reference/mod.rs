@@ -6,11 +6,11 @@
 //! as LOSA.md asks ("merge precision: fp32").
 
 mod attention;
-mod norm;
+mod layer_ops;
 mod pages;
 mod rows;
 
 pub use attention::{attention_lse, merge_lse};
-pub use norm::rms_norm;
+pub use layer_ops::{rms_norm, rope, swiglu};
 pub use pages::{page_bounds, page_scores, select_pages};
 pub use rows::{active_rows, few_row_matmul, gather_rows, query_change, scatter_rows};

@@ -1,0 +1,234 @@
+//! The model layers' small operations, one launch each: RMSNorm, the rotary embedding and the
+//! SwiGLU gate. A decoding step runs them on 16 rows, where a launch costs its host time, not
+//! its bytes; written as tensor operations they were about 48 of a layer's ~65 launches (ten per
+//! norm, four norms per layer with Qwen3's per-head q/k norms; five per rotary embedding, two
+//! per layer; two or three for the gate).
+//!
+//! - RMSNorm: one cube per row, its units reading the row in vectors, summing squares in fp32
+//!   and meeting in a shared-memory tree, then scaling the row they read.
+//! - Rotary embedding: one unit per (row, channel pair), reading the row through its strides.
+//! - SwiGLU: one unit per vector of both inputs.
+
+use burn::tensor::Shape;
+use burn_cubecl::{
+    CubeRuntime, kernel::into_contiguous, ops::numeric::empty_device_contiguous_dtype,
+    tensor::CubeTensor,
+};
+use cubecl::prelude::*;
+
+use super::{channel_vector_width, elemwise_count};
+
+/// Most units per cube (a row of 4096 bf16 channels is 512 vectors of 8: two per unit).
+const MAX_UNITS: usize = 256;
+
+#[cube(launch)]
+#[allow(clippy::manual_div_ceil, clippy::manual_is_multiple_of)]
+fn rms_norm_kernel<F: Float, N: Size>(
+    x: &Tensor<Vector<F, N>>,
+    weight: &Tensor<Vector<F, N>>,
+    out: &mut Tensor<Vector<F, N>>,
+    eps: f32,
+    #[comptime] units: usize,
+    #[define(F)] _dtype: StorageType,
+) {
+    let width = x.vector_size();
+    let row = CUBE_POS_X as usize + CUBE_POS_Y as usize * CUBE_COUNT_X as usize;
+    let unit = UNIT_POS_X as usize;
+    let dim = out.shape(1);
+    let vectors = dim / width;
+    // Every unit of a cube past the last row still joins the barriers below.
+    let valid = row < out.shape(0);
+    let x_base = row * (x.stride(0) / width);
+    let mut sum = 0.0f32.runtime();
+    if valid {
+        let mut i = unit;
+        while i < vectors {
+            let v = Vector::<f32, N>::cast_from(x[x_base + i]);
+            sum += v.dot(v);
+            i += units;
+        }
+    }
+    let mut partial = SharedMemory::<f32>::new(units);
+    partial[unit] = sum;
+    sync_cube();
+    let mut stride = (units / 2).runtime();
+    while stride > 0 {
+        if unit < stride {
+            partial[unit] += partial[unit + stride];
+        }
+        sync_cube();
+        stride /= 2;
+    }
+    let inv = Vector::<f32, N>::new(1.0f32 / f32::sqrt(partial[0] / dim as f32 + eps));
+    if valid {
+        let out_base = row * vectors;
+        let mut i = unit;
+        while i < vectors {
+            // Rounded to the input dtype before the weight, as the reference casts back.
+            let normed =
+                Vector::<F, N>::cast_from(Vector::<f32, N>::cast_from(x[x_base + i]) * inv);
+            let scaled =
+                Vector::<f32, N>::cast_from(normed) * Vector::<f32, N>::cast_from(weight[i]);
+            out[out_base + i] = Vector::cast_from(scaled);
+            i += units;
+        }
+    }
+}
+
+/// `x` `[rows, dim]`, `weight` `[dim]`, one float dtype.
+pub(crate) fn rms_norm<R: CubeRuntime>(
+    x: CubeTensor<R>,
+    weight: CubeTensor<R>,
+    eps: f64,
+) -> CubeTensor<R> {
+    // Rows may sit at any stride (a view into a wider buffer), channels must be packed.
+    let x = if x.meta.strides()[1] == 1 {
+        x
+    } else {
+        into_contiguous(x)
+    };
+    let weight = into_contiguous(weight);
+    let [rows, dim] = x.meta.shape().dims::<2>();
+    let out = empty_device_contiguous_dtype::<R>(
+        x.client.clone(),
+        x.device.clone(),
+        Shape::new([rows, dim]),
+        x.dtype,
+    );
+    if rows == 0 || dim == 0 {
+        return out;
+    }
+    let width = channel_vector_width(&[&x, &weight]);
+    let units = (dim / width).next_power_of_two().clamp(1, MAX_UNITS);
+    let (cx, cy) = (rows.min(65_535), rows.div_ceil(65_535));
+    rms_norm_kernel::launch::<R>(
+        &x.client,
+        CubeCount::Static(cx as u32, cy as u32, 1),
+        CubeDim::new_1d(units as u32),
+        width,
+        x.clone().into_tensor_arg(),
+        weight.into_tensor_arg(),
+        out.clone().into_tensor_arg(),
+        eps as f32,
+        units,
+        x.dtype.into(),
+    );
+    out
+}
+
+/// One unit per (row, channel pair `i`, `i + half`) of `x` `[b, heads, s, d]`:
+/// `out[i] = x[i] cos[i] - x[i + half] sin[i]`, `out[i + half] = x[i + half] cos[i + half] +
+/// x[i] sin[i + half]`, in fp32, rounded once.
+#[cube(launch)]
+#[allow(clippy::manual_div_ceil, clippy::manual_is_multiple_of)]
+fn rope_kernel<F: Float>(
+    x: &Tensor<F>,
+    cos: &Tensor<F>,
+    sin: &Tensor<F>,
+    out: &mut Tensor<F>,
+    #[define(F)] _dtype: StorageType,
+) {
+    let d = out.shape(3);
+    let half = d / 2;
+    let pairs = out.len() / 2;
+    let pos = ABSOLUTE_POS;
+    if pos >= pairs {
+        terminate!();
+    }
+    let i = pos % half;
+    let row = pos / half;
+    let (heads, s) = (out.shape(1), out.shape(2));
+    let si = row % s;
+    let hi = (row / s) % heads;
+    let bi = row / (s * heads);
+    let base = bi * x.stride(0) + hi * x.stride(1) + si * x.stride(2);
+    let (a, b) = (
+        f32::cast_from(x[base + i * x.stride(3)]),
+        f32::cast_from(x[base + (i + half) * x.stride(3)]),
+    );
+    let t = si * cos.stride(0);
+    let t_sin = si * sin.stride(0);
+    let first = a * f32::cast_from(cos[t + i]) - b * f32::cast_from(sin[t_sin + i]);
+    let second = b * f32::cast_from(cos[t + i + half]) + a * f32::cast_from(sin[t_sin + i + half]);
+    let o = row * d;
+    out[o + i] = F::cast_from(first);
+    out[o + i + half] = F::cast_from(second);
+}
+
+/// `x` `[b, heads, s, d]` (any strides), `cos`, `sin` `[s, d]`, one float dtype, `d` even.
+pub(crate) fn rope<R: CubeRuntime>(
+    x: CubeTensor<R>,
+    cos: CubeTensor<R>,
+    sin: CubeTensor<R>,
+) -> CubeTensor<R> {
+    let (cos, sin) = (into_contiguous(cos), into_contiguous(sin));
+    let shape = x.meta.shape().clone();
+    let out = empty_device_contiguous_dtype::<R>(
+        x.client.clone(),
+        x.device.clone(),
+        shape.clone(),
+        x.dtype,
+    );
+    let pairs = shape.num_elements() / 2;
+    if pairs == 0 {
+        return out;
+    }
+    let (count, dim) = elemwise_count(&x.client, pairs);
+    rope_kernel::launch::<R>(
+        &x.client,
+        count,
+        dim,
+        x.clone().into_tensor_arg(),
+        cos.into_tensor_arg(),
+        sin.into_tensor_arg(),
+        out.clone().into_tensor_arg(),
+        x.dtype.into(),
+    );
+    out
+}
+
+/// `out = silu(gate) * up = gate / (1 + exp(-gate)) * up` over vectors, in fp32, rounded once.
+#[cube(launch)]
+fn swiglu_kernel<F: Float, N: Size>(
+    gate: &Tensor<Vector<F, N>>,
+    up: &Tensor<Vector<F, N>>,
+    out: &mut Tensor<Vector<F, N>>,
+    #[define(F)] _dtype: StorageType,
+) {
+    let pos = ABSOLUTE_POS;
+    if pos >= out.len() {
+        terminate!();
+    }
+    let g = Vector::<f32, N>::cast_from(gate[pos]);
+    let u = Vector::<f32, N>::cast_from(up[pos]);
+    let one = Vector::<f32, N>::new(1.0f32);
+    out[pos] = Vector::cast_from(g / (one + (-g).exp()) * u);
+}
+
+/// `gate`, `up` `[rows, n]` of one shape and float dtype.
+pub(crate) fn swiglu<R: CubeRuntime>(gate: CubeTensor<R>, up: CubeTensor<R>) -> CubeTensor<R> {
+    let (gate, up) = (into_contiguous(gate), into_contiguous(up));
+    let out = empty_device_contiguous_dtype::<R>(
+        gate.client.clone(),
+        gate.device.clone(),
+        gate.meta.shape().clone(),
+        gate.dtype,
+    );
+    let n = gate.meta.shape().num_elements();
+    if n == 0 {
+        return out;
+    }
+    let width = channel_vector_width(&[&gate, &up]);
+    let (count, dim) = elemwise_count(&gate.client, n / width);
+    swiglu_kernel::launch::<R>(
+        &gate.client,
+        count,
+        dim,
+        width,
+        gate.clone().into_tensor_arg(),
+        up.into_tensor_arg(),
+        out.clone().into_tensor_arg(),
+        gate.dtype.into(),
+    );
+    out
+}
