@@ -91,6 +91,9 @@ impl<B: Backend> RopeTables<B> {
     }
 }
 
+/// A layer's rotated queries `[b, heads, s, d]` and keys and values `[b, kv_heads, s, d]`.
+pub type Qkv<B> = (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>);
+
 /// The attention projections of one layer (the attention itself is the caller's).
 #[derive(Module, Debug)]
 pub struct AttentionProj<B: Backend> {
@@ -150,11 +153,7 @@ pub(crate) fn linear<B: LosaBackend>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tens
 impl<B: LosaBackend> AttentionProj<B> {
     /// q `[b, heads, s, d]`, k and v `[b, kv_heads, s, d]`, q and k normed (if the family does)
     /// and rotated by the pass's RoPE tables.
-    pub fn qkv(
-        &self,
-        x: Tensor<B, 3>,
-        rope: &RopeTables<B>,
-    ) -> Result<(Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>), LosaError> {
+    pub fn qkv(&self, x: Tensor<B, 3>, rope: &RopeTables<B>) -> Result<Qkv<B>, LosaError> {
         let [b, s, _] = x.dims();
         // `[b, s, heads, d]`: the per-head norms run on this packed layout, before the heads
         // move in front of the positions.
