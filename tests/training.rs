@@ -43,22 +43,21 @@ fn micro() -> TrainConfig {
     }
 }
 
+/// Trains `config` into `out` with a zero time limit: one step, saved.
+fn one_step(config: &TrainConfig, out: &std::path::Path) -> losa_train::TrainLog {
+    let limits = RunLimits {
+        time: Some(Duration::ZERO),
+    };
+    train::<Autodiff<Ref>>(config, out, &Default::default(), limits, |_| {}).unwrap()
+}
+
 #[test]
 fn a_stopped_run_resumes_from_its_checkpoint() {
     let out = std::env::temp_dir().join(format!("losa-train-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
     let device = Default::default();
     // A zero time limit stops after the first step, saving it.
-    let first = train::<Autodiff<Ref>>(
-        &micro(),
-        &out,
-        &device,
-        RunLimits {
-            time: Some(Duration::ZERO),
-        },
-        |_| {},
-    )
-    .unwrap();
+    let first = one_step(&micro(), &out);
     assert_eq!(first.steps_done, 1);
     assert!(out.join("training.json").exists());
     let mut steps_seen = Vec::new();
@@ -115,16 +114,7 @@ fn a_weight_averaged_run_saves_the_average_and_resumes_from_the_raw_weights() {
         warmup: 1,
         ..micro()
     };
-    let first = train::<Autodiff<Ref>>(
-        &cfg,
-        &out,
-        &device,
-        RunLimits {
-            time: Some(Duration::ZERO),
-        },
-        |_| {},
-    )
-    .unwrap();
+    let first = one_step(&cfg, &out);
     assert_eq!(first.steps_done, 1);
     let vocab = TaskVocab::new();
     let init =

@@ -16,7 +16,7 @@ use burn_cubecl::{
 };
 use cubecl::prelude::*;
 
-use super::{channel_vector_width, elemwise_count};
+use super::{channel_vector_width, cube_sum, elemwise_count};
 
 /// Most units per cube (a row of 4096 bf16 channels is 512 vectors of 8: two per unit).
 const MAX_UNITS: usize = 256;
@@ -48,18 +48,8 @@ fn rms_norm_kernel<F: Float, N: Size>(
             i += units;
         }
     }
-    let mut partial = SharedMemory::<f32>::new(units);
-    partial[unit] = sum;
-    sync_cube();
-    let mut stride = (units / 2).runtime();
-    while stride > 0 {
-        if unit < stride {
-            partial[unit] += partial[unit + stride];
-        }
-        sync_cube();
-        stride /= 2;
-    }
-    let inv = Vector::<f32, N>::new(1.0f32 / f32::sqrt(partial[0] / dim as f32 + eps));
+    let total = cube_sum(sum, units);
+    let inv = Vector::<f32, N>::new(1.0f32 / f32::sqrt(total / dim as f32 + eps));
     if valid {
         let out_base = row * vectors;
         let mut i = unit;

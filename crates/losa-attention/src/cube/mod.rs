@@ -57,6 +57,26 @@ fn no_elements<R: CubeRuntime, const D: usize>(
     )
 }
 
+/// The sum of `value` over the cube's `units` units (a power of two, all of the cube's X
+/// units), through a shared-memory tree; every unit gets it. Every unit must call it: it holds
+/// barriers.
+#[cube]
+pub(crate) fn cube_sum(value: f32, #[comptime] units: usize) -> f32 {
+    let unit = UNIT_POS_X as usize;
+    let mut partial = SharedMemory::<f32>::new(units);
+    partial[unit] = value;
+    sync_cube();
+    let mut stride = (units / 2).runtime();
+    while stride > 0 {
+        if unit < stride {
+            partial[unit] += partial[unit + stride];
+        }
+        sync_cube();
+        stride /= 2;
+    }
+    partial[0]
+}
+
 /// Kernels index K/V through their strides (so a view into a larger KV buffer is read in place)
 /// but need the channel dimension packed.
 pub(crate) fn channel_contiguous<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {

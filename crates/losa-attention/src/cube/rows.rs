@@ -8,7 +8,7 @@ use burn_cubecl::{
 };
 use cubecl::prelude::*;
 
-use super::{NEG_SENTINEL, elemwise_count};
+use super::{NEG_SENTINEL, cube_sum, elemwise_count};
 
 /// Units of the query-change cube (a power of two: the reduction halves it).
 const CHANGE_UNITS: usize = 256;
@@ -43,19 +43,9 @@ fn query_change_kernel<F: Float>(
             e += units;
         }
     }
-    let mut partial = SharedMemory::<f32>::new(units);
-    partial[unit] = sum;
-    sync_cube();
-    let mut stride = (units / 2).runtime();
-    while stride > 0 {
-        if unit < stride {
-            partial[unit] += partial[unit + stride];
-        }
-        sync_cube();
-        stride /= 2;
-    }
+    let total = cube_sum(sum, units);
     if valid && unit == 0 {
-        change[pos] = partial[0] / f32::cast_from(h * d);
+        change[pos] = total / f32::cast_from(h * d);
     }
 }
 
