@@ -7,7 +7,7 @@
 //! - RMSNorm: one cube per row, its units reading the row in vectors, summing squares in fp32
 //!   and meeting in a shared-memory tree, then scaling the row they read.
 //! - Rotary embedding: one unit per (row, channel pair), reading the row through its strides.
-//! - SwiGLU: one unit per vector of both inputs.
+//! - SwiGLU: one unit per element.
 
 use burn::tensor::Shape;
 use burn_cubecl::{
@@ -177,22 +177,23 @@ pub(crate) fn rope<R: CubeRuntime>(
     out
 }
 
-/// `out = silu(gate) * up = gate / (1 + exp(-gate)) * up` over vectors, in fp32, rounded once.
+/// `out = silu(gate) * up = gate / (1 + exp(-gate)) * up`, in fp32, rounded once; one unit per
+/// element (the inputs are a few rows: bytes do not matter here, launches do). Scalar, not
+/// vectorized: CUDA's generated code had no unary minus for a vector type.
 #[cube(launch)]
-fn swiglu_kernel<F: Float, N: Size>(
-    gate: &Tensor<Vector<F, N>>,
-    up: &Tensor<Vector<F, N>>,
-    out: &mut Tensor<Vector<F, N>>,
+fn swiglu_kernel<F: Float>(
+    gate: &Tensor<F>,
+    up: &Tensor<F>,
+    out: &mut Tensor<F>,
     #[define(F)] _dtype: StorageType,
 ) {
     let pos = ABSOLUTE_POS;
     if pos >= out.len() {
         terminate!();
     }
-    let g = Vector::<f32, N>::cast_from(gate[pos]);
-    let u = Vector::<f32, N>::cast_from(up[pos]);
-    let one = Vector::<f32, N>::new(1.0f32);
-    out[pos] = Vector::cast_from(g / (one + (-g).exp()) * u);
+    let g = f32::cast_from(gate[pos]);
+    let u = f32::cast_from(up[pos]);
+    out[pos] = F::cast_from(g / (1.0f32 + f32::exp(-g)) * u);
 }
 
 /// `gate`, `up` `[rows, n]` of one shape and float dtype.
@@ -208,13 +209,11 @@ pub(crate) fn swiglu<R: CubeRuntime>(gate: CubeTensor<R>, up: CubeTensor<R>) -> 
     if n == 0 {
         return out;
     }
-    let width = channel_vector_width(&[&gate, &up]);
-    let (count, dim) = elemwise_count(&gate.client, n / width);
+    let (count, dim) = elemwise_count(&gate.client, n);
     swiglu_kernel::launch::<R>(
         &gate.client,
         count,
         dim,
-        width,
         gate.clone().into_tensor_arg(),
         up.into_tensor_arg(),
         out.clone().into_tensor_arg(),
