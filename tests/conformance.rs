@@ -409,7 +409,13 @@ fn rms_norm_matches_reference() {
     let (w, _) = pair2(74, 1, 7);
     assert!(ops::rms_norm(x.clone(), w.reshape([7]), 1e-6).is_err());
     let (w, _) = pair2(75, 1, 8);
-    assert!(ops::rms_norm(x, w.reshape([8]), f64::NAN).is_err());
+    assert!(ops::rms_norm(x.clone(), w.clone().reshape([8]), f64::NAN).is_err());
+    let other = if dut_dtype().0 == FloatDType::F32 {
+        FloatDType::F16
+    } else {
+        FloatDType::F32
+    };
+    assert!(ops::rms_norm(x, w.reshape([8]).cast(other), 1e-6).is_err());
 }
 
 /// The rotary-embedding kernel against the reference: the model's layout (heads swapped in
@@ -421,6 +427,7 @@ fn rope_matches_reference() {
     let (_, atol, rtol) = dut_dtype();
     for (b, h, s, d, swapped) in [
         (1, 4, 16, 128, true),
+        (2, 3, 4, 16, true),
         (2, 3, 5, 32, false),
         (1, 2, 3, 2, true),
     ] {

@@ -258,6 +258,18 @@ pub fn few_row_matmul<B: LosaBackend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Resul
     Ok(float(B::losa_few_row_matmul(prim(x), prim(w))))
 }
 
+/// The layer ops compute in their input's dtype; a second operand of another one is refused
+/// (the output's dtype would depend on the backend's fallback).
+fn same_dtype(what: &str, got: burn::tensor::DType, expected: burn::tensor::DType) -> Result<()> {
+    if got == expected {
+        Ok(())
+    } else {
+        Err(LosaError::InvalidConfig(format!(
+            "{what} is {got:?}, the input is {expected:?}"
+        )))
+    }
+}
+
 /// RMSNorm of each row, `weight * x * rsqrt(mean(x^2) + eps)`: fp32 statistics, the normalised
 /// row cast back to `x`'s dtype before the weight (as the Qwen and LLaMA references do). One
 /// kernel on the CubeCL backends; the reference's tensor ops elsewhere (and under autodiff).
@@ -285,6 +297,7 @@ pub fn rms_norm<B: LosaBackend>(
     if x.device() != weight.device() {
         return Err(LosaError::DeviceMismatch("x and weight".into()));
     }
+    same_dtype("rms_norm: weight", weight.dtype(), x.dtype())?;
     if rows == 0 || dim == 0 {
         // Nothing to normalise: the empty input is the empty output.
         return Ok(x);
@@ -320,6 +333,7 @@ pub fn rope<B: LosaBackend>(
         if table.device() != x.device() {
             return Err(LosaError::DeviceMismatch(format!("x and {name}")));
         }
+        same_dtype(&format!("rope: {name}"), table.dtype(), x.dtype())?;
     }
     if x.dims().contains(&0) {
         return Ok(x);
@@ -342,6 +356,7 @@ pub fn swiglu<B: LosaBackend>(gate: Tensor<B, 2>, up: Tensor<B, 2>) -> Result<Te
     if gate.device() != up.device() {
         return Err(LosaError::DeviceMismatch("gate and up".into()));
     }
+    same_dtype("swiglu: up", up.dtype(), gate.dtype())?;
     if gate.dims().contains(&0) {
         return Ok(gate);
     }

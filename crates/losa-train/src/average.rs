@@ -30,7 +30,7 @@ fn flat<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, 1> {
 }
 
 impl<B: Backend> WeightAverage<B> {
-    /// Starts the average at `model`'s weights; each [`Self::update`] keeps `decay` of it.
+    /// Starts the average at `model`'s weights; each [`Self::update`] keeps up to `decay` of it.
     pub fn new<M: Module<B>>(model: &M, decay: f64) -> Self {
         struct Collect<B: Backend>(Vec<Tensor<B, 1>>);
         impl<B: Backend> ModuleVisitor<B> for Collect<B> {
@@ -46,8 +46,16 @@ impl<B: Backend> WeightAverage<B> {
         }
     }
 
-    /// `average = decay * average + (1 - decay) * model`; left as it was when `model` does not fit.
-    pub fn update<M: Module<B>>(&mut self, model: &M) -> Result<(), AverageMismatch> {
+    /// The decay used after training step `step` (0-based): `min(decay, (1 + step) / (10 + step))`,
+    /// the usual warm-up, so that early on the average follows the weights instead of holding
+    /// the initialisation (0.1 after the first step, 0.999 from step 8,991).
+    pub fn decay_at(&self, step: usize) -> f64 {
+        self.decay.min((1 + step) as f64 / (10 + step) as f64)
+    }
+
+    /// `average = d * average + (1 - d) * model` with `d` [`Self::decay_at`] `step`; left as it
+    /// was when `model` does not fit.
+    pub fn update<M: Module<B>>(&mut self, model: &M, step: usize) -> Result<(), AverageMismatch> {
         struct Blend<'a, B: Backend> {
             average: &'a [Tensor<B, 1>],
             next: Vec<Tensor<B, 1>>,
@@ -71,7 +79,7 @@ impl<B: Backend> WeightAverage<B> {
         let mut blend = Blend {
             average: &self.tensors,
             next: Vec::with_capacity(self.tensors.len()),
-            decay: self.decay,
+            decay: self.decay_at(step),
             fits: true,
         };
         model.visit(&mut blend);
@@ -151,8 +159,9 @@ mod tests {
         let a = LinearConfig::new(3, 2).init::<B>(&device);
         let b = LinearConfig::new(3, 2).init::<B>(&device);
         let mut avg = WeightAverage::new(&a, 0.75);
-        avg.update(&b).unwrap();
-        avg.update(&b).unwrap();
+        // Past the warm-up the decay is the configured one.
+        avg.update(&b, 100).unwrap();
+        avg.update(&b, 101).unwrap();
         // Two updates toward b: 0.75^2 of a stays.
         let expected = weight(&a).mul_scalar(0.5625) + weight(&b).mul_scalar(0.4375);
         let averaged = avg.apply(a.clone()).unwrap();
@@ -175,7 +184,25 @@ mod tests {
         let wider = LinearConfig::new(4, 2).init::<B>(&device);
         let no_bias = LinearConfig::new(3, 2).with_bias(false).init::<B>(&device);
         let mut avg = WeightAverage::new(&a, 0.9);
-        assert!(avg.update(&wider).is_err());
+        assert!(avg.update(&wider, 0).is_err());
         assert!(avg.apply(no_bias).is_err());
+    }
+}
+
+#[cfg(test)]
+mod warmup_tests {
+    use burn::nn::LinearConfig;
+    use burn_ndarray::NdArray;
+
+    use super::WeightAverage;
+
+    #[test]
+    fn the_decay_warms_up_to_the_configured_one() {
+        let a = LinearConfig::new(2, 2).init::<NdArray<f32>>(&Default::default());
+        let avg = WeightAverage::new(&a, 0.999);
+        assert!((avg.decay_at(0) - 0.1).abs() < 1e-12);
+        assert!(avg.decay_at(100) < 0.92);
+        assert_eq!(avg.decay_at(8_991), 0.999);
+        assert_eq!(avg.decay_at(50_000), 0.999);
     }
 }

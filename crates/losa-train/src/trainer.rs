@@ -168,6 +168,8 @@ pub struct TrainConfig {
     pub eval_items: usize,
     /// Decay of an exponential moving average of the weights, which is then what is saved and
     /// evaluated (the raw weights go to [`RAW_WEIGHTS_DIR`] for resuming); none when `None`.
+    /// Early steps use less (see [`WeightAverage::update`]), so that a short run's average is
+    /// not its random initialisation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ema: Option<f64>,
 }
@@ -293,9 +295,10 @@ impl Default for TrainConfig {
             eval_every: 250,
             eval_items: 32,
             // The shipped run turned the average on for its last stage only (from step 44,001,
-            // starting at that step's weights). Averaging from step 0, as here, trains the same
-            // raw weights and changes the final average only in how the 0.999^6000 = 0.25% of
-            // its weight that falls before step 44,001 is spread: far below bf16 rounding.
+            // starting at that step's weights; the warm-up of `WeightAverage::update` had long
+            // reached 0.999 by then). Averaging from step 0, as here, trains the same raw weights
+            // and changes the final average only in how the 0.999^6000 = 0.25% of its weight
+            // that falls before step 44,001 is spread: far below bf16 rounding.
             ema: Some(0.999),
         }
     }
@@ -553,18 +556,23 @@ fn file_error(path: &Path, e: impl std::fmt::Display) -> TrainError {
 }
 
 /// Saves the published model (averaged, if the run averages) and the log into `out`, and the raw
-/// weights, where they differ, into its [`RAW_WEIGHTS_DIR`].
+/// weights, where they differ, into its [`RAW_WEIGHTS_DIR`]; without an average that folder is
+/// removed, so that a stale copy of old weights is never resumed from.
 fn save<B: LosaBackend>(
     model: &DlmModel<B>,
     average: Option<&WeightAverage<B>>,
     log: &TrainLog,
     out: &Path,
 ) -> Result<(), TrainError> {
+    let raw = out.join(RAW_WEIGHTS_DIR);
     if let Some(average) = average {
-        model.save_sdar(&out.join(RAW_WEIGHTS_DIR))?;
+        model.save_sdar(&raw)?;
         average.apply(model.clone())?.save_sdar(out)?;
     } else {
         model.save_sdar(out)?;
+        if raw.exists() {
+            std::fs::remove_dir_all(&raw).map_err(|e| file_error(&raw, e))?;
+        }
     }
     let path = out.join("training.json");
     let partial = out.join("training.json.partial");
@@ -615,12 +623,15 @@ where
 {
     let vocab = TaskVocab::new();
     let log_path = out.join("training.json");
-    let (mut model, mut log) = if log_path.exists() {
+    let resumed = log_path.exists();
+    let (mut model, mut log) = if resumed {
         let text = std::fs::read_to_string(&log_path).map_err(|e| file_error(&log_path, e))?;
         let log: TrainLog = serde_json::from_str(&text).map_err(|e| file_error(&log_path, e))?;
         log.config.validate(&vocab)?;
+        // The trained weights: `raw/` where the run averaged (the folder holds the average),
+        // whether or not the recipe still does.
         let raw = out.join(RAW_WEIGHTS_DIR);
-        let from = if log.config.ema.is_some() && raw.join("config.json").exists() {
+        let from = if raw.join("config.json").exists() {
             &raw
         } else {
             out
@@ -646,10 +657,12 @@ where
         (model, log)
     };
     let cfg = log.config.clone();
-    // A resumed run's average continues from the averaged weights it saved; a new one (or one
-    // whose recipe just gained an average) starts at the weights being trained.
+    // A resumed run's average continues from the averaged weights it saved; a new run (even in
+    // a folder an old run left `raw/` in), or one whose recipe just gained an average, starts
+    // it at the weights being trained.
+    let resumed_average = resumed && out.join(RAW_WEIGHTS_DIR).join("config.json").exists();
     let mut average = match cfg.ema {
-        Some(decay) if out.join(RAW_WEIGHTS_DIR).join("config.json").exists() => {
+        Some(decay) if resumed_average => {
             let saved = load::<B::InnerBackend>(out, device, FloatDType::F32)?;
             Some(WeightAverage::new(&saved, decay))
         }
@@ -707,7 +720,7 @@ where
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optim.step(lr, model, grads);
         if let Some(average) = &mut average {
-            average.update(&model.valid())?;
+            average.update(&model.valid(), step)?;
         }
         log.steps_done += 1;
         let record = StepRecord {
