@@ -221,6 +221,37 @@ fn main() {
                 ops::query_change(q2r.clone(), qr.clone()).expect("valid"),
             ),
         );
+        // The model layers' decode-path ops on the same rows.
+        let rows = b * hq * s;
+        let (w, wr) = inputs.pair(7, [1, 1, 1, d]);
+        report(
+            &format!("{shape} rms norm"),
+            max_rel(
+                ops::rms_norm(q.clone().reshape([rows, d]), w.reshape([d]), 1e-6).expect("valid"),
+                ops::rms_norm(qr.clone().reshape([rows, d]), wr.reshape([d]), 1e-6).expect("valid"),
+            ),
+        );
+        let (c, cr) = inputs.pair(8, [1, 1, s, d]);
+        let (sn, snr) = inputs.pair(9, [1, 1, s, d]);
+        report(
+            &format!("{shape} rope"),
+            max_rel(
+                ops::rope(q.clone(), c.reshape([s, d]), sn.reshape([s, d])).expect("valid"),
+                ops::rope(qr.clone(), cr.reshape([s, d]), snr.reshape([s, d])).expect("valid"),
+            ),
+        );
+        report(
+            &format!("{shape} swiglu"),
+            max_rel(
+                ops::swiglu(q.clone().reshape([rows, d]), q2.clone().reshape([rows, d]))
+                    .expect("valid"),
+                ops::swiglu(
+                    qr.clone().reshape([rows, d]),
+                    q2r.clone().reshape([rows, d]),
+                )
+                .expect("valid"),
+            ),
+        );
         let (kb, kbr) = inputs.pair(5, [b, hkv, s, d]);
         let (vb, vbr) = inputs.pair(6, [b, hkv, s, d]);
         for (name, mode) in modes(page, n, s) {
