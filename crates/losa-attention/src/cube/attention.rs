@@ -613,10 +613,9 @@ pub(crate) fn attention<R: CubeRuntime>(
             let np = n.div_ceil(page_size);
             let pages = alloc(vec![b * hkv * np], DType::U32);
             let count = alloc(vec![b * hkv], DType::U32);
-            let (x, y) = ((b * hkv).min(65_535), (b * hkv).div_ceil(65_535));
             compact_pages::launch::<R>(
                 &client,
-                CubeCount::Static(x as u32, y as u32, 1),
+                super::cube_grid(b * hkv),
                 CubeDim::new_1d(COMPACT_UNITS as u32),
                 mask.clone().into_tensor_arg(),
                 pages.clone().into_tensor_arg(),

@@ -143,10 +143,9 @@ pub(crate) fn few_row_matmul<R: CubeRuntime>(x: CubeTensor<R>, w: CubeTensor<R>)
     let width = for_x.min(for_w).max(1);
     let cols = cols_for(rows);
     let cubes = n.div_ceil(cols);
-    let (cx, cy) = (cubes.min(65_535), cubes.div_ceil(65_535));
     few_row_matmul_kernel::launch::<R>(
         &x.client,
-        CubeCount::Static(cx as u32, cy as u32, 1),
+        super::cube_grid(cubes),
         CubeDim::new_1d(UNITS as u32),
         width,
         x.clone().into_tensor_arg(),

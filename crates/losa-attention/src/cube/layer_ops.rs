@@ -90,10 +90,9 @@ pub(crate) fn rms_norm<R: CubeRuntime>(
     }
     let width = channel_vector_width(&[&x, &weight]);
     let units = (dim / width).next_power_of_two().clamp(1, MAX_UNITS);
-    let (cx, cy) = (rows.min(65_535), rows.div_ceil(65_535));
     rms_norm_kernel::launch::<R>(
         &x.client,
-        CubeCount::Static(cx as u32, cy as u32, 1),
+        super::cube_grid(rows),
         CubeDim::new_1d(units as u32),
         width,
         x.clone().into_tensor_arg(),

@@ -28,6 +28,13 @@ use crate::backend::{LosaBackend, OutLse, on_primitives};
 /// (WGSL rejects them); a true `-inf` is passed in as a runtime scalar where an output needs it.
 pub(crate) const NEG_SENTINEL: f32 = f32::MIN;
 
+/// `cubes` cubes over two grid dimensions (each holds at most 65,535); a kernel finds its index
+/// as `CUBE_POS_X + CUBE_POS_Y * CUBE_COUNT_X` and skips indices past `cubes`.
+pub(crate) fn cube_grid(cubes: usize) -> CubeCount {
+    let (x, y) = (cubes.clamp(1, 65_535), cubes.div_ceil(65_535).max(1));
+    CubeCount::Static(x as u32, y as u32, 1)
+}
+
 /// Threads per cube of the elementwise kernels.
 const ELEMWISE_CUBE: u32 = 256;
 

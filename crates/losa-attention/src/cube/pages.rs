@@ -376,9 +376,8 @@ pub(crate) fn select_pages<R: CubeRuntime>(
         Shape::new([b * hq * s]),
         DType::F32,
     );
-    // One cube per row, spread over two grid dimensions (each is limited to 65,535).
+    // One cube per row.
     let rows = b * hq * s;
-    let (x, y) = (rows.min(65_535), rows.div_ceil(65_535));
     // Plane (warp) reductions where the runtime has them (CUDA); a shared-memory tree elsewhere
     // (lavapipe reports none).
     let planes = client
@@ -388,7 +387,7 @@ pub(crate) fn select_pages<R: CubeRuntime>(
         .contains(cubecl::ir::features::Plane::Ops);
     threshold_kernel::launch::<R>(
         &client,
-        CubeCount::Static(x as u32, y as u32, 1),
+        super::cube_grid(rows),
         CubeDim::new_1d(THRESHOLD_UNITS as u32),
         scores.clone().into_tensor_arg(),
         threshold.clone().into_tensor_arg(),

@@ -62,10 +62,9 @@ pub(crate) fn query_change<R: CubeRuntime>(
         DType::F32,
     );
     let rows = b * s;
-    let (x, y) = (rows.min(65_535), rows.div_ceil(65_535));
     query_change_kernel::launch::<R>(
         &q.client,
-        CubeCount::Static(x as u32, y as u32, 1),
+        super::cube_grid(rows),
         CubeDim::new_1d(CHANGE_UNITS as u32),
         q.clone().into_tensor_arg(),
         q_cached.into_tensor_arg(),
