@@ -159,7 +159,8 @@ pub fn page_bounds<B: LosaBackend>(
     }
     if k.dims()[2] == 0 {
         let [b, h, _, d] = k.dims();
-        let empty = || Tensor::<B, 4>::zeros([b, h, 0, d], &k.device()).cast(k.dtype());
+        // Allocated, not filled: there is nothing to fill, and CUDA refuses a zero-cube launch.
+        let empty = || Tensor::<B, 4>::empty([b, h, 0, d], (&k.device(), k.dtype()));
         return Ok((empty(), empty()));
     }
     let (lo, hi) = B::losa_page_bounds(prim(k), page_size);

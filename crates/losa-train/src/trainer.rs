@@ -555,6 +555,18 @@ fn file_error(path: &Path, e: impl std::fmt::Display) -> TrainError {
     }
 }
 
+/// The model a run publishes (saves into its folder and evaluates): the weight average where the
+/// run averages, else the trained weights.
+fn published<B: LosaBackend>(
+    model: DlmModel<B>,
+    average: Option<&WeightAverage<B>>,
+) -> Result<DlmModel<B>, TrainError> {
+    match average {
+        Some(average) => Ok(average.apply(model)?),
+        None => Ok(model),
+    }
+}
+
 /// Saves the published model (averaged, if the run averages) and the log into `out`, and the raw
 /// weights, where they differ, into its [`RAW_WEIGHTS_DIR`]; without an average that folder is
 /// removed, so that a stale copy of old weights is never resumed from.
@@ -565,14 +577,12 @@ fn save<B: LosaBackend>(
     out: &Path,
 ) -> Result<(), TrainError> {
     let raw = out.join(RAW_WEIGHTS_DIR);
-    if let Some(average) = average {
+    if average.is_some() {
         model.save_sdar(&raw)?;
-        average.apply(model.clone())?.save_sdar(out)?;
-    } else {
-        model.save_sdar(out)?;
-        if raw.exists() {
-            std::fs::remove_dir_all(&raw).map_err(|e| file_error(&raw, e))?;
-        }
+    }
+    published(model.clone(), average)?.save_sdar(out)?;
+    if average.is_none() && raw.exists() {
+        std::fs::remove_dir_all(&raw).map_err(|e| file_error(&raw, e))?;
     }
     let path = out.join("training.json");
     let partial = out.join("training.json.partial");
@@ -624,18 +634,15 @@ where
     let vocab = TaskVocab::new();
     let log_path = out.join("training.json");
     let resumed = log_path.exists();
+    // A resumed run that averaged keeps its trained weights in `raw/` (the folder holds the
+    // average), whether or not the recipe still averages.
+    let raw = out.join(RAW_WEIGHTS_DIR);
+    let resumed_raw = resumed && raw.join("config.json").exists();
     let (mut model, mut log) = if resumed {
         let text = std::fs::read_to_string(&log_path).map_err(|e| file_error(&log_path, e))?;
         let log: TrainLog = serde_json::from_str(&text).map_err(|e| file_error(&log_path, e))?;
         log.config.validate(&vocab)?;
-        // The trained weights: `raw/` where the run averaged (the folder holds the average),
-        // whether or not the recipe still does.
-        let raw = out.join(RAW_WEIGHTS_DIR);
-        let from = if raw.join("config.json").exists() {
-            &raw
-        } else {
-            out
-        };
+        let from = if resumed_raw { &raw } else { out };
         let model = load::<B>(from, device, FloatDType::F32)?;
         (model, log)
     } else {
@@ -660,9 +667,8 @@ where
     // A resumed run's average continues from the averaged weights it saved; a new run (even in
     // a folder an old run left `raw/` in), or one whose recipe just gained an average, starts
     // it at the weights being trained.
-    let resumed_average = resumed && out.join(RAW_WEIGHTS_DIR).join("config.json").exists();
     let mut average = match cfg.ema {
-        Some(decay) if resumed_average => {
+        Some(decay) if resumed_raw => {
             let saved = load::<B::InnerBackend>(out, device, FloatDType::F32)?;
             Some(WeightAverage::new(&saved, decay))
         }
@@ -737,10 +743,7 @@ where
             .is_none_or(|(next, _)| next != stage_index);
         let out_of_time = limits.time.is_some_and(|t| started.elapsed() >= t);
         if log.steps_done.is_multiple_of(cfg.eval_every.max(1)) || stage_done {
-            let published = match &average {
-                Some(average) => average.apply(model.valid())?,
-                None => model.valid(),
-            };
+            let published = published(model.valid(), average.as_ref())?;
             let mut eval = evaluate(&published, &vocab, stage.max_context, cfg.eval_items)?;
             eval.step = log.steps_done;
             on_event(Event::Eval(&eval));
