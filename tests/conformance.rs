@@ -507,6 +507,13 @@ fn few_row_matmul_matches_reference() {
         (32, 100, 33),
         (7, 30, 5),
         (33, 64, 8),
+        // Tensor-core shapes (f16 / bf16 on CUDA): `k` and `n` multiples of 16; one or two
+        // row tiles, padded rows, whole groups of k steps per warp and a remainder.
+        (16, 1024, 48),
+        (5, 96, 32),
+        (17, 1040, 16),
+        (32, 528, 64),
+        (1, 4096, 16),
     ] {
         let (xd, xr) = pair2(61, rows, k);
         let (wd, wr) = pair2(62, n, k);
@@ -547,6 +554,84 @@ fn few_row_matmul_matches_reference() {
         atol * 8.0,
         rtol,
     );
+}
+
+/// Products sharing their input (q, k, v: one launch on the tensor-core path) and the MLP's
+/// gated pair, against the reference's separate products. The gate's output is a product of
+/// two sums of `k` terms, of order `k`, so its absolute tolerance scales by `k`.
+#[test]
+fn few_row_matmuls_and_swiglu_match_reference() {
+    let (_, atol, rtol) = dut_dtype();
+    for (rows, k, ns) in [
+        (16, 512, vec![64, 16, 16]),
+        (5, 96, vec![32, 48]),
+        (32, 1040, vec![16]),
+        (3, 64, vec![8, 24, 40]),
+    ] {
+        let (xd, xr) = pair2(71, rows, k);
+        let weights: Vec<_> = ns
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| pair2(72 + i as u64, n, k))
+            .collect();
+        let wd: Vec<_> = weights.iter().map(|(d, _)| d.clone().transpose()).collect();
+        let got = ops::few_row_matmuls(xd.clone(), &wd).unwrap();
+        assert_eq!(got.len(), ns.len());
+        for (i, ((_, wr), got)) in weights.iter().zip(&got).enumerate() {
+            let expected = ops::few_row_matmul(xr.clone(), wr.clone().transpose()).unwrap();
+            assert_close(
+                &format!("few-row matmuls {rows}x{k}, weight {i} of {ns:?}"),
+                &host(got),
+                &host(&expected),
+                atol * (k as f64).sqrt(),
+                rtol,
+            );
+        }
+    }
+    for (rows, k, n) in [(16, 1040, 48), (7, 64, 32), (32, 256, 24), (2, 512, 16)] {
+        let (xd, xr) = pair2(81, rows, k);
+        let (gd, gr) = pair2(82, n, k);
+        let (ud, ur) = pair2(83, n, k);
+        let got = ops::few_row_swiglu(xd, gd.transpose(), ud.transpose()).unwrap();
+        let gate = ops::few_row_matmul(xr.clone(), gr.transpose()).unwrap();
+        let up = ops::few_row_matmul(xr, ur.transpose()).unwrap();
+        let expected = ops::swiglu(gate, up).unwrap();
+        assert_eq!(got.dims(), [rows, n]);
+        assert_close(
+            &format!("few-row swiglu {rows}x{k}x{n}"),
+            &host(&got),
+            &host(&expected),
+            atol * k as f64,
+            rtol,
+        );
+    }
+}
+
+#[test]
+fn few_row_matmuls_and_swiglu_reject_bad_shapes() {
+    let (x, _) = pair2(85, 4, 32);
+    let (w, _) = pair2(86, 16, 32);
+    let (w_bad, _) = pair2(87, 16, 31);
+    let err = ops::few_row_matmuls(x.clone(), &[])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("without weights"), "{err}");
+    let err = ops::few_row_matmuls(
+        x.clone(),
+        &[w.clone().transpose(), w_bad.clone().transpose()],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("few_row_matmuls"), "{err}");
+    let err = ops::few_row_swiglu(x.clone(), w.clone().transpose(), w_bad.transpose())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("few_row_swiglu"), "{err}");
+    let (w8, _) = pair2(88, 8, 32);
+    let err = ops::few_row_swiglu(x, w.transpose(), w8.transpose())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("up against gate"), "{err}");
 }
 
 #[test]

@@ -143,11 +143,38 @@ pub(crate) fn project<B: LosaBackend>(x: Tensor<B, 3>, w: Tensor<B, 2>) -> Tenso
 
 /// `layer.forward(x)` through [`project`].
 pub(crate) fn linear<B: LosaBackend>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
-    let y = project(x, layer.weight.val());
+    with_bias(layer, project(x, layer.weight.val()))
+}
+
+fn with_bias<B: Backend>(layer: &Linear<B>, y: Tensor<B, 3>) -> Tensor<B, 3> {
     match &layer.bias {
         Some(bias) => y + bias.val().unsqueeze_dim::<2>(0).unsqueeze_dim(0),
         None => y,
     }
+}
+
+/// `[layer.forward(x) for layer in layers]` for layers that share their input (q, k, v): a
+/// block's few rows go through [`ops::few_row_matmuls`], one launch where the backend can;
+/// otherwise one [`linear`] each.
+pub(crate) fn linears<B: LosaBackend, const N: usize>(
+    layers: [&Linear<B>; N],
+    x: Tensor<B, 3>,
+) -> [Tensor<B, 3>; N] {
+    let [b, s, k] = x.dims();
+    let rows = b * s;
+    if (1..=FEW_ROWS).contains(&rows) {
+        let ws: Vec<_> = layers.iter().map(|layer| layer.weight.val()).collect();
+        // Shapes the op rejects are left to burn's matmul to report.
+        if let Ok(ys) = ops::few_row_matmuls(x.clone().reshape([rows, k]), &ws)
+            && let Ok(ys) = <[Tensor<B, 2>; N]>::try_from(ys)
+        {
+            return std::array::from_fn(|i| {
+                let n = ys[i].dims()[1];
+                with_bias(layers[i], ys[i].clone().reshape([b, s, n]))
+            });
+        }
+    }
+    layers.map(|layer| linear(layer, x.clone()))
 }
 
 impl<B: LosaBackend> AttentionProj<B> {
@@ -158,9 +185,10 @@ impl<B: LosaBackend> AttentionProj<B> {
         // `[b, s, heads, d]`: the per-head norms run on this packed layout, before the heads
         // move in front of the positions.
         let split = |t: Tensor<B, 3>, heads: usize| t.reshape([b, s, heads, self.head_dim]);
-        let mut q = split(linear(&self.q, x.clone()), self.heads);
-        let mut k = split(linear(&self.k, x.clone()), self.kv_heads);
-        let v = split(linear(&self.v, x), self.kv_heads);
+        let [q, k, v] = linears([&self.q, &self.k, &self.v], x);
+        let mut q = split(q, self.heads);
+        let mut k = split(k, self.kv_heads);
+        let v = split(v, self.kv_heads);
         if let Some(norm) = &self.q_norm {
             q = norm.forward(q)?;
         }
@@ -194,12 +222,27 @@ pub struct Mlp<B: Backend> {
 }
 
 impl<B: LosaBackend> Mlp<B> {
-    /// Applies the MLP (the gate through [`ops::swiglu`]).
+    /// Applies the MLP. A block's few rows (without biases) take [`ops::few_row_swiglu`], the
+    /// input projections and the gate in one launch where the backend can; otherwise the two
+    /// projections and [`ops::swiglu`].
     pub fn forward(&self, x: Tensor<B, 3>) -> Result<Tensor<B, 3>, LosaError> {
-        let gate = linear(&self.gate, x.clone());
-        let up = linear(&self.up, x);
-        let [b, s, n] = gate.dims();
-        let gated = ops::swiglu(gate.reshape([b * s, n]), up.reshape([b * s, n]))?;
+        let [b, s, k] = x.dims();
+        let rows = b * s;
+        let gated =
+            if (1..=FEW_ROWS).contains(&rows) && self.gate.bias.is_none() && self.up.bias.is_none()
+            {
+                ops::few_row_swiglu(
+                    x.reshape([rows, k]),
+                    self.gate.weight.val(),
+                    self.up.weight.val(),
+                )?
+            } else {
+                let gate = linear(&self.gate, x.clone());
+                let up = linear(&self.up, x);
+                let n = gate.dims()[2];
+                ops::swiglu(gate.reshape([rows, n]), up.reshape([rows, n]))?
+            };
+        let n = gated.dims()[1];
         Ok(linear(&self.down, gated.reshape([b, s, n])))
     }
 }

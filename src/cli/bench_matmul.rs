@@ -1,6 +1,7 @@
 //! `losa bench matmul`: the weight matmuls of one denoising block (16 or 32 rows) on a real
 //! model shape, through the few-row kernel and through burn's matmul, on the same device in the
-//! same run. Each weight is the transposed view of an `nn.Linear` `[out, in]` matrix, as a
+//! same run, and the one-launch q/k/v and gate/up/SwiGLU products against burn's separate ones.
+//! Each weight is the transposed view of an `nn.Linear` `[out, in]` matrix, as a
 //! loaded checkpoint holds it. Reports time, weight bytes over time, and the ratio; writes
 //! `bench/results/matmul-<name>.json`.
 
@@ -55,11 +56,11 @@ struct Row {
 }
 
 /// Mean microseconds of `f` over `iterations` runs, after one untimed run.
-fn time<B: Backend>(
+fn time<B: Backend, T>(
     device: &B::Device,
     iterations: usize,
-    mut f: impl FnMut() -> CliResult<Tensor<B, 2>>,
-) -> CliResult<(f64, Tensor<B, 2>)> {
+    mut f: impl FnMut() -> CliResult<T>,
+) -> CliResult<(f64, T)> {
     let sync = || B::sync(device).map_err(|e| format!("device sync failed: {e:?}"));
     let out = f()?;
     sync()?;
@@ -91,20 +92,18 @@ impl Job for &MatmulBenchArgs {
             ("lm head", h, c.vocab_size),
         ];
         let dtype = self.dtype.float();
+        let weight = |k: usize, n: usize| {
+            Tensor::<B, 2>::random([n, k], Distribution::Normal(0.0, 0.02), device)
+                .cast(dtype)
+                .transpose()
+        };
         let mut rows_out = Vec::new();
         for &rows in &self.rows {
-            for &(name, k, n) in &weights {
-                let dist = Distribution::Normal(0.0, 0.02);
-                let w = Tensor::<B, 2>::random([n, k], dist, device)
-                    .cast(dtype)
-                    .transpose();
-                let x = Tensor::<B, 2>::random([rows, k], Distribution::Normal(0.0, 1.0), device)
-                    .cast(dtype);
-                let (few_us, few) = time::<B>(device, self.iterations, || {
-                    ops::few_row_matmul(x.clone(), w.clone()).map_err(|e| e.to_string())
-                })?;
-                let (burn_us, plain) =
-                    time::<B>(device, self.iterations, || Ok(x.clone().matmul(w.clone())))?;
+            let mut record = |name: &'static str,
+                              k: usize,
+                              n: usize,
+                              (few_us, few): (f64, Tensor<B, 2>),
+                              (burn_us, plain): (f64, Tensor<B, 2>)| {
                 let (few, plain) = (few.cast(FloatDType::F32), plain.cast(FloatDType::F32));
                 let scale: f32 = plain.clone().abs().max().into_scalar().elem();
                 let diff: f32 = (few - plain).abs().max().into_scalar().elem();
@@ -123,7 +122,7 @@ impl Job for &MatmulBenchArgs {
                     relative_difference: f64::from(diff / scale.max(f32::MIN_POSITIVE)),
                 };
                 eprintln!(
-                    "{rows:>2} rows  {name:<8} {k:>6}x{n:<6}  few-row {:>8.1} us {:>6.0} GB/s  burn {:>8.1} us {:>6.0} GB/s  {:.2}x  diff {:.1e}",
+                    "{rows:>2} rows  {name:<22} {k:>6}x{n:<6}  few-row {:>8.1} us {:>6.0} GB/s  burn {:>8.1} us {:>6.0} GB/s  {:.2}x  diff {:.1e}",
                     row.few_row_us,
                     row.few_row_gb_s,
                     row.burn_us,
@@ -132,7 +131,45 @@ impl Job for &MatmulBenchArgs {
                     row.relative_difference
                 );
                 rows_out.push(row);
+            };
+            let input = |k: usize| {
+                Tensor::<B, 2>::random([rows, k], Distribution::Normal(0.0, 1.0), device)
+                    .cast(dtype)
+            };
+            for &(name, k, n) in &weights {
+                let (w, x) = (weight(k, n), input(k));
+                let few = time::<B, _>(device, self.iterations, || {
+                    ops::few_row_matmul(x.clone(), w.clone()).map_err(|e| e.to_string())
+                })?;
+                let plain =
+                    time::<B, _>(device, self.iterations, || Ok(x.clone().matmul(w.clone())))?;
+                record(name, k, n, few, plain);
             }
+            // q, k and v in one launch, against burn's three matmuls.
+            let (x, ws) = (input(h), [weight(h, q), weight(h, kv), weight(h, kv)]);
+            let (few_us, few) = time::<B, _>(device, self.iterations, || {
+                ops::few_row_matmuls(x.clone(), &ws).map_err(|e| e.to_string())
+            })?;
+            let (burn_us, plain) = time::<B, _>(device, self.iterations, || {
+                Ok(ws.iter().map(|w| x.clone().matmul(w.clone())).collect())
+            })?;
+            let both = (
+                (few_us, Tensor::cat(few, 1)),
+                (burn_us, Tensor::cat(plain, 1)),
+            );
+            record("q, k, v (one launch)", h, q + 2 * kv, both.0, both.1);
+            // The MLP's gate and up projections with SwiGLU, against burn's two matmuls and
+            // its `silu(gate) * up`.
+            let inter = c.intermediate_size;
+            let (x, gate, up) = (input(h), weight(h, inter), weight(h, inter));
+            let few = time::<B, _>(device, self.iterations, || {
+                ops::few_row_swiglu(x.clone(), gate.clone(), up.clone()).map_err(|e| e.to_string())
+            })?;
+            let plain = time::<B, _>(device, self.iterations, || {
+                let g = x.clone().matmul(gate.clone());
+                Ok(burn::tensor::activation::silu(g) * x.clone().matmul(up.clone()))
+            })?;
+            record("gate, up, swiglu", h, 2 * inter, few, plain);
         }
         let report = serde_json::json!({
             "shape": self.shape,

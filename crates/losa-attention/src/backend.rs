@@ -99,6 +99,30 @@ pub trait LosaBackend: Backend {
         on_primitives::few_row_matmul::<Self>(x, w)
     }
 
+    /// `[x · w for w in ws]`: the projections that share their input (q, k and v), in one
+    /// launch where the backend can. By default one [`Self::losa_few_row_matmul`] each.
+    fn losa_few_row_matmuls(
+        x: FloatTensor<Self>,
+        ws: Vec<FloatTensor<Self>>,
+    ) -> Vec<FloatTensor<Self>> {
+        ws.into_iter()
+            .map(|w| Self::losa_few_row_matmul(x.clone(), w))
+            .collect()
+    }
+
+    /// `silu(x · gate) * (x · up)`: the MLP's two input projections and its gate, in one launch
+    /// where the backend can. By default two [`Self::losa_few_row_matmul`] and a
+    /// [`Self::losa_swiglu`].
+    fn losa_few_row_swiglu(
+        x: FloatTensor<Self>,
+        gate: FloatTensor<Self>,
+        up: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let gate = Self::losa_few_row_matmul(x.clone(), gate);
+        let up = Self::losa_few_row_matmul(x, up);
+        Self::losa_swiglu(gate, up)
+    }
+
     /// RMSNorm of each row of `x` `[rows, dim]` by `weight` `[dim]`: one launch where the
     /// reference takes about ten tensor operations, whose per-operation host cost dominated a
     /// decoding step. See [`crate::reference::rms_norm`].

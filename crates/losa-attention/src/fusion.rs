@@ -38,6 +38,8 @@ enum Call {
     },
     ScatterRows,
     FewRowMatmul,
+    FewRowMatmuls,
+    FewRowSwiglu,
     RmsNorm {
         eps: f64,
     },
@@ -57,6 +59,8 @@ impl Call {
             Call::ActiveRows { .. } => "losa_active_rows",
             Call::ScatterRows => "losa_scatter_rows",
             Call::FewRowMatmul => "losa_few_row_matmul",
+            Call::FewRowMatmuls => "losa_few_row_matmuls",
+            Call::FewRowSwiglu => "losa_few_row_swiglu",
             Call::RmsNorm { .. } => "losa_rms_norm",
             Call::Rope => "losa_rope",
             Call::Swiglu => "losa_swiglu",
@@ -136,6 +140,18 @@ impl<B: FusionBackend + LosaBackend> Operation<B::FusionRuntime> for LosaOp<B> {
             Call::FewRowMatmul => {
                 let (x, w) = (float(handles, 0), float(handles, 1));
                 handles.register_float_tensor::<B>(&outputs[0].id, B::losa_few_row_matmul(x, w));
+            }
+            Call::FewRowMatmuls => {
+                let x = float(handles, 0);
+                let ws = (1..inputs.len()).map(|i| float(handles, i)).collect();
+                for (out, y) in outputs.iter().zip(B::losa_few_row_matmuls(x, ws)) {
+                    handles.register_float_tensor::<B>(&out.id, y);
+                }
+            }
+            Call::FewRowSwiglu => {
+                let (x, gate, up) = (float(handles, 0), float(handles, 1), float(handles, 2));
+                let y = B::losa_few_row_swiglu(x, gate, up);
+                handles.register_float_tensor::<B>(&outputs[0].id, y);
             }
             Call::RmsNorm { eps } => {
                 let (x, w) = (float(handles, 0), float(handles, 1));
@@ -283,6 +299,27 @@ impl<B: FusionBackend + LosaBackend> LosaBackend for Fusion<B> {
     fn losa_few_row_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
         let outputs = [(vec![x.shape[0], w.shape[1]], x.dtype)];
         register::<B>(Call::FewRowMatmul, vec![x, w], &outputs).remove(0)
+    }
+
+    fn losa_few_row_matmuls(
+        x: FloatTensor<Self>,
+        ws: Vec<FloatTensor<Self>>,
+    ) -> Vec<FloatTensor<Self>> {
+        let outputs: Vec<_> = ws
+            .iter()
+            .map(|w| (vec![x.shape[0], w.shape[1]], x.dtype))
+            .collect();
+        let inputs = std::iter::once(x).chain(ws).collect();
+        register::<B>(Call::FewRowMatmuls, inputs, &outputs)
+    }
+
+    fn losa_few_row_swiglu(
+        x: FloatTensor<Self>,
+        gate: FloatTensor<Self>,
+        up: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let outputs = [(vec![x.shape[0], gate.shape[1]], x.dtype)];
+        register::<B>(Call::FewRowSwiglu, vec![x, gate, up], &outputs).remove(0)
     }
 
     fn losa_rms_norm(

@@ -237,18 +237,70 @@ pub fn query_change<B: LosaBackend>(
 /// # Shapes
 /// `x`: `[rows, k]`, `w`: `[k, n]` -> `[rows, n]`.
 pub fn few_row_matmul<B: LosaBackend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Result<Tensor<B, 2>> {
+    check_product("few_row_matmul", &x, &w)?;
+    Ok(float(B::losa_few_row_matmul(prim(x), prim(w))))
+}
+
+/// `[x · w for w in ws]`: projections that share their input (an attention layer's q, k and
+/// v), in one launch on backends that can (the tensor-core kernel takes up to three f16 /
+/// bf16 weights); otherwise one [`few_row_matmul`] each.
+///
+/// # Shapes
+/// `x`: `[rows, k]`, each `w`: `[k, n_i]` -> `[rows, n_i]` each.
+pub fn few_row_matmuls<B: LosaBackend>(
+    x: Tensor<B, 2>,
+    ws: &[Tensor<B, 2>],
+) -> Result<Vec<Tensor<B, 2>>> {
+    if ws.is_empty() {
+        return Err(LosaError::Empty("few_row_matmuls without weights".into()));
+    }
+    for w in ws {
+        check_product("few_row_matmuls", &x, w)?;
+    }
+    let ws = ws.iter().map(|w| prim(w.clone())).collect();
+    Ok(B::losa_few_row_matmuls(prim(x), ws)
+        .into_iter()
+        .map(float)
+        .collect())
+}
+
+/// `silu(x · gate) * (x · up)`: a SwiGLU MLP's input projections and gate, in one launch on
+/// backends that can; otherwise two [`few_row_matmul`] and a [`swiglu`]. Each product is
+/// rounded to the input dtype before the gate, as the unfused path rounds it.
+///
+/// # Shapes
+/// `x`: `[rows, k]`, `gate`, `up`: `[k, n]` -> `[rows, n]`.
+pub fn few_row_swiglu<B: LosaBackend>(
+    x: Tensor<B, 2>,
+    gate: Tensor<B, 2>,
+    up: Tensor<B, 2>,
+) -> Result<Tensor<B, 2>> {
+    check_product("few_row_swiglu (gate)", &x, &gate)?;
+    if up.dims() != gate.dims() {
+        return Err(mismatch(
+            "few_row_swiglu: up against gate",
+            &up.dims(),
+            &gate.dims(),
+        ));
+    }
+    same_dtype("few_row_swiglu: up", up.dtype(), gate.dtype())?;
+    Ok(float(B::losa_few_row_swiglu(prim(x), prim(gate), prim(up))))
+}
+
+/// Checks `x [rows, k] · w [k, n]`: matching `k`, nothing empty, one device.
+fn check_product<B: LosaBackend>(op: &str, x: &Tensor<B, 2>, w: &Tensor<B, 2>) -> Result<()> {
     let [rows, k] = x.dims();
     let [wk, n] = w.dims();
     if wk != k {
         return Err(mismatch(
-            "few_row_matmul: w [k, n] against x [rows, k]",
+            &format!("{op}: w [k, n] against x [rows, k]"),
             &[wk, n],
             &[k, n],
         ));
     }
     if rows == 0 || k == 0 || n == 0 {
         return Err(LosaError::Empty(format!(
-            "few_row_matmul of x {:?} and w {:?}",
+            "{op} of x {:?} and w {:?}",
             [rows, k],
             [wk, n]
         )));
@@ -256,7 +308,7 @@ pub fn few_row_matmul<B: LosaBackend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Resul
     if x.device() != w.device() {
         return Err(LosaError::DeviceMismatch("x and w".into()));
     }
-    Ok(float(B::losa_few_row_matmul(prim(x), prim(w))))
+    Ok(())
 }
 
 /// The layer ops compute in their input's dtype; a second operand of another one is refused

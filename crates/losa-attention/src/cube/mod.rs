@@ -7,6 +7,7 @@
 
 mod attention;
 mod few_rows;
+mod few_rows_mma;
 mod layer_ops;
 mod merge;
 mod pages;
@@ -268,6 +269,9 @@ where
     }
 
     fn losa_few_row_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        if few_rows_mma::takes(&x, &[&w]) {
+            return few_rows_mma::few_row_matmul(x, w, pad_rows::<R, F, I, BT>);
+        }
         if !kernel_float(x.dtype) || w.dtype != x.dtype {
             fallback("few-row matmul", "dtypes the kernel does not take");
             return on_primitives::few_row_matmul::<Self>(x, w);
@@ -280,6 +284,31 @@ where
             return on_primitives::few_row_matmul::<Self>(x, w);
         }
         few_rows::few_row_matmul(x, w)
+    }
+
+    fn losa_few_row_matmuls(
+        x: FloatTensor<Self>,
+        ws: Vec<FloatTensor<Self>>,
+    ) -> Vec<FloatTensor<Self>> {
+        if few_rows_mma::takes(&x, &ws.iter().collect::<Vec<_>>()) {
+            return few_rows_mma::few_row_matmuls(x, ws, pad_rows::<R, F, I, BT>);
+        }
+        ws.into_iter()
+            .map(|w| Self::losa_few_row_matmul(x.clone(), w))
+            .collect()
+    }
+
+    fn losa_few_row_swiglu(
+        x: FloatTensor<Self>,
+        gate: FloatTensor<Self>,
+        up: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        if gate.meta.shape() == up.meta.shape() && few_rows_mma::takes(&x, &[&gate, &up]) {
+            return few_rows_mma::few_row_swiglu(x, gate, up, pad_rows::<R, F, I, BT>);
+        }
+        let gate = Self::losa_few_row_matmul(x.clone(), gate);
+        let up = Self::losa_few_row_matmul(x, up);
+        Self::losa_swiglu(gate, up)
     }
 
     fn losa_rms_norm(
@@ -313,4 +342,24 @@ where
         }
         layer_ops::swiglu(gate, up)
     }
+}
+
+/// `x [r, k]` with zero rows appended up to `rows` (the tensor-core kernels read whole 16-row
+/// tiles).
+fn pad_rows<R, F, I, BT>(x: CubeTensor<R>, rows: usize) -> CubeTensor<R>
+where
+    R: CubeRuntime,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    use burn::tensor::{Shape, Slice, ops::FloatTensorOps};
+    let [r, k] = x.meta.shape().dims::<2>();
+    let zeros =
+        CubeBackend::<R, F, I, BT>::float_zeros(Shape::new([rows, k]), &x.device, x.dtype.into());
+    CubeBackend::<R, F, I, BT>::float_slice_assign(
+        zeros,
+        &[Slice::from(0..r), Slice::from(0..k)],
+        x,
+    )
 }
