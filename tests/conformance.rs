@@ -306,8 +306,8 @@ fn active_rows_and_scatter_match_reference() {
 
         let (xd, xr) = pair(31, [b, 3, s, 8]);
         let (fd, fr) = pair(32, [b, 3, k, 8]);
-        let out_d = ops::scatter_rows(xd, rows_d, fd).unwrap();
-        let out_r = ops::scatter_rows(xr, rows_r, fr).unwrap();
+        let out_d = ops::scatter_rows(xd.clone(), rows_d.clone(), fd.clone()).unwrap();
+        let out_r = ops::scatter_rows(xr.clone(), rows_r.clone(), fr.clone()).unwrap();
         // A copy: exact in every dtype.
         assert_close(
             &format!("scatter rows b={b} s={s} k={k}"),
@@ -316,6 +316,35 @@ fn active_rows_and_scatter_match_reference() {
             0.0,
             0.0,
         );
+
+        // LoSA's write-back of o (head dim 8), lse (fp32) and q (head dim 6) in one op.
+        let (qd, qr) = pair(35, [b, 3, s, 6]);
+        let (qad, qar) = pair(36, [b, 3, k, 6]);
+        let (ld, lr) = pair(37, [b, 3, s, 1]);
+        let (lad, lar) = pair(38, [b, 3, k, 1]);
+        let f32_3 = |t: Tensor<Dut, 4>| {
+            let rows = t.dims()[2];
+            t.reshape([b, 3, rows]).cast(FloatDType::F32)
+        };
+        let got = ops::refresh_rows((xd, f32_3(ld), qd), rows_d, (fd, f32_3(lad), qad)).unwrap();
+        let r3 = |t: Tensor<Ref, 4>| {
+            let rows = t.dims()[2];
+            t.reshape([b, 3, rows])
+        };
+        let expected = ops::refresh_rows((xr, r3(lr), qr), rows_r, (fr, r3(lar), qar)).unwrap();
+        for (what, got, expected) in [
+            ("o", host(&got.0), host(&expected.0)),
+            ("lse", host(&got.1), host(&expected.1)),
+            ("q", host(&got.2), host(&expected.2)),
+        ] {
+            assert_close(
+                &format!("refresh rows b={b} s={s} k={k}: {what}"),
+                &got,
+                &expected,
+                0.0,
+                0.0,
+            );
+        }
     }
     let scores = Tensor::<Dut, 2>::zeros([1, 4], &ddev());
     assert!(
@@ -326,8 +355,23 @@ fn active_rows_and_scatter_match_reference() {
     let (fresh, _) = pair(34, [1, 2, 3, 8]);
     let rows = ints::<Dut, 2>(&[0, 1], [1, 2], &ddev());
     assert!(
-        ops::scatter_rows(x, rows, fresh).is_err(),
+        ops::scatter_rows(x.clone(), rows.clone(), fresh.clone()).is_err(),
         "fresh rows must match the listed rows"
+    );
+    let lse = |rows: usize| Tensor::<Dut, 3>::zeros([1, 2, rows], &ddev());
+    assert!(
+        ops::refresh_rows(
+            (x.clone(), lse(4), x.clone()),
+            rows.clone(),
+            (fresh.clone(), lse(2), fresh)
+        )
+        .is_err(),
+        "fresh rows must match the listed rows"
+    );
+    let (two, _) = pair(39, [1, 2, 2, 8]);
+    assert!(
+        ops::refresh_rows((x.clone(), lse(3), x), rows, (two.clone(), lse(2), two)).is_err(),
+        "lse must match o"
     );
 }
 
@@ -393,8 +437,8 @@ fn rms_norm_matches_reference() {
             Some(n) => (xd.narrow(1, 0, n), xr.narrow(1, 0, n)),
             None => (xd, xr),
         };
-        let expected = ops::rms_norm(xr, wr, 1e-6).unwrap();
-        let got = ops::rms_norm(xd, wd, 1e-6).unwrap();
+        let expected = ops::rms_norm(xr.clone(), wr.clone(), 1e-6).unwrap();
+        let got = ops::rms_norm(xd.clone(), wd.clone(), 1e-6).unwrap();
         assert_eq!(got.dims(), expected.dims());
         assert_close(
             &format!("rms norm {rows}x{dim} (view {view:?})"),
@@ -403,6 +447,24 @@ fn rms_norm_matches_reference() {
             atol,
             rtol,
         );
+        // With a residual add first (the delta read through the same kind of view).
+        let (dd, dr) = pair2(76, rows, dim);
+        let (dd, dr) = match view {
+            Some(n) => (dd.narrow(1, 0, n), dr.narrow(1, 0, n)),
+            None => (dd, dr),
+        };
+        let (sum_expected, expected) = ops::add_rms_norm(xr, dr, wr, 1e-6).unwrap();
+        let (sum, got) = ops::add_rms_norm(xd, dd, wd, 1e-6).unwrap();
+        for (what, got, expected) in [("sum", sum, sum_expected), ("norm", got, expected)] {
+            assert_eq!(got.dims(), expected.dims());
+            assert_close(
+                &format!("add + rms norm {rows}x{dim} (view {view:?}): {what}"),
+                &host(&got),
+                &host(&expected),
+                atol,
+                rtol,
+            );
+        }
     }
     // Bad input is refused before any launch.
     let (x, _) = pair2(73, 4, 8);
@@ -415,7 +477,20 @@ fn rms_norm_matches_reference() {
     } else {
         FloatDType::F32
     };
-    assert!(ops::rms_norm(x, w.reshape([8]).cast(other), 1e-6).is_err());
+    assert!(ops::rms_norm(x.clone(), w.clone().reshape([8]).cast(other), 1e-6).is_err());
+    let (d, _) = pair2(77, 4, 8);
+    let (d_short, _) = pair2(78, 3, 8);
+    assert!(ops::add_rms_norm(x.clone(), d_short, w.clone().reshape([8]), 1e-6).is_err());
+    assert!(
+        ops::add_rms_norm(
+            x.clone(),
+            d.clone().cast(other),
+            w.clone().reshape([8]),
+            1e-6
+        )
+        .is_err()
+    );
+    assert!(ops::add_rms_norm(x, d, w.reshape([8]), -1.0).is_err());
 }
 
 /// The rotary-embedding kernel against the reference: the model's layout (heads swapped in

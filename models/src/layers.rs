@@ -33,6 +33,27 @@ impl<B: LosaBackend> RmsNorm<B> {
         let y = ops::rms_norm(x.reshape([rows, dim]), self.weight.val(), self.eps)?;
         Ok(y.reshape(dims))
     }
+
+    /// `(x + delta, self.forward(x + delta))`: a residual add and this norm in one launch
+    /// (see [`ops::add_rms_norm`]).
+    pub fn forward_add<const D: usize>(
+        &self,
+        x: Tensor<B, D>,
+        delta: Tensor<B, D>,
+    ) -> Result<(Tensor<B, D>, Tensor<B, D>), LosaError> {
+        let dims = x.dims();
+        let dim = dims[D - 1];
+        let rows = dims[..D - 1].iter().product::<usize>();
+        let delta_dims = delta.dims();
+        let delta_rows = delta_dims[..D - 1].iter().product::<usize>();
+        let (sum, y) = ops::add_rms_norm(
+            x.reshape([rows, dim]),
+            delta.reshape([delta_rows, delta_dims[D - 1]]),
+            self.weight.val(),
+            self.eps,
+        )?;
+        Ok((sum.reshape(dims), y.reshape(dims)))
+    }
 }
 
 /// NeoX-style rotary tables: `cos`/`sin` of `cat(freqs, freqs)` at absolute positions

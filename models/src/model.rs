@@ -276,8 +276,18 @@ impl<B: LosaBackend> DlmModel<B> {
             Keys::Step { .. } => None,
         };
         let mut stats = Vec::new();
+        // The last MLP's output, added to the residual stream by the next norm (one launch for
+        // the add and the norm).
+        let mut pending: Option<Tensor<B, 3>> = None;
         for (l, layer) in self.layers.iter().enumerate() {
-            let h = layer.attn_norm.forward(x.clone())?;
+            let h = match pending.take() {
+                Some(delta) => {
+                    let (sum, h) = layer.attn_norm.forward_add(x, delta)?;
+                    x = sum;
+                    h
+                }
+                None => layer.attn_norm.forward(x.clone())?,
+            };
             let (q, k, v) = layer.attn.qkv(h, &rope)?;
             Lap::mark::<B>(&mut lap, &device, Part::Rest)?;
             let attn = match &mut keys {
@@ -323,12 +333,16 @@ impl<B: LosaBackend> DlmModel<B> {
                 }
             };
             Lap::mark::<B>(&mut lap, &device, Part::Attention)?;
-            x = x + layer.attn.out(attn);
+            let (sum, h) = layer.mlp_norm.forward_add(x, layer.attn.out(attn))?;
+            x = sum;
             Lap::mark::<B>(&mut lap, &device, Part::Rest)?;
-            x = x.clone() + layer.mlp.forward(layer.mlp_norm.forward(x)?)?;
+            pending = Some(layer.mlp.forward(h)?);
             Lap::mark::<B>(&mut lap, &device, Part::Mlp)?;
         }
-        let x = self.norm.forward(x)?;
+        let x = match pending {
+            Some(delta) => self.norm.forward_add(x, delta)?.1,
+            None => self.norm.forward(x)?,
+        };
         let logits = match &self.lm_head {
             Some(head) => linear(head, x),
             None => project(x, embed.transpose()),

@@ -170,6 +170,14 @@ impl Job for &MatmulBenchArgs {
                 Ok(burn::tensor::activation::silu(g) * x.clone().matmul(up.clone()))
             })?;
             record("gate, up, swiglu", h, 2 * inter, few, plain);
+            // A product whose GPU time is negligible: its time per launch is the host's cost of
+            // one operation (both paths are issued back to back, then synchronised once).
+            let (x, w) = (input(64), weight(64, 16));
+            let few = time::<B, _>(device, self.iterations, || {
+                ops::few_row_matmul(x.clone(), w.clone()).map_err(|e| e.to_string())
+            })?;
+            let plain = time::<B, _>(device, self.iterations, || Ok(x.clone().matmul(w.clone())))?;
+            record("tiny (host cost per op)", 64, 16, few, plain);
         }
         let report = serde_json::json!({
             "shape": self.shape,

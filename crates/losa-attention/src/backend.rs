@@ -16,6 +16,10 @@ use burn::tensor::{
 /// Attention output and its fp32 log-sum-exp, as primitives.
 pub type OutLse<B> = (FloatTensor<B>, FloatTensor<B>);
 
+/// A LoSA layer's per-row state, as primitives: prefix output `[b, h, s, dv]`, its fp32
+/// log-sum-exp `[b, h, s]` and the queries `[b, h, s, d]` they were computed from.
+pub type RowState<B> = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>);
+
 /// A burn backend that can run LoSA attention.
 pub trait LosaBackend: Backend {
     /// Attention over `k`/`v`, restricted to the pages set in `page_mask` (all keys when `None`).
@@ -93,6 +97,18 @@ pub trait LosaBackend: Backend {
         on_primitives::scatter_rows::<Self>(x, rows, fresh)
     }
 
+    /// LoSA's write-back after a sparse step: the cached `(o, lse, q)` with rows `rows[b, i]`
+    /// replaced by the active rows' fresh values, in one launch where the backend can. By
+    /// default three [`Self::losa_scatter_rows`]. Shapes: `o` `[b, h, s, dv]`, `lse`
+    /// `[b, h, s]`, `q` `[b, h, s, d]`; the fresh ones have `k` rows.
+    fn losa_refresh_rows(
+        cached: RowState<Self>,
+        rows: IntTensor<Self>,
+        fresh: RowState<Self>,
+    ) -> RowState<Self> {
+        on_primitives::refresh_rows::<Self>(cached, rows, fresh)
+    }
+
     /// `x · w` for the few rows of a denoising block (`w` typically the transposed view of an
     /// `nn.Linear` weight). See [`crate::reference::few_row_matmul`].
     fn losa_few_row_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -134,6 +150,19 @@ pub trait LosaBackend: Backend {
         on_primitives::rms_norm::<Self>(x, weight, eps)
     }
 
+    /// `(x + delta, rms_norm(x + delta))`: a residual add and the next RMSNorm in one launch
+    /// where the backend can. By default a tensor add and [`Self::losa_rms_norm`].
+    fn losa_add_rms_norm(
+        x: FloatTensor<Self>,
+        delta: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        eps: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let sum = Self::float_add(x, delta);
+        let normed = Self::losa_rms_norm(sum.clone(), weight, eps);
+        (sum, normed)
+    }
+
     /// NeoX rotary embedding of `x` `[b, heads, s, d]` by the `[s, d]` tables: one launch for
     /// the reference's five. See [`crate::reference::rope`].
     fn losa_rope(
@@ -160,7 +189,9 @@ pub(crate) mod on_primitives {
         ops::{FloatTensor, IntTensor},
     };
 
-    use super::OutLse;
+    use burn::tensor::{Shape, TensorMetadata};
+
+    use super::{LosaBackend, OutLse, RowState};
     use crate::reference;
 
     fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
@@ -241,6 +272,25 @@ pub(crate) mod on_primitives {
     ) -> FloatTensor<B> {
         let rows = Tensor::<B, 2, Int>::from_primitive(rows);
         prim(reference::scatter_rows::<B>(float(x), rows, float(fresh)))
+    }
+
+    pub(crate) fn refresh_rows<B: LosaBackend>(
+        (o, lse, q): RowState<B>,
+        rows: IntTensor<B>,
+        (o_a, lse_a, q_a): RowState<B>,
+    ) -> RowState<B> {
+        let [b, h, s] = lse.shape().dims::<3>();
+        let k = lse_a.shape().dims::<3>()[2];
+        let lse = B::losa_scatter_rows(
+            B::float_reshape(lse, Shape::new([b, h, s, 1])),
+            rows.clone(),
+            B::float_reshape(lse_a, Shape::new([b, h, k, 1])),
+        );
+        (
+            B::losa_scatter_rows(o, rows.clone(), o_a),
+            B::float_reshape(lse, Shape::new([b, h, s])),
+            B::losa_scatter_rows(q, rows, q_a),
+        )
     }
 
     pub(crate) fn few_row_matmul<B: Backend>(

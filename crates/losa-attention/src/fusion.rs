@@ -12,7 +12,7 @@ use burn_fusion::{
 };
 use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
 
-use crate::backend::{LosaBackend, OutLse};
+use crate::backend::{LosaBackend, OutLse, RowState};
 
 /// Which primitive a registered custom operation runs, with its non-tensor arguments.
 #[derive(Debug, Clone, Copy)]
@@ -37,10 +37,14 @@ enum Call {
         k: usize,
     },
     ScatterRows,
+    RefreshRows,
     FewRowMatmul,
     FewRowMatmuls,
     FewRowSwiglu,
     RmsNorm {
+        eps: f64,
+    },
+    AddRmsNorm {
         eps: f64,
     },
     Rope,
@@ -58,10 +62,12 @@ impl Call {
             Call::QueryChange => "losa_query_change",
             Call::ActiveRows { .. } => "losa_active_rows",
             Call::ScatterRows => "losa_scatter_rows",
+            Call::RefreshRows => "losa_refresh_rows",
             Call::FewRowMatmul => "losa_few_row_matmul",
             Call::FewRowMatmuls => "losa_few_row_matmuls",
             Call::FewRowSwiglu => "losa_few_row_swiglu",
             Call::RmsNorm { .. } => "losa_rms_norm",
+            Call::AddRmsNorm { .. } => "losa_add_rms_norm",
             Call::Rope => "losa_rope",
             Call::Swiglu => "losa_swiglu",
         }
@@ -137,6 +143,15 @@ impl<B: FusionBackend + LosaBackend> Operation<B::FusionRuntime> for LosaOp<B> {
                 let out = B::losa_scatter_rows(x, rows, fresh);
                 handles.register_float_tensor::<B>(&outputs[0].id, out);
             }
+            Call::RefreshRows => {
+                let cached = (float(handles, 0), float(handles, 1), float(handles, 2));
+                let rows = handles.get_int_tensor::<B>(&inputs[3]);
+                let fresh = (float(handles, 4), float(handles, 5), float(handles, 6));
+                let (o, lse, q) = B::losa_refresh_rows(cached, rows, fresh);
+                for (out, t) in outputs.iter().zip([o, lse, q]) {
+                    handles.register_float_tensor::<B>(&out.id, t);
+                }
+            }
             Call::FewRowMatmul => {
                 let (x, w) = (float(handles, 0), float(handles, 1));
                 handles.register_float_tensor::<B>(&outputs[0].id, B::losa_few_row_matmul(x, w));
@@ -156,6 +171,12 @@ impl<B: FusionBackend + LosaBackend> Operation<B::FusionRuntime> for LosaOp<B> {
             Call::RmsNorm { eps } => {
                 let (x, w) = (float(handles, 0), float(handles, 1));
                 handles.register_float_tensor::<B>(&outputs[0].id, B::losa_rms_norm(x, w, eps));
+            }
+            Call::AddRmsNorm { eps } => {
+                let (x, delta, w) = (float(handles, 0), float(handles, 1), float(handles, 2));
+                let (sum, normed) = B::losa_add_rms_norm(x, delta, w, eps);
+                handles.register_float_tensor::<B>(&outputs[0].id, sum);
+                handles.register_float_tensor::<B>(&outputs[1].id, normed);
             }
             Call::Rope => {
                 let (x, cos, sin) = (float(handles, 0), float(handles, 1), float(handles, 2));
@@ -201,6 +222,12 @@ fn two<T>(mut v: Vec<T>) -> (T, T) {
     let b = v.pop().expect("two outputs");
     let a = v.pop().expect("two outputs");
     (a, b)
+}
+
+fn three<T>(mut v: Vec<T>) -> (T, T, T) {
+    let c = v.pop().expect("three outputs");
+    let (a, b) = two(v);
+    (a, b, c)
 }
 
 impl<B: FusionBackend + LosaBackend> LosaBackend for Fusion<B> {
@@ -296,6 +323,23 @@ impl<B: FusionBackend + LosaBackend> LosaBackend for Fusion<B> {
         register::<B>(Call::ScatterRows, vec![x, rows, fresh], &outputs).remove(0)
     }
 
+    fn losa_refresh_rows(
+        (o, lse, q): RowState<Self>,
+        rows: IntTensor<Self>,
+        (o_a, lse_a, q_a): RowState<Self>,
+    ) -> RowState<Self> {
+        let outputs = [
+            (o.shape.to_vec(), o.dtype),
+            (lse.shape.to_vec(), lse.dtype),
+            (q.shape.to_vec(), q.dtype),
+        ];
+        three(register::<B>(
+            Call::RefreshRows,
+            vec![o, lse, q, rows, o_a, lse_a, q_a],
+            &outputs,
+        ))
+    }
+
     fn losa_few_row_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
         let outputs = [(vec![x.shape[0], w.shape[1]], x.dtype)];
         register::<B>(Call::FewRowMatmul, vec![x, w], &outputs).remove(0)
@@ -329,6 +373,21 @@ impl<B: FusionBackend + LosaBackend> LosaBackend for Fusion<B> {
     ) -> FloatTensor<Self> {
         let outputs = [(x.shape.dims::<2>().to_vec(), x.dtype)];
         register::<B>(Call::RmsNorm { eps }, vec![x, weight], &outputs).remove(0)
+    }
+
+    fn losa_add_rms_norm(
+        x: FloatTensor<Self>,
+        delta: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        eps: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let shape = x.shape.dims::<2>().to_vec();
+        let outputs = [(shape.clone(), x.dtype), (shape, x.dtype)];
+        two(register::<B>(
+            Call::AddRmsNorm { eps },
+            vec![x, delta, weight],
+            &outputs,
+        ))
     }
 
     fn losa_rope(

@@ -230,6 +230,70 @@ pub fn query_change<B: LosaBackend>(
     Ok(float(B::losa_query_change(prim(q), prim(q_cached))))
 }
 
+/// LoSA's write-back after a sparse step: the cached prefix output, its log-sum-exp and the
+/// queries, each with the rows `rows[b, i]` replaced by the active rows' fresh values (one
+/// launch on the CubeCL backends, three [`scatter_rows`] elsewhere). `rows` must hold distinct
+/// indices below `seq` (as [`active_rows`] returns them).
+///
+/// # Shapes
+/// `cached`: `o` `[batch, heads, seq, dv]`, `lse` `[batch, heads, seq]`, `q` `[batch, heads,
+/// seq, d]`; `rows`: `[batch, k]`; `fresh`: the same with `k` rows -> the cached shapes.
+pub fn refresh_rows<B: LosaBackend>(
+    cached: (Tensor<B, 4>, Tensor<B, 3>, Tensor<B, 4>),
+    rows: Tensor<B, 2, Int>,
+    fresh: (Tensor<B, 4>, Tensor<B, 3>, Tensor<B, 4>),
+) -> Result<(Tensor<B, 4>, Tensor<B, 3>, Tensor<B, 4>)> {
+    let (o, lse, q) = cached;
+    let (o_a, lse_a, q_a) = fresh;
+    let [b, h, s, _] = o.dims();
+    let [rb, k] = rows.dims();
+    if rb != b || k > s {
+        return Err(mismatch(
+            "refresh_rows: rows [batch, k <= seq] against o",
+            &[rb, k],
+            &[b, s],
+        ));
+    }
+    let with_rows = |dims: [usize; 4], rows: usize| [dims[0], dims[1], rows, dims[3]];
+    let lead = |dims: [usize; 4]| vec![dims[0], dims[1], dims[2]];
+    for (what, got, expected) in [
+        ("refresh_rows: q against o", lead(q.dims()), vec![b, h, s]),
+        (
+            "refresh_rows: lse against o",
+            lse.dims().to_vec(),
+            vec![b, h, s],
+        ),
+        (
+            "refresh_rows: fresh lse against o and rows",
+            lse_a.dims().to_vec(),
+            vec![b, h, k],
+        ),
+        (
+            "refresh_rows: fresh o against o and rows",
+            o_a.dims().to_vec(),
+            with_rows(o.dims(), k).to_vec(),
+        ),
+        (
+            "refresh_rows: fresh q against q and rows",
+            q_a.dims().to_vec(),
+            with_rows(q.dims(), k).to_vec(),
+        ),
+    ] {
+        if got != expected {
+            return Err(mismatch(what, &got, &expected));
+        }
+    }
+    if k == 0 {
+        return Ok((o, lse, q));
+    }
+    let (o, lse, q) = B::losa_refresh_rows(
+        (prim(o), prim(lse), prim(q)),
+        rows.into_primitive(),
+        (prim(o_a), prim(lse_a), prim(q_a)),
+    );
+    Ok((float(o), float(lse), float(q)))
+}
+
 /// `x · w` for the few rows of a denoising block: a weight-bandwidth-bound kernel on CubeCL
 /// backends for up to 32 rows with `w` read along `k` (the transposed view of an `nn.Linear`
 /// weight, as burn's `Linear` holds a loaded checkpoint's); burn's matmul otherwise.
@@ -334,7 +398,18 @@ pub fn rms_norm<B: LosaBackend>(
     weight: Tensor<B, 1>,
     eps: f64,
 ) -> Result<Tensor<B, 2>> {
+    check_rms_norm(&x, &weight, eps)?;
     let [rows, dim] = x.dims();
+    if rows == 0 || dim == 0 {
+        // Nothing to normalise: the empty input is the empty output.
+        return Ok(x);
+    }
+    Ok(float(B::losa_rms_norm(prim(x), prim(weight), eps)))
+}
+
+/// The weight against `x [rows, dim]`, a usable `eps`, one device and dtype.
+fn check_rms_norm<B: LosaBackend>(x: &Tensor<B, 2>, weight: &Tensor<B, 1>, eps: f64) -> Result<()> {
+    let dim = x.dims()[1];
     if weight.dims() != [dim] {
         return Err(mismatch(
             "rms_norm: weight [dim] against x [rows, dim]",
@@ -350,12 +425,40 @@ pub fn rms_norm<B: LosaBackend>(
     if x.device() != weight.device() {
         return Err(LosaError::DeviceMismatch("x and weight".into()));
     }
-    same_dtype("rms_norm: weight", weight.dtype(), x.dtype())?;
-    if rows == 0 || dim == 0 {
-        // Nothing to normalise: the empty input is the empty output.
-        return Ok(x);
+    same_dtype("rms_norm: weight", weight.dtype(), x.dtype())
+}
+
+/// `(x + delta, rms_norm(x + delta, weight, eps))`: a residual add and the next [`rms_norm`]
+/// in one kernel on the CubeCL backends (the sum rounded to `x`'s dtype before the norm, as a
+/// separate add rounds it); a tensor add and [`rms_norm`] elsewhere.
+///
+/// # Shapes
+/// `x`, `delta`: `[rows, dim]`, `weight`: `[dim]` -> `([rows, dim], [rows, dim])`.
+pub fn add_rms_norm<B: LosaBackend>(
+    x: Tensor<B, 2>,
+    delta: Tensor<B, 2>,
+    weight: Tensor<B, 1>,
+    eps: f64,
+) -> Result<(Tensor<B, 2>, Tensor<B, 2>)> {
+    if delta.dims() != x.dims() {
+        return Err(mismatch(
+            "add_rms_norm: delta against x",
+            &delta.dims(),
+            &x.dims(),
+        ));
     }
-    Ok(float(B::losa_rms_norm(prim(x), prim(weight), eps)))
+    if x.device() != delta.device() {
+        return Err(LosaError::DeviceMismatch("x and delta".into()));
+    }
+    same_dtype("add_rms_norm: delta", delta.dtype(), x.dtype())?;
+    check_rms_norm(&x, &weight, eps)?;
+    let [rows, dim] = x.dims();
+    if rows == 0 || dim == 0 {
+        // Nothing to add or normalise: the empty input is both outputs.
+        return Ok((x.clone(), x));
+    }
+    let (sum, normed) = B::losa_add_rms_norm(prim(x), prim(delta), prim(weight), eps);
+    Ok((float(sum), float(normed)))
 }
 
 /// NeoX rotary embedding, `x * cos + rotate_half(x) * sin` (`rotate_half(x) = cat(-x2, x1)`

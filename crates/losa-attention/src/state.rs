@@ -265,18 +265,12 @@ pub fn attend<B: LosaBackend>(
                     let q_a = gather_rows(q, active.clone());
                     let (o_a, l_a, loaded) = sparse_prefix(q_a.clone(), prefix, &cfg.pages, scale)?;
                     stats.loaded_pages = Some(loaded);
-                    let [b, h, _] = cached.lse.dims();
-                    let lse = ops::scatter_rows(
-                        cached.lse.reshape([b, h, rows, 1]),
-                        active.clone(),
-                        l_a.reshape([b, h, k, 1]),
-                    )?
-                    .reshape([b, h, rows]);
-                    let fresh = CachedRows {
-                        o: ops::scatter_rows(cached.o, active.clone(), o_a)?,
-                        lse,
-                        q: ops::scatter_rows(cached.q, active, q_a)?,
-                    };
+                    let (o, lse, q) = ops::refresh_rows(
+                        (cached.o, cached.lse, cached.q),
+                        active,
+                        (o_a, l_a, q_a),
+                    )?;
+                    let fresh = CachedRows { o, lse, q };
                     state.cached = Some(fresh.clone());
                     (fresh.o, fresh.lse)
                 }

@@ -310,16 +310,16 @@ fn has_mma<R: CubeRuntime>(x: &CubeTensor<R>) -> bool {
 pub(crate) fn takes<R: CubeRuntime>(x: &CubeTensor<R>, ws: &[&CubeTensor<R>]) -> bool {
     let [rows, k] = x.meta.shape().dims::<2>();
     (1..=MAX_ROWS).contains(&rows)
-        && k % TILE == 0
+        && k.is_multiple_of(TILE)
         && (1..=MAX_WEIGHTS).contains(&ws.len())
         && ws.iter().all(|w| {
             let [wk, n] = w.meta.shape().dims::<2>();
             w.dtype == x.dtype
                 && wk == k
                 && n > 0
-                && n % TILE == 0
+                && n.is_multiple_of(TILE)
                 && w.meta.strides()[0] == 1
-                && w.meta.strides()[1] % 8 == 0
+                && w.meta.strides()[1].is_multiple_of(8)
         })
         && has_mma(x)
 }
@@ -332,7 +332,7 @@ fn padded_rows<R: CubeRuntime>(
 ) -> (CubeTensor<R>, usize) {
     let rows = x.meta.shape()[0];
     let m_tiles = rows.div_ceil(TILE);
-    let x = if rows % TILE == 0 {
+    let x = if rows.is_multiple_of(TILE) {
         into_contiguous(x)
     } else {
         into_contiguous(pad(x, m_tiles * TILE))

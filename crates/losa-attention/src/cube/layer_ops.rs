@@ -21,14 +21,24 @@ use super::{channel_vector_width, cube_sum, elemwise_count};
 /// Most units per cube (a row of 4096 bf16 channels is 512 vectors of 8: two per unit).
 const MAX_UNITS: usize = 256;
 
+/// RMSNorm of each row of `x` (of `x + delta` when `add`, rounded to the input dtype as a
+/// separate add would round it, and written to `sum`: the residual stream and the next norm in
+/// one launch). Without `add`, `delta` and `sum` are unused.
 #[cube(launch)]
-#[allow(clippy::manual_div_ceil, clippy::manual_is_multiple_of)]
+#[allow(
+    clippy::manual_div_ceil,
+    clippy::manual_is_multiple_of,
+    clippy::too_many_arguments
+)]
 fn rms_norm_kernel<F: Float, N: Size>(
     x: &Tensor<Vector<F, N>>,
+    delta: &Tensor<Vector<F, N>>,
     weight: &Tensor<Vector<F, N>>,
+    sum: &mut Tensor<Vector<F, N>>,
     out: &mut Tensor<Vector<F, N>>,
     eps: f32,
     #[comptime] units: usize,
+    #[comptime] add: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let width = x.vector_size();
@@ -39,29 +49,62 @@ fn rms_norm_kernel<F: Float, N: Size>(
     // Every unit of a cube past the last row still joins the barriers below.
     let valid = row < out.shape(0);
     let x_base = row * (x.stride(0) / width);
-    let mut sum = 0.0f32.runtime();
+    let delta_base = row * (delta.stride(0) / width);
+    let out_base = row * vectors;
+    let mut squares = 0.0f32.runtime();
     if valid {
         let mut i = unit;
         while i < vectors {
-            let v = Vector::<f32, N>::cast_from(x[x_base + i]);
-            sum += v.dot(v);
+            let v = Vector::<f32, N>::cast_from(input_row(x, delta, x_base, delta_base, i, add));
+            squares += v.dot(v);
+            if add {
+                sum[out_base + i] = Vector::cast_from(v);
+            }
             i += units;
         }
     }
-    let total = cube_sum(sum, units);
+    let total = cube_sum(squares, units);
     let inv = Vector::<f32, N>::new(1.0f32 / f32::sqrt(total / dim as f32 + eps));
     if valid {
-        let out_base = row * vectors;
         let mut i = unit;
         while i < vectors {
+            let v = Vector::<f32, N>::cast_from(input_row(x, delta, x_base, delta_base, i, add));
             // Rounded to the input dtype before the weight, as the reference casts back.
-            let normed =
-                Vector::<F, N>::cast_from(Vector::<f32, N>::cast_from(x[x_base + i]) * inv);
+            let normed = Vector::<F, N>::cast_from(v * inv);
             let scaled =
                 Vector::<f32, N>::cast_from(normed) * Vector::<f32, N>::cast_from(weight[i]);
             out[out_base + i] = Vector::cast_from(scaled);
             i += units;
         }
+    }
+}
+
+/// Vector `i` of the row: `x`, or `x + delta` rounded to the input dtype.
+#[cube]
+fn input_row<F: Float, N: Size>(
+    x: &Tensor<Vector<F, N>>,
+    delta: &Tensor<Vector<F, N>>,
+    x_base: usize,
+    delta_base: usize,
+    i: usize,
+    #[comptime] add: bool,
+) -> Vector<F, N> {
+    if add {
+        Vector::<F, N>::cast_from(
+            Vector::<f32, N>::cast_from(x[x_base + i])
+                + Vector::<f32, N>::cast_from(delta[delta_base + i]),
+        )
+    } else {
+        x[x_base + i]
+    }
+}
+
+/// Rows may sit at any stride (a view into a wider buffer), channels must be packed.
+fn packed_rows<R: CubeRuntime>(x: CubeTensor<R>) -> CubeTensor<R> {
+    if x.meta.strides()[1] == 1 {
+        x
+    } else {
+        into_contiguous(x)
     }
 }
 
@@ -71,38 +114,75 @@ pub(crate) fn rms_norm<R: CubeRuntime>(
     weight: CubeTensor<R>,
     eps: f64,
 ) -> CubeTensor<R> {
-    // Rows may sit at any stride (a view into a wider buffer), channels must be packed.
-    let x = if x.meta.strides()[1] == 1 {
-        x
-    } else {
-        into_contiguous(x)
-    };
-    let weight = into_contiguous(weight);
-    let [rows, dim] = x.meta.shape().dims::<2>();
-    let out = empty_device_contiguous_dtype::<R>(
+    let x = packed_rows(x);
+    let out = like(&x);
+    launch_norm(x.clone(), None, weight, out.clone(), eps);
+    out
+}
+
+/// `(x + delta, rms_norm(x + delta))`: `x`, `delta` `[rows, dim]`, `weight` `[dim]`, one float
+/// dtype.
+pub(crate) fn add_rms_norm<R: CubeRuntime>(
+    x: CubeTensor<R>,
+    delta: CubeTensor<R>,
+    weight: CubeTensor<R>,
+    eps: f64,
+) -> (CubeTensor<R>, CubeTensor<R>) {
+    let (x, delta) = (packed_rows(x), packed_rows(delta));
+    let (sum, out) = (like(&x), like(&x));
+    launch_norm(x, Some((delta, sum.clone())), weight, out.clone(), eps);
+    (sum, out)
+}
+
+/// A contiguous, uninitialised `[rows, dim]` tensor like `x`.
+fn like<R: CubeRuntime>(x: &CubeTensor<R>) -> CubeTensor<R> {
+    empty_device_contiguous_dtype::<R>(
         x.client.clone(),
         x.device.clone(),
-        Shape::new([rows, dim]),
+        Shape::new(x.meta.shape().dims::<2>()),
         x.dtype,
-    );
+    )
+}
+
+/// Launches the norm of `x` (plus `delta`, written to `sum`, where given) into `out`.
+fn launch_norm<R: CubeRuntime>(
+    x: CubeTensor<R>,
+    add: Option<(CubeTensor<R>, CubeTensor<R>)>,
+    weight: CubeTensor<R>,
+    out: CubeTensor<R>,
+    eps: f64,
+) {
+    let weight = into_contiguous(weight);
+    let [rows, dim] = x.meta.shape().dims::<2>();
     if rows == 0 || dim == 0 {
-        return out;
+        return;
     }
-    let width = channel_vector_width(&[&x, &weight]);
+    let mut operands = vec![&x, &weight];
+    if let Some((delta, _)) = &add {
+        operands.push(delta);
+    }
+    let width = channel_vector_width(&operands);
     let units = (dim / width).next_power_of_two().clamp(1, MAX_UNITS);
+    // Without an add, `x` and `out` stand in for the unused `delta` and `sum`.
+    let (delta, sum, adding) = match add {
+        Some((delta, sum)) => (delta, sum, true),
+        None => (x.clone(), out.clone(), false),
+    };
     rms_norm_kernel::launch::<R>(
         &x.client,
         super::cube_grid(rows),
         CubeDim::new_1d(units as u32),
         width,
         x.clone().into_tensor_arg(),
+        delta.into_tensor_arg(),
         weight.into_tensor_arg(),
-        out.clone().into_tensor_arg(),
+        sum.into_tensor_arg(),
+        out.into_tensor_arg(),
         eps as f32,
         units,
+        adding,
         x.dtype.into(),
     );
-    out
 }
 
 /// One unit per (row, channel pair `i`, `i + half`) of `x` `[b, heads, s, d]`:

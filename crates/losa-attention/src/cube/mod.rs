@@ -23,7 +23,7 @@ use burn_cubecl::{
 };
 use cubecl::prelude::*;
 
-use crate::backend::{LosaBackend, OutLse, on_primitives};
+use crate::backend::{LosaBackend, OutLse, RowState, on_primitives};
 
 /// Lowest finite fp32: the running max before any key is seen. Kernels avoid `-inf` literals
 /// (WGSL rejects them); a true `-inf` is passed in as a runtime scalar where an output needs it.
@@ -268,6 +268,28 @@ where
         rows::scatter_rows(x, rows, fresh)
     }
 
+    fn losa_refresh_rows(
+        cached: RowState<Self>,
+        rows: IntTensor<Self>,
+        fresh: RowState<Self>,
+    ) -> RowState<Self> {
+        let (o, lse, q) = (&cached.0, &cached.1, &cached.2);
+        let floats_match = kernel_float(o.dtype)
+            && [q.dtype, fresh.0.dtype, fresh.2.dtype]
+                .iter()
+                .all(|&d| d == o.dtype)
+            && lse.dtype == DType::F32
+            && fresh.1.dtype == DType::F32;
+        if !floats_match || rows.meta.shape()[1] == 0 {
+            fallback(
+                "refresh rows",
+                "dtypes the kernel does not take (lse not fp32), or no rows",
+            );
+            return on_primitives::refresh_rows::<Self>(cached, rows, fresh);
+        }
+        rows::refresh_rows(cached, rows, fresh)
+    }
+
     fn losa_few_row_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
         if few_rows_mma::takes(&x, &[&w]) {
             return few_rows_mma::few_row_matmul(x, w, pad_rows::<R, F, I, BT>);
@@ -321,6 +343,21 @@ where
             return on_primitives::rms_norm::<Self>(x, weight, eps);
         }
         layer_ops::rms_norm(x, weight, eps)
+    }
+
+    fn losa_add_rms_norm(
+        x: FloatTensor<Self>,
+        delta: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        eps: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        if !kernel_float(x.dtype) || delta.dtype != x.dtype || weight.dtype != x.dtype {
+            fallback("add + rms norm", "dtypes the kernel does not take");
+            let sum = <Self as burn::tensor::ops::FloatTensorOps<Self>>::float_add(x, delta);
+            let normed = Self::losa_rms_norm(sum.clone(), weight, eps);
+            return (sum, normed);
+        }
+        layer_ops::add_rms_norm(x, delta, weight, eps)
     }
 
     fn losa_rope(

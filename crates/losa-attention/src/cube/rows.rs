@@ -141,24 +141,18 @@ pub(crate) fn active_rows<R: CubeRuntime>(
     rows
 }
 
-/// One unit per output element: the fresh value where the element's row is listed in `rows`,
-/// the cached one elsewhere.
-#[cube(launch)]
-#[allow(clippy::manual_div_ceil, clippy::manual_is_multiple_of)]
-fn scatter_rows_kernel<F: Float, I: Int>(
+/// Element `pos` of `x` `[b, h, s, d]` (or `[b, h, s]` with `d = 1`) with its row replaced by
+/// the fresh one where the row is listed in `rows` `[b, k]` (`fresh` `[b, h, k, d]`).
+#[cube]
+fn scattered<F: Float, I: Int>(
     x: &Tensor<F>,
     rows: &Tensor<I>,
     fresh: &Tensor<F>,
-    out: &mut Tensor<F>,
-    #[define(F, I)] _dtypes: [StorageType; 2],
-) {
-    let pos = ABSOLUTE_POS;
-    if pos >= out.len() {
-        terminate!();
-    }
-    let h = out.shape(1);
-    let s = out.shape(2);
-    let d = out.shape(3);
+    pos: usize,
+    d: usize,
+) -> F {
+    let h = x.shape(1);
+    let s = x.shape(2);
     let k = rows.shape(1);
     let c = pos % d;
     let i = (pos / d) % s;
@@ -170,7 +164,94 @@ fn scatter_rows_kernel<F: Float, I: Int>(
             value = fresh[(bh * k + t) * d + c];
         }
     }
-    out[pos] = value;
+    value
+}
+
+/// One unit per output element: the fresh value where the element's row is listed in `rows`,
+/// the cached one elsewhere.
+#[cube(launch)]
+fn scatter_rows_kernel<F: Float, I: Int>(
+    x: &Tensor<F>,
+    rows: &Tensor<I>,
+    fresh: &Tensor<F>,
+    out: &mut Tensor<F>,
+    #[define(F, I)] _dtypes: [StorageType; 2],
+) {
+    let pos = ABSOLUTE_POS;
+    if pos >= out.len() {
+        terminate!();
+    }
+    out[pos] = scattered(x, rows, fresh, pos, x.shape(3));
+}
+
+/// LoSA's three write-backs in one launch: units `0..|o|` write `o`, the next `|q|` write `q`,
+/// the last `|lse|` write `lse` (rows of one value).
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+fn refresh_rows_kernel<F: Float, I: Int>(
+    o: &Tensor<F>,
+    lse: &Tensor<f32>,
+    q: &Tensor<F>,
+    rows: &Tensor<I>,
+    o_fresh: &Tensor<F>,
+    lse_fresh: &Tensor<f32>,
+    q_fresh: &Tensor<F>,
+    o_out: &mut Tensor<F>,
+    lse_out: &mut Tensor<f32>,
+    q_out: &mut Tensor<F>,
+    #[define(F, I)] _dtypes: [StorageType; 2],
+) {
+    let pos = ABSOLUTE_POS;
+    let (o_len, q_len) = (o.len(), q.len());
+    if pos < o_len {
+        o_out[pos] = scattered(o, rows, o_fresh, pos, o.shape(3));
+    } else if pos < o_len + q_len {
+        q_out[pos - o_len] = scattered(q, rows, q_fresh, pos - o_len, q.shape(3));
+    } else if pos < o_len + q_len + lse.len() {
+        lse_out[pos - o_len - q_len] = scattered(lse, rows, lse_fresh, pos - o_len - q_len, 1usize);
+    }
+}
+
+/// `(o, lse, q)` with the listed rows refreshed; contiguous copies of the inputs where needed.
+/// `lse` tensors are fp32 (the caller checked).
+pub(crate) fn refresh_rows<R: CubeRuntime>(
+    (o, lse, q): (CubeTensor<R>, CubeTensor<R>, CubeTensor<R>),
+    rows: CubeTensor<R>,
+    (o_a, lse_a, q_a): (CubeTensor<R>, CubeTensor<R>, CubeTensor<R>),
+) -> (CubeTensor<R>, CubeTensor<R>, CubeTensor<R>) {
+    let [o, lse, q, rows, o_a, lse_a, q_a] =
+        [o, lse, q, rows, o_a, lse_a, q_a].map(into_contiguous);
+    let alloc = |like: &CubeTensor<R>| {
+        empty_device_contiguous_dtype::<R>(
+            like.client.clone(),
+            like.device.clone(),
+            like.meta.shape().clone(),
+            like.dtype,
+        )
+    };
+    let (o_out, lse_out, q_out) = (alloc(&o), alloc(&lse), alloc(&q));
+    let total = [&o, &q, &lse]
+        .iter()
+        .map(|t| t.meta.shape().num_elements())
+        .sum();
+    let (count, dim) = elemwise_count(&o.client, total);
+    refresh_rows_kernel::launch::<R>(
+        &o.client,
+        count,
+        dim,
+        o.clone().into_tensor_arg(),
+        lse.clone().into_tensor_arg(),
+        q.into_tensor_arg(),
+        rows.clone().into_tensor_arg(),
+        o_a.into_tensor_arg(),
+        lse_a.into_tensor_arg(),
+        q_a.into_tensor_arg(),
+        o_out.clone().into_tensor_arg(),
+        lse_out.clone().into_tensor_arg(),
+        q_out.clone().into_tensor_arg(),
+        [o.dtype.into(), rows.dtype.into()],
+    );
+    (o_out, lse_out, q_out)
 }
 
 pub(crate) fn scatter_rows<R: CubeRuntime>(
