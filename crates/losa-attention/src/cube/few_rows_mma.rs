@@ -102,42 +102,81 @@ fn warp_product<F: Float>(
     let warp = UNIT_POS_Y as usize;
     let steps = x.shape(1) / TILE;
     let mut step = warp;
-    // Groups of UNROLL steps: the weight tiles are loaded first, so their loads are in flight
-    // together, then multiplied.
     while step + (UNROLL - 1) * WARPS < steps {
-        let b0 = weight_tile(w, step, col0);
-        let b1 = weight_tile(w, step + WARPS, col0);
-        let b2 = weight_tile(w, step + 2 * WARPS, col0);
-        let b3 = weight_tile(w, step + 3 * WARPS, col0);
-        multiply(x, &b0, step, acc0, acc1, m_tiles);
-        multiply(x, &b1, step + WARPS, acc0, acc1, m_tiles);
-        multiply(x, &b2, step + 2 * WARPS, acc0, acc1, m_tiles);
-        multiply(x, &b3, step + 3 * WARPS, acc0, acc1, m_tiles);
+        if m_tiles > 1 {
+            two_row_tiles(x, w, step, col0, acc0, acc1);
+        } else {
+            one_row_tile(x, w, step, col0, acc0);
+        }
         step += UNROLL * WARPS;
     }
     while step < steps {
         let b = weight_tile(w, step, col0);
-        multiply(x, &b, step, acc0, acc1, m_tiles);
+        let a0 = row_tile(x, 0, step);
+        cmma::execute::<F, F, f32, f32>(&a0, &b, acc0, acc0);
+        if m_tiles > 1 {
+            let a1 = row_tile(x, 1, step);
+            cmma::execute::<F, F, f32, f32>(&a1, &b, acc1, acc1);
+        }
         step += WARPS;
     }
 }
 
-/// `acc{m} += x[row tile m, step] · b` for each row tile.
+/// [`UNROLL`] `k` steps of one row tile: every tile is loaded before the first product, so the
+/// loads (the weight's from memory, `x`'s from cache) are in flight together instead of each
+/// product waiting for its own.
 #[cube]
-fn multiply<F: Float>(
+fn one_row_tile<F: Float>(
     x: &Tensor<F>,
-    b: &cmma::Matrix<F>,
+    w: &Tensor<F>,
     step: usize,
+    col0: usize,
+    acc0: &cmma::Matrix<f32>,
+) {
+    let b0 = weight_tile(w, step, col0);
+    let b1 = weight_tile(w, step + WARPS, col0);
+    let b2 = weight_tile(w, step + 2 * WARPS, col0);
+    let b3 = weight_tile(w, step + 3 * WARPS, col0);
+    let a0 = row_tile(x, 0, step);
+    let a1 = row_tile(x, 0, step + WARPS);
+    let a2 = row_tile(x, 0, step + 2 * WARPS);
+    let a3 = row_tile(x, 0, step + 3 * WARPS);
+    cmma::execute::<F, F, f32, f32>(&a0, &b0, acc0, acc0);
+    cmma::execute::<F, F, f32, f32>(&a1, &b1, acc0, acc0);
+    cmma::execute::<F, F, f32, f32>(&a2, &b2, acc0, acc0);
+    cmma::execute::<F, F, f32, f32>(&a3, &b3, acc0, acc0);
+}
+
+/// [`one_row_tile`] for two row tiles (32 rows): each weight tile serves both.
+#[cube]
+fn two_row_tiles<F: Float>(
+    x: &Tensor<F>,
+    w: &Tensor<F>,
+    step: usize,
+    col0: usize,
     acc0: &cmma::Matrix<f32>,
     acc1: &cmma::Matrix<f32>,
-    #[comptime] m_tiles: usize,
 ) {
-    let a0 = row_tile(x, 0, step);
-    cmma::execute::<F, F, f32, f32>(&a0, b, acc0, acc0);
-    if m_tiles > 1 {
-        let a1 = row_tile(x, 1, step);
-        cmma::execute::<F, F, f32, f32>(&a1, b, acc1, acc1);
-    }
+    let b0 = weight_tile(w, step, col0);
+    let b1 = weight_tile(w, step + WARPS, col0);
+    let b2 = weight_tile(w, step + 2 * WARPS, col0);
+    let b3 = weight_tile(w, step + 3 * WARPS, col0);
+    let a00 = row_tile(x, 0, step);
+    let a01 = row_tile(x, 0, step + WARPS);
+    let a02 = row_tile(x, 0, step + 2 * WARPS);
+    let a03 = row_tile(x, 0, step + 3 * WARPS);
+    let a10 = row_tile(x, 1, step);
+    let a11 = row_tile(x, 1, step + WARPS);
+    let a12 = row_tile(x, 1, step + 2 * WARPS);
+    let a13 = row_tile(x, 1, step + 3 * WARPS);
+    cmma::execute::<F, F, f32, f32>(&a00, &b0, acc0, acc0);
+    cmma::execute::<F, F, f32, f32>(&a10, &b0, acc1, acc1);
+    cmma::execute::<F, F, f32, f32>(&a01, &b1, acc0, acc0);
+    cmma::execute::<F, F, f32, f32>(&a11, &b1, acc1, acc1);
+    cmma::execute::<F, F, f32, f32>(&a02, &b2, acc0, acc0);
+    cmma::execute::<F, F, f32, f32>(&a12, &b2, acc1, acc1);
+    cmma::execute::<F, F, f32, f32>(&a03, &b3, acc0, acc0);
+    cmma::execute::<F, F, f32, f32>(&a13, &b3, acc1, acc1);
 }
 
 /// Parks this warp's accumulators in `partial` (one `m_tiles x 256` run per warp, row-major
