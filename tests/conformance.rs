@@ -709,6 +709,64 @@ fn few_row_matmuls_and_swiglu_reject_bad_shapes() {
     assert!(err.contains("up against gate"), "{err}");
 }
 
+/// The sampler's greedy reduction (argmax with the mask column excluded, its probability, the
+/// entropy) against the reference, over a vocabulary-sized row block, ragged widths and
+/// exclusions at either end. Ids compare exactly; on ties (likely in half precision) both
+/// take the lowest index.
+#[test]
+fn greedy_predictions_match_reference() {
+    let (_, atol, rtol) = dut_dtype();
+    for (rows, vocab, exclude) in [
+        (16, 151_936, Some(151_935)),
+        (3, 1000, None),
+        (5, 7, Some(3)),
+        (1, 300, Some(0)),
+        (2, 1, None),
+    ] {
+        let (ld, lr) = pair2(91, rows, vocab);
+        let (ld, lr) = (ld * 4.0, lr * 4.0);
+        let got = host(&ops::greedy_predictions(ld, exclude).unwrap());
+        let expected = host(&ops::greedy_predictions(lr, exclude).unwrap());
+        let column = |v: &[f64], c: usize| v.iter().skip(c).step_by(3).copied().collect::<Vec<_>>();
+        assert_eq!(
+            column(&got, 0),
+            column(&expected, 0),
+            "argmax {rows}x{vocab}"
+        );
+        for c in [1, 2] {
+            assert_close(
+                &format!("greedy predictions {rows}x{vocab}, column {c}"),
+                &column(&got, c),
+                &column(&expected, c),
+                atol,
+                rtol,
+            );
+        }
+    }
+    // Ties go to the lowest index, on the device as in the reference; the excluded column is
+    // never chosen even when it holds the max.
+    let tied = [1.0f32, 3.0, 3.0, 0.0, 5.0];
+    let device = Tensor::<Dut, 1>::from_floats(tied.as_slice(), &ddev()).reshape([1, 5]);
+    let reference = Tensor::<Ref, 1>::from_floats(tied.as_slice(), &rdev()).reshape([1, 5]);
+    for (name, got) in [
+        (
+            "device",
+            host(&ops::greedy_predictions(device, Some(4)).unwrap()),
+        ),
+        (
+            "reference",
+            host(&ops::greedy_predictions(reference, Some(4)).unwrap()),
+        ),
+    ] {
+        assert_eq!(got[0], 1.0, "{name}: ties to the lowest index");
+    }
+    let (l, _) = pair2(92, 2, 1);
+    assert!(
+        ops::greedy_predictions(l, Some(0)).is_err(),
+        "no column left"
+    );
+}
+
 #[test]
 fn few_row_matmul_rejects_bad_shapes() {
     let (x, _) = pair2(65, 4, 32);

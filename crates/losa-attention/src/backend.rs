@@ -139,6 +139,16 @@ pub trait LosaBackend: Backend {
         Self::losa_swiglu(gate, up)
     }
 
+    /// For each row of `logits` `[rows, vocab]`, column `exclude` never chosen: argmax (as
+    /// f32), its softmax probability and the row's softmax entropy -> `[rows, 3]` fp32. See
+    /// [`crate::reference::greedy_predictions`].
+    fn losa_greedy_predictions(
+        logits: FloatTensor<Self>,
+        exclude: Option<usize>,
+    ) -> FloatTensor<Self> {
+        on_primitives::greedy_predictions::<Self>(logits, exclude)
+    }
+
     /// RMSNorm of each row of `x` `[rows, dim]` by `weight` `[dim]`: one launch where the
     /// reference takes about ten tensor operations, whose per-operation host cost dominated a
     /// decoding step. See [`crate::reference::rms_norm`].
@@ -298,6 +308,13 @@ pub(crate) mod on_primitives {
         w: FloatTensor<B>,
     ) -> FloatTensor<B> {
         prim(reference::few_row_matmul::<B>(float(x), float(w)))
+    }
+
+    pub(crate) fn greedy_predictions<B: Backend>(
+        logits: FloatTensor<B>,
+        exclude: Option<usize>,
+    ) -> FloatTensor<B> {
+        prim(reference::greedy_predictions::<B>(float(logits), exclude))
     }
 
     pub(crate) fn rms_norm<B: Backend>(

@@ -12,7 +12,10 @@ use burn_fusion::{
 };
 use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
 
-use crate::backend::{LosaBackend, OutLse, RowState};
+use crate::{
+    backend::{LosaBackend, OutLse, RowState},
+    reference::GREEDY_COLUMNS,
+};
 
 /// Which primitive a registered custom operation runs, with its non-tensor arguments.
 #[derive(Debug, Clone, Copy)]
@@ -41,6 +44,9 @@ enum Call {
     FewRowMatmul,
     FewRowMatmuls,
     FewRowSwiglu,
+    GreedyPredictions {
+        exclude: Option<usize>,
+    },
     RmsNorm {
         eps: f64,
     },
@@ -66,6 +72,7 @@ impl Call {
             Call::FewRowMatmul => "losa_few_row_matmul",
             Call::FewRowMatmuls => "losa_few_row_matmuls",
             Call::FewRowSwiglu => "losa_few_row_swiglu",
+            Call::GreedyPredictions { .. } => "losa_greedy_predictions",
             Call::RmsNorm { .. } => "losa_rms_norm",
             Call::AddRmsNorm { .. } => "losa_add_rms_norm",
             Call::Rope => "losa_rope",
@@ -167,6 +174,10 @@ impl<B: FusionBackend + LosaBackend> Operation<B::FusionRuntime> for LosaOp<B> {
                 let (x, gate, up) = (float(handles, 0), float(handles, 1), float(handles, 2));
                 let y = B::losa_few_row_swiglu(x, gate, up);
                 handles.register_float_tensor::<B>(&outputs[0].id, y);
+            }
+            Call::GreedyPredictions { exclude } => {
+                let out = B::losa_greedy_predictions(float(handles, 0), exclude);
+                handles.register_float_tensor::<B>(&outputs[0].id, out);
             }
             Call::RmsNorm { eps } => {
                 let (x, w) = (float(handles, 0), float(handles, 1));
@@ -364,6 +375,14 @@ impl<B: FusionBackend + LosaBackend> LosaBackend for Fusion<B> {
     ) -> FloatTensor<Self> {
         let outputs = [(vec![x.shape[0], gate.shape[1]], x.dtype)];
         register::<B>(Call::FewRowSwiglu, vec![x, gate, up], &outputs).remove(0)
+    }
+
+    fn losa_greedy_predictions(
+        logits: FloatTensor<Self>,
+        exclude: Option<usize>,
+    ) -> FloatTensor<Self> {
+        let outputs = [(vec![logits.shape[0], GREEDY_COLUMNS], DType::F32)];
+        register::<B>(Call::GreedyPredictions { exclude }, vec![logits], &outputs).remove(0)
     }
 
     fn losa_rms_norm(

@@ -387,6 +387,36 @@ fn same_dtype(what: &str, got: burn::tensor::DType, expected: burn::tensor::DTyp
     }
 }
 
+/// What a greedy sampler needs from a step's logits, in one kernel on the CubeCL backends: for
+/// each row, the argmax with column `exclude` (the mask token) never chosen (ties to the lowest
+/// index), its softmax probability, and the entropy of the row's softmax, all fp32. The argmax
+/// is returned as an f32, exact for vocabularies below 2^24; a row of NaNs has none and reports
+/// `vocab`.
+///
+/// # Shapes
+/// `logits`: `[rows, vocab]` -> `[rows, 3]` (argmax, probability, entropy).
+pub fn greedy_predictions<B: LosaBackend>(
+    logits: Tensor<B, 2>,
+    exclude: Option<usize>,
+) -> Result<Tensor<B, 2>> {
+    let [rows, vocab] = logits.dims();
+    let choices = vocab - usize::from(exclude.is_some_and(|m| m < vocab));
+    if rows == 0 || choices == 0 {
+        return Err(LosaError::Empty(format!(
+            "greedy_predictions of logits {:?} excluding {exclude:?}",
+            [rows, vocab]
+        )));
+    }
+    if vocab >= 1 << 24 {
+        return Err(LosaError::InvalidConfig(format!(
+            "greedy_predictions: a vocabulary of {vocab} is past the 2^24 ids an f32 holds exactly"
+        )));
+    }
+    // An exclusion past the vocabulary excludes nothing.
+    let exclude = exclude.filter(|&m| m < vocab);
+    Ok(float(B::losa_greedy_predictions(prim(logits), exclude)))
+}
+
 /// RMSNorm of each row, `weight * x * rsqrt(mean(x^2) + eps)`: fp32 statistics, the normalised
 /// row cast back to `x`'s dtype before the weight (as the Qwen and LLaMA references do). One
 /// kernel on the CubeCL backends; the reference's tensor ops elsewhere (and under autodiff).

@@ -7,6 +7,7 @@
 //! confidence, as the SDAR / TraDo reference does.
 
 use burn::tensor::{FloatDType, Tensor, backend::Backend};
+use losa_attention::{LosaBackend, ops, reference::GREEDY_COLUMNS};
 use rand::{Rng, rngs::StdRng};
 
 use crate::config::SamplerConfig;
@@ -28,7 +29,7 @@ fn host(t: Tensor<impl Backend, 1>) -> Vec<f32> {
 
 /// Predictions for the rows of `logits` `[rows, vocab]`. The mask token is never predicted: a
 /// model that predicted it would leave its position masked (and a threshold loop spinning).
-pub fn predict<B: Backend>(
+pub fn predict<B: LosaBackend>(
     logits: Tensor<B, 2>,
     mask_id: u32,
     cfg: &SamplerConfig,
@@ -37,34 +38,24 @@ pub fn predict<B: Backend>(
 ) -> Predictions {
     let [rows, vocab] = logits.dims();
     let m = mask_id as usize;
-    let never = Tensor::<B, 2>::full([rows, 1], f32::NEG_INFINITY, &logits.device());
-    let logits = logits
-        .cast(FloatDType::F32)
-        .slice_assign([0..rows, m..m + 1], never);
-    let entropy = need_entropy.then(|| {
-        let p = burn::tensor::activation::softmax(logits.clone(), 1);
-        host(
-            (p.clone() * p.clamp_min(1e-12).log())
-                .sum_dim(1)
-                .neg()
-                .reshape([rows]),
-        )
-    });
     if cfg.temperature == 0.0 {
-        let probs = burn::tensor::activation::softmax(logits, 1);
-        let (p, idx) = probs.max_dim_with_indices(1);
-        let tokens = idx
-            .reshape([rows])
-            .into_data()
-            .convert::<i64>()
-            .to_vec::<i64>()
-            .expect("ids");
-        return Predictions {
-            tokens: tokens.into_iter().map(|t| t as u32).collect(),
-            confidence: host(p.reshape([rows])),
-            entropy,
+        // Argmax, its probability and the entropy per row in one reduction and one read-back
+        // (the op refuses only no rows, no column left, or a vocabulary past f32's exact ids).
+        return match ops::greedy_predictions(logits.clone(), Some(m)) {
+            Ok(picked) => {
+                let values = host(picked.reshape([rows * GREEDY_COLUMNS]));
+                let column = |c: usize| values.iter().skip(c).step_by(GREEDY_COLUMNS).copied();
+                Predictions {
+                    tokens: column(0).map(|t| t as u32).collect(),
+                    confidence: column(1).collect(),
+                    entropy: need_entropy.then(|| column(2).collect()),
+                }
+            }
+            Err(_) => greedy_on_tensors(masked(logits, m), need_entropy),
         };
     }
+    let logits = masked(logits, m);
+    let entropy = need_entropy.then(|| entropy(logits.clone()));
     let all = host(logits.reshape([rows * vocab]));
     let mut tokens = Vec::with_capacity(rows);
     let mut confidence = Vec::with_capacity(rows);
@@ -76,6 +67,45 @@ pub fn predict<B: Backend>(
     Predictions {
         tokens,
         confidence,
+        entropy,
+    }
+}
+
+/// fp32 logits with the mask token's column at -inf.
+fn masked<B: Backend>(logits: Tensor<B, 2>, m: usize) -> Tensor<B, 2> {
+    let [rows, _] = logits.dims();
+    let never = Tensor::<B, 2>::full([rows, 1], f32::NEG_INFINITY, &logits.device());
+    logits
+        .cast(FloatDType::F32)
+        .slice_assign([0..rows, m..m + 1], never)
+}
+
+fn entropy<B: Backend>(logits: Tensor<B, 2>) -> Vec<f32> {
+    let rows = logits.dims()[0];
+    let p = burn::tensor::activation::softmax(logits, 1);
+    host(
+        (p.clone() * p.clamp_min(1e-12).log())
+            .sum_dim(1)
+            .neg()
+            .reshape([rows]),
+    )
+}
+
+/// The greedy predictions through burn's tensor ops, for what the fused op refuses.
+fn greedy_on_tensors<B: Backend>(logits: Tensor<B, 2>, need_entropy: bool) -> Predictions {
+    let rows = logits.dims()[0];
+    let entropy = need_entropy.then(|| entropy(logits.clone()));
+    let probs = burn::tensor::activation::softmax(logits, 1);
+    let (p, idx) = probs.max_dim_with_indices(1);
+    let tokens = idx
+        .reshape([rows])
+        .into_data()
+        .convert::<i64>()
+        .to_vec::<i64>()
+        .expect("ids");
+    Predictions {
+        tokens: tokens.into_iter().map(|t| t as u32).collect(),
+        confidence: host(p.reshape([rows])),
         entropy,
     }
 }

@@ -12,6 +12,7 @@ mod layer_ops;
 mod merge;
 mod pages;
 mod rows;
+mod sampling;
 
 use burn::tensor::{
     DType,
@@ -331,6 +332,17 @@ where
         let gate = Self::losa_few_row_matmul(x.clone(), gate);
         let up = Self::losa_few_row_matmul(x, up);
         Self::losa_swiglu(gate, up)
+    }
+
+    fn losa_greedy_predictions(
+        logits: FloatTensor<Self>,
+        exclude: Option<usize>,
+    ) -> FloatTensor<Self> {
+        if !kernel_float(logits.dtype) {
+            fallback("greedy predictions", "dtypes the kernel does not take");
+            return on_primitives::greedy_predictions::<Self>(logits, exclude);
+        }
+        sampling::greedy_predictions(logits, exclude)
     }
 
     fn losa_rms_norm(

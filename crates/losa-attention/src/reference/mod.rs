@@ -9,8 +9,10 @@ mod attention;
 mod layer_ops;
 mod pages;
 mod rows;
+mod sampling;
 
 pub use attention::{attention_lse, merge_lse};
 pub use layer_ops::{rms_norm, rope, swiglu};
 pub use pages::{page_bounds, page_scores, select_pages};
 pub use rows::{active_rows, few_row_matmul, gather_rows, query_change, scatter_rows};
+pub use sampling::{GREEDY_COLUMNS, greedy_predictions};
