@@ -343,11 +343,22 @@ fn has_mma<R: CubeRuntime>(x: &CubeTensor<R>) -> bool {
     }) && x.client.properties().hardware.plane_size_min == PLANE as u32
 }
 
+/// Widest output taken with two row tiles. At a vocabulary's width burn's matmul has columns
+/// enough to fill the card, and at 32 rows it was faster (H200, 4096 x 151,936 bf16: 789
+/// against 1032 µs; at 16 rows this kernel was, 707 against 789 µs;
+/// `bench/results/matmul-h200.json`).
+const MAX_COLS_TWO_TILES: usize = 65_536;
+
 /// Whether the tensor-core kernels take `x [rows, k]` and every `w [k, n]`: f16 / bf16 with
-/// tensor cores, one dtype, at most [`MAX_ROWS`] rows, `k` and every `n` multiples of 16, each
-/// weight read along `k`.
+/// tensor cores, one dtype, at most [`MAX_ROWS`] rows, `k` and every `n` multiples of 16 (and
+/// at most [`MAX_COLS_TWO_TILES`] past 16 rows), each weight read along `k`.
 pub(crate) fn takes<R: CubeRuntime>(x: &CubeTensor<R>, ws: &[&CubeTensor<R>]) -> bool {
     let [rows, k] = x.meta.shape().dims::<2>();
+    let widest = if rows > TILE {
+        MAX_COLS_TWO_TILES
+    } else {
+        usize::MAX
+    };
     (1..=MAX_ROWS).contains(&rows)
         && k.is_multiple_of(TILE)
         && (1..=MAX_WEIGHTS).contains(&ws.len())
@@ -355,7 +366,7 @@ pub(crate) fn takes<R: CubeRuntime>(x: &CubeTensor<R>, ws: &[&CubeTensor<R>]) ->
             let [wk, n] = w.meta.shape().dims::<2>();
             w.dtype == x.dtype
                 && wk == k
-                && n > 0
+                && (1..=widest).contains(&n)
                 && n.is_multiple_of(TILE)
                 && w.meta.strides()[0] == 1
                 && w.meta.strides()[1].is_multiple_of(8)
