@@ -642,6 +642,7 @@ fn few_row_matmuls_and_swiglu_match_reference() {
         (5, 96, vec![32, 48]),
         (32, 1040, vec![16]),
         (3, 64, vec![8, 24, 40]),
+        (20, 512, vec![32, 16]),
     ] {
         let (xd, xr) = pair2(71, rows, k);
         let weights: Vec<_> = ns
@@ -663,7 +664,15 @@ fn few_row_matmuls_and_swiglu_match_reference() {
             );
         }
     }
-    for (rows, k, n) in [(16, 1040, 48), (7, 64, 32), (32, 256, 24), (2, 512, 16)] {
+    // Two row tiles (17-32 rows) on the tensor-core path: (32, 512, 32), (20, 1040, 48).
+    for (rows, k, n) in [
+        (16, 1040, 48),
+        (7, 64, 32),
+        (32, 256, 24),
+        (2, 512, 16),
+        (32, 512, 32),
+        (20, 1040, 48),
+    ] {
         let (xd, xr) = pair2(81, rows, k);
         let (gd, gr) = pair2(82, n, k);
         let (ud, ur) = pair2(83, n, k);

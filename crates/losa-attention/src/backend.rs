@@ -121,9 +121,7 @@ pub trait LosaBackend: Backend {
         x: FloatTensor<Self>,
         ws: Vec<FloatTensor<Self>>,
     ) -> Vec<FloatTensor<Self>> {
-        ws.into_iter()
-            .map(|w| Self::losa_few_row_matmul(x.clone(), w))
-            .collect()
+        on_primitives::few_row_matmuls::<Self>(x, ws)
     }
 
     /// `silu(x · gate) * (x · up)`: the MLP's two input projections and its gate, in one launch
@@ -134,9 +132,7 @@ pub trait LosaBackend: Backend {
         gate: FloatTensor<Self>,
         up: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        let gate = Self::losa_few_row_matmul(x.clone(), gate);
-        let up = Self::losa_few_row_matmul(x, up);
-        Self::losa_swiglu(gate, up)
+        on_primitives::few_row_swiglu::<Self>(x, gate, up)
     }
 
     /// For each row of `logits` `[rows, vocab]`, column `exclude` never chosen: argmax (as
@@ -168,9 +164,7 @@ pub trait LosaBackend: Backend {
         weight: FloatTensor<Self>,
         eps: f64,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let sum = Self::float_add(x, delta);
-        let normed = Self::losa_rms_norm(sum.clone(), weight, eps);
-        (sum, normed)
+        on_primitives::add_rms_norm::<Self>(x, delta, weight, eps)
     }
 
     /// NeoX rotary embedding of `x` `[b, heads, s, d]` by the `[s, d]` tables: one launch for
@@ -282,6 +276,39 @@ pub(crate) mod on_primitives {
     ) -> FloatTensor<B> {
         let rows = Tensor::<B, 2, Int>::from_primitive(rows);
         prim(reference::scatter_rows::<B>(float(x), rows, float(fresh)))
+    }
+
+    /// One [`LosaBackend::losa_few_row_matmul`] per weight.
+    pub(crate) fn few_row_matmuls<B: LosaBackend>(
+        x: FloatTensor<B>,
+        ws: Vec<FloatTensor<B>>,
+    ) -> Vec<FloatTensor<B>> {
+        ws.into_iter()
+            .map(|w| B::losa_few_row_matmul(x.clone(), w))
+            .collect()
+    }
+
+    /// Two [`LosaBackend::losa_few_row_matmul`] and a [`LosaBackend::losa_swiglu`].
+    pub(crate) fn few_row_swiglu<B: LosaBackend>(
+        x: FloatTensor<B>,
+        gate: FloatTensor<B>,
+        up: FloatTensor<B>,
+    ) -> FloatTensor<B> {
+        let gate = B::losa_few_row_matmul(x.clone(), gate);
+        let up = B::losa_few_row_matmul(x, up);
+        B::losa_swiglu(gate, up)
+    }
+
+    /// A tensor add and [`LosaBackend::losa_rms_norm`].
+    pub(crate) fn add_rms_norm<B: LosaBackend>(
+        x: FloatTensor<B>,
+        delta: FloatTensor<B>,
+        weight: FloatTensor<B>,
+        eps: f64,
+    ) -> (FloatTensor<B>, FloatTensor<B>) {
+        let sum = B::float_add(x, delta);
+        let normed = B::losa_rms_norm(sum.clone(), weight, eps);
+        (sum, normed)
     }
 
     pub(crate) fn refresh_rows<B: LosaBackend>(

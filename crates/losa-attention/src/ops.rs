@@ -340,14 +340,7 @@ pub fn few_row_swiglu<B: LosaBackend>(
     up: Tensor<B, 2>,
 ) -> Result<Tensor<B, 2>> {
     check_product("few_row_swiglu (gate)", &x, &gate)?;
-    if up.dims() != gate.dims() {
-        return Err(mismatch(
-            "few_row_swiglu: up against gate",
-            &up.dims(),
-            &gate.dims(),
-        ));
-    }
-    same_dtype("few_row_swiglu: up", up.dtype(), gate.dtype())?;
+    check_alike("few_row_swiglu", ("gate", &gate), ("up", &up))?;
     Ok(float(B::losa_few_row_swiglu(prim(x), prim(gate), prim(up))))
 }
 
@@ -373,6 +366,25 @@ fn check_product<B: LosaBackend>(op: &str, x: &Tensor<B, 2>, w: &Tensor<B, 2>) -
         return Err(LosaError::DeviceMismatch("x and w".into()));
     }
     Ok(())
+}
+
+/// Checks that operand `b` of `op` has `a`'s shape, device and dtype.
+fn check_alike<B: LosaBackend, const D: usize>(
+    op: &str,
+    (a_name, a): (&str, &Tensor<B, D>),
+    (b_name, b): (&str, &Tensor<B, D>),
+) -> Result<()> {
+    if b.dims() != a.dims() {
+        return Err(mismatch(
+            &format!("{op}: {b_name} against {a_name}"),
+            &b.dims(),
+            &a.dims(),
+        ));
+    }
+    if a.device() != b.device() {
+        return Err(LosaError::DeviceMismatch(format!("{a_name} and {b_name}")));
+    }
+    same_dtype(&format!("{op}: {b_name}"), b.dtype(), a.dtype())
 }
 
 /// The layer ops compute in their input's dtype; a second operand of another one is refused
@@ -470,17 +482,7 @@ pub fn add_rms_norm<B: LosaBackend>(
     weight: Tensor<B, 1>,
     eps: f64,
 ) -> Result<(Tensor<B, 2>, Tensor<B, 2>)> {
-    if delta.dims() != x.dims() {
-        return Err(mismatch(
-            "add_rms_norm: delta against x",
-            &delta.dims(),
-            &x.dims(),
-        ));
-    }
-    if x.device() != delta.device() {
-        return Err(LosaError::DeviceMismatch("x and delta".into()));
-    }
-    same_dtype("add_rms_norm: delta", delta.dtype(), x.dtype())?;
+    check_alike("add_rms_norm", ("x", &x), ("delta", &delta))?;
     check_rms_norm(&x, &weight, eps)?;
     let [rows, dim] = x.dims();
     if rows == 0 || dim == 0 {
@@ -532,17 +534,7 @@ pub fn rope<B: LosaBackend>(
 /// # Shapes
 /// `gate`, `up`: `[rows, n]` -> `[rows, n]`.
 pub fn swiglu<B: LosaBackend>(gate: Tensor<B, 2>, up: Tensor<B, 2>) -> Result<Tensor<B, 2>> {
-    if gate.dims() != up.dims() {
-        return Err(mismatch(
-            "swiglu: up against gate",
-            &up.dims(),
-            &gate.dims(),
-        ));
-    }
-    if gate.device() != up.device() {
-        return Err(LosaError::DeviceMismatch("gate and up".into()));
-    }
-    same_dtype("swiglu: up", up.dtype(), gate.dtype())?;
+    check_alike("swiglu", ("gate", &gate), ("up", &up))?;
     if gate.dims().contains(&0) {
         return Ok(gate);
     }

@@ -340,7 +340,11 @@ fn has_mma<R: CubeRuntime>(x: &CubeTensor<R>) -> bool {
         m: TILE as u32,
         k: TILE as u32,
         n: TILE as u32,
-    }) && x.client.properties().hardware.plane_size_min == PLANE as u32
+    }) && {
+        // The kernels take a cube's Y index as its warp.
+        let hardware = &x.client.properties().hardware;
+        hardware.plane_size_min == PLANE as u32 && hardware.plane_size_max == PLANE as u32
+    }
 }
 
 /// Widest output taken with two row tiles. At a vocabulary's width burn's matmul has columns

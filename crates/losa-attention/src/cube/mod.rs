@@ -316,9 +316,7 @@ where
         if few_rows_mma::takes(&x, &ws.iter().collect::<Vec<_>>()) {
             return few_rows_mma::few_row_matmuls(x, ws, pad_rows::<R, F, I, BT>);
         }
-        ws.into_iter()
-            .map(|w| Self::losa_few_row_matmul(x.clone(), w))
-            .collect()
+        on_primitives::few_row_matmuls::<Self>(x, ws)
     }
 
     fn losa_few_row_swiglu(
@@ -329,9 +327,7 @@ where
         if gate.meta.shape() == up.meta.shape() && few_rows_mma::takes(&x, &[&gate, &up]) {
             return few_rows_mma::few_row_swiglu(x, gate, up, pad_rows::<R, F, I, BT>);
         }
-        let gate = Self::losa_few_row_matmul(x.clone(), gate);
-        let up = Self::losa_few_row_matmul(x, up);
-        Self::losa_swiglu(gate, up)
+        on_primitives::few_row_swiglu::<Self>(x, gate, up)
     }
 
     fn losa_greedy_predictions(
@@ -365,9 +361,7 @@ where
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         if !kernel_float(x.dtype) || delta.dtype != x.dtype || weight.dtype != x.dtype {
             fallback("add + rms norm", "dtypes the kernel does not take");
-            let sum = <Self as burn::tensor::ops::FloatTensorOps<Self>>::float_add(x, delta);
-            let normed = Self::losa_rms_norm(sum.clone(), weight, eps);
-            return (sum, normed);
+            return on_primitives::add_rms_norm::<Self>(x, delta, weight, eps);
         }
         layer_ops::add_rms_norm(x, delta, weight, eps)
     }
