@@ -41,8 +41,8 @@ fn greedy_kernel<F: Float>(
         let mut i = unit;
         while i < vocab {
             let v = f32::cast_from(logits[base + i]);
-            // A NaN never compares greater, and `v == v` keeps it from being a lane's first.
-            if i != exclude && (v > best || (best_at == none && v == v)) {
+            // A NaN never compares greater, and is never a lane's first candidate.
+            if i != exclude && (v > best || (best_at == none && !v.is_nan())) {
                 best = v;
                 best_at = i as u32;
             }
