@@ -374,8 +374,17 @@ pub(crate) fn takes<R: CubeRuntime>(x: &CubeTensor<R>, ws: &[&CubeTensor<R>]) ->
                 && n.is_multiple_of(TILE)
                 && w.meta.strides()[0] == 1
                 && w.meta.strides()[1].is_multiple_of(8)
+                && aligned(w)
         })
+        && aligned(x)
         && has_mma(x)
+}
+
+/// Whether the tensor's data starts on a 32-byte boundary, as the tile loads need (a view's
+/// byte offset; CUDA's 512-byte memory alignment keeps every burn view aligned, other runtimes
+/// may not).
+fn aligned<R: CubeRuntime>(t: &CubeTensor<R>) -> bool {
+    t.handle.offset_start.unwrap_or(0).is_multiple_of(32)
 }
 
 /// `x` contiguous with its rows padded with zeros to whole 16-row tiles (the tiles are read
