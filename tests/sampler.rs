@@ -106,6 +106,15 @@ fn greedy_generation_matches_the_published_loop() {
                 .iter()
                 .all(|b| b.steps.iter().map(|s| s.committed).sum::<usize>() <= 4)
         );
+        // Issuing the forward pass is part of the step, and takes some time.
+        for st in out.blocks.iter().flat_map(|b| &b.steps) {
+            assert!(
+                st.issue_ms > 0.0 && st.issue_ms <= st.ms,
+                "case {n}: issue {} ms of a {} ms step",
+                st.issue_ms,
+                st.ms
+            );
+        }
     }
 }
 

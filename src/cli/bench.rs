@@ -132,6 +132,9 @@ struct Row {
     decode_ms: f64,
     ms_per_block: f64,
     ms_per_step: f64,
+    /// Mean host time to issue a denoising step's forward pass (see
+    /// `StepTelemetry::issue_ms`); commit passes not included.
+    issue_ms_per_step: f64,
     tokens_per_s: f64,
     /// Time by part of one more, profiled run (a device sync after every part).
     parts: PartTimes,
@@ -246,6 +249,9 @@ impl Job for &GenerateBenchArgs {
                     let share = |ms: f64| ms / parts.total_ms().max(f64::MIN_POSITIVE);
                     let decode_ms = g.total_ms - g.prefill_ms;
                     let done = g.blocks.len().max(1) as f64;
+                    let timed_steps = g.blocks.iter().flat_map(|b| &b.steps);
+                    let (issued, counted) =
+                        timed_steps.fold((0.0, 0usize), |(ms, n), st| (ms + st.issue_ms, n + 1));
                     let row = Row {
                         prompt_tokens: n,
                         attention: kind.name(),
@@ -255,6 +261,7 @@ impl Job for &GenerateBenchArgs {
                         decode_ms,
                         ms_per_block: decode_ms / done,
                         ms_per_step: decode_ms / (done * steps as f64),
+                        issue_ms_per_step: issued / counted.max(1) as f64,
                         tokens_per_s: g.canvas.len() as f64 / (decode_ms / 1e3),
                         attention_share: share(parts.attention_ms),
                         mlp_share: share(parts.mlp_ms),
@@ -262,12 +269,13 @@ impl Job for &GenerateBenchArgs {
                         parts,
                     };
                     eprintln!(
-                        "prompt {:>6}  {:<5} {} steps  {:>7.1} ms/block  {:>7.1} tokens/s  attention {:.0}% mlp {:.0}% rest {:.0}%",
+                        "prompt {:>6}  {:<5} {} steps  {:>7.1} ms/block  {:>7.1} tokens/s  issue {:.1} ms/step  attention {:.0}% mlp {:.0}% rest {:.0}%",
                         n,
                         row.attention,
                         steps,
                         row.ms_per_block,
                         row.tokens_per_s,
+                        row.issue_ms_per_step,
                         row.attention_share * 100.0,
                         row.mlp_share * 100.0,
                         row.rest_share * 100.0

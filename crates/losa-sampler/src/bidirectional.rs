@@ -98,6 +98,7 @@ pub(crate) fn decode<B: LosaBackend>(
                     (rows.narrow(0, 0, block), st, 0)
                 }
             };
+            let issue_ms = step_start.elapsed().as_secs_f64() * 1e3;
             let preds = predict(logits, mask, cfg, cfg.policy == Policy::EntropyBounded, rng);
             let chosen: Vec<usize> = if shifted && step == 0 && cfg.steps > 1 {
                 // The refresh pass decodes the block's first position, ungated (with a single
@@ -133,6 +134,7 @@ pub(crate) fn decode<B: LosaBackend>(
                 active_ratio,
                 density,
                 ms: step_start.elapsed().as_secs_f64() * 1e3,
+                issue_ms,
             });
         }
         progress.block(&x[start..start + block]);

@@ -80,6 +80,7 @@ pub(crate) fn decode<B: LosaBackend>(
                 let step_start = std::time::Instant::now();
                 let (logits, stats) =
                     block_pass(model, &cur, &mut cache, &mut state, false, &mut parts)?;
+                let issue_ms = step_start.elapsed().as_secs_f64() * 1e3;
                 let logits = logits.reshape([block, vocab]);
                 // Shift: position i reads the logits of i - 1; the block's first reads its own.
                 let shifted = burn::tensor::Tensor::cat(
@@ -110,6 +111,7 @@ pub(crate) fn decode<B: LosaBackend>(
                     active_ratio,
                     density,
                     ms: step_start.elapsed().as_secs_f64() * 1e3,
+                    issue_ms,
                 });
             }
         }

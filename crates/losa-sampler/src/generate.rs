@@ -25,6 +25,10 @@ pub struct StepTelemetry {
     pub density: Option<f64>,
     /// Wall time of the step, ms.
     pub ms: f64,
+    /// Host time to issue the step's forward pass, ms: the pass returns before the device has
+    /// run it, so a value close to `ms` says the host, not the device, bounds the step (with
+    /// burn-fusion most launches happen later, when the predictions are read).
+    pub issue_ms: f64,
 }
 
 /// One decoded block.

@@ -87,6 +87,7 @@ pub(crate) fn decode<B: LosaBackend>(
             let step_start = Instant::now();
             let (logits, stats) =
                 block_pass(model, &cur, &mut cache, &mut state, false, &mut parts)?;
+            let issue_ms = step_start.elapsed().as_secs_f64() * 1e3;
             let vocab = mc.vocab_size;
             let preds = predict(
                 logits.reshape([block, vocab]),
@@ -110,6 +111,7 @@ pub(crate) fn decode<B: LosaBackend>(
                 active_ratio,
                 density,
                 ms: step_start.elapsed().as_secs_f64() * 1e3,
+                issue_ms,
             });
         }
         x[range].copy_from_slice(&cur);
