@@ -14,15 +14,14 @@
 //! kernel fuses the MLP's gate and up projections with the SwiGLU between them: both keep a
 //! layer's launch count down, which is what a 16-row decode step pays for.
 
-use burn::tensor::{DType, Shape};
-use burn_cubecl::{
-    CubeRuntime, kernel::into_contiguous, ops::numeric::empty_device_contiguous_dtype,
-    tensor::CubeTensor,
-};
+use burn::tensor::DType;
+use burn_cubecl::{CubeRuntime, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::{
     ir::{ElemType, FloatKind, features::MmaConfig},
     prelude::*,
 };
+
+use super::alloc_like;
 
 /// Side of a tensor-core tile (m = n = k = 16).
 const TILE: usize = 16;
@@ -403,15 +402,6 @@ fn padded_rows<R: CubeRuntime>(
     (x, m_tiles)
 }
 
-fn output<R: CubeRuntime>(x: &CubeTensor<R>, rows: usize, n: usize) -> CubeTensor<R> {
-    empty_device_contiguous_dtype::<R>(
-        x.client.clone(),
-        x.device.clone(),
-        Shape::new([rows, n]),
-        x.dtype,
-    )
-}
-
 /// Launches the products of `x` (padded, `m_tiles` row tiles) with each of `ws` into `outs`.
 fn launch_products<R: CubeRuntime>(
     x: &CubeTensor<R>,
@@ -451,7 +441,7 @@ pub(crate) fn few_row_matmul<R: CubeRuntime>(
 ) -> CubeTensor<R> {
     let rows = x.meta.shape()[0];
     let (x, m_tiles) = padded_rows(x, pad);
-    let out = output(&x, rows, w.meta.shape()[1]);
+    let out = alloc_like(&x, [rows, w.meta.shape()[1]], x.dtype);
     launch_products(&x, &[w], std::slice::from_ref(&out), m_tiles);
     out
 }
@@ -466,7 +456,7 @@ pub(crate) fn few_row_matmuls<R: CubeRuntime>(
     let (x, m_tiles) = padded_rows(x, pad);
     let outs: Vec<CubeTensor<R>> = ws
         .iter()
-        .map(|w| output(&x, rows, w.meta.shape()[1]))
+        .map(|w| alloc_like(&x, [rows, w.meta.shape()[1]], x.dtype))
         .collect();
     launch_products(&x, &ws, &outs, m_tiles);
     outs
@@ -483,7 +473,7 @@ pub(crate) fn few_row_swiglu<R: CubeRuntime>(
     let rows = x.meta.shape()[0];
     let (x, m_tiles) = padded_rows(x, pad);
     let n = gate.meta.shape()[1];
-    let out = output(&x, rows, n);
+    let out = alloc_like(&x, [rows, n], x.dtype);
     few_row_swiglu_kernel::launch::<R>(
         &x.client,
         super::cube_grid(n / TILE),

@@ -9,14 +9,10 @@
 //! - Rotary embedding: one unit per (row, channel pair), reading the row through its strides.
 //! - SwiGLU: one unit per element.
 
-use burn::tensor::Shape;
-use burn_cubecl::{
-    CubeRuntime, kernel::into_contiguous, ops::numeric::empty_device_contiguous_dtype,
-    tensor::CubeTensor,
-};
+use burn_cubecl::{CubeRuntime, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
 
-use super::{channel_vector_width, cube_sum, elemwise_count};
+use super::{alloc_like, channel_contiguous, channel_vector_width, cube_sum, elemwise_count};
 
 /// Most units per cube (a row of 4096 bf16 channels is 512 vectors of 8: two per unit).
 const MAX_UNITS: usize = 256;
@@ -99,23 +95,14 @@ fn input_row<F: Float, N: Size>(
     }
 }
 
-/// Rows may sit at any stride (a view into a wider buffer), channels must be packed.
-fn packed_rows<R: CubeRuntime>(x: CubeTensor<R>) -> CubeTensor<R> {
-    if x.meta.strides()[1] == 1 {
-        x
-    } else {
-        into_contiguous(x)
-    }
-}
-
 /// `x` `[rows, dim]`, `weight` `[dim]`, one float dtype.
 pub(crate) fn rms_norm<R: CubeRuntime>(
     x: CubeTensor<R>,
     weight: CubeTensor<R>,
     eps: f64,
 ) -> CubeTensor<R> {
-    let x = packed_rows(x);
-    let out = like(&x);
+    let x = channel_contiguous(x);
+    let out = alloc_like(&x, x.meta.shape().clone(), x.dtype);
     launch_norm(x.clone(), None, weight, out.clone(), eps);
     out
 }
@@ -128,20 +115,13 @@ pub(crate) fn add_rms_norm<R: CubeRuntime>(
     weight: CubeTensor<R>,
     eps: f64,
 ) -> (CubeTensor<R>, CubeTensor<R>) {
-    let (x, delta) = (packed_rows(x), packed_rows(delta));
-    let (sum, out) = (like(&x), like(&x));
+    let (x, delta) = (channel_contiguous(x), channel_contiguous(delta));
+    let (sum, out) = (
+        alloc_like(&x, x.meta.shape().clone(), x.dtype),
+        alloc_like(&x, x.meta.shape().clone(), x.dtype),
+    );
     launch_norm(x, Some((delta, sum.clone())), weight, out.clone(), eps);
     (sum, out)
-}
-
-/// A contiguous, uninitialised `[rows, dim]` tensor like `x`.
-fn like<R: CubeRuntime>(x: &CubeTensor<R>) -> CubeTensor<R> {
-    empty_device_contiguous_dtype::<R>(
-        x.client.clone(),
-        x.device.clone(),
-        Shape::new(x.meta.shape().dims::<2>()),
-        x.dtype,
-    )
 }
 
 /// Launches the norm of `x` (plus `delta`, written to `sum`, where given) into `out`.
@@ -232,12 +212,7 @@ pub(crate) fn rope<R: CubeRuntime>(
 ) -> CubeTensor<R> {
     let (cos, sin) = (into_contiguous(cos), into_contiguous(sin));
     let shape = x.meta.shape().clone();
-    let out = empty_device_contiguous_dtype::<R>(
-        x.client.clone(),
-        x.device.clone(),
-        shape.clone(),
-        x.dtype,
-    );
+    let out = alloc_like(&x, shape.clone(), x.dtype);
     let pairs = shape.num_elements() / 2;
     if pairs == 0 {
         return out;
@@ -278,12 +253,7 @@ fn swiglu_kernel<F: Float>(
 /// `gate`, `up` `[rows, n]` of one shape and float dtype.
 pub(crate) fn swiglu<R: CubeRuntime>(gate: CubeTensor<R>, up: CubeTensor<R>) -> CubeTensor<R> {
     let (gate, up) = (into_contiguous(gate), into_contiguous(up));
-    let out = empty_device_contiguous_dtype::<R>(
-        gate.client.clone(),
-        gate.device.clone(),
-        gate.meta.shape().clone(),
-        gate.dtype,
-    );
+    let out = alloc_like(&gate, gate.meta.shape().clone(), gate.dtype);
     let n = gate.meta.shape().num_elements();
     if n == 0 {
         return out;

@@ -51,17 +51,18 @@ pub(crate) fn elemwise_count<R: Runtime>(
     )
 }
 
-/// An output of `shape` with no elements, allocated without a launch: CUDA refuses a launch of
-/// zero cubes, which the reference's tensor ops would make on empty inputs.
-fn no_elements<R: CubeRuntime, const D: usize>(
+/// A contiguous, uninitialised output of `shape` and `dtype` on `like`'s device. Also how an
+/// empty output is made without a launch: CUDA refuses a launch of zero cubes, which the
+/// reference's tensor ops would make on empty inputs.
+pub(crate) fn alloc_like<R: CubeRuntime>(
     like: &CubeTensor<R>,
-    shape: [usize; D],
+    shape: impl Into<burn::tensor::Shape>,
     dtype: DType,
 ) -> CubeTensor<R> {
     burn_cubecl::ops::numeric::empty_device_contiguous_dtype::<R>(
         like.client.clone(),
         like.device.clone(),
-        burn::tensor::Shape::new(shape),
+        shape.into(),
         dtype,
     )
 }
@@ -86,10 +87,10 @@ pub(crate) fn cube_sum(value: f32, #[comptime] units: usize) -> f32 {
     partial[0]
 }
 
-/// Kernels index K/V through their strides (so a view into a larger KV buffer is read in place)
-/// but need the channel dimension packed.
+/// Kernels index K/V (and the norm's rows) through their strides, so a view into a larger
+/// buffer is read in place, but need the channel (last) dimension packed.
 pub(crate) fn channel_contiguous<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
-    if t.meta.strides()[3] == 1 {
+    if t.meta.strides().last() == Some(&1) {
         t
     } else {
         into_contiguous(t)
@@ -198,7 +199,7 @@ where
         let [b, hq, s, _] = q.meta.shape().dims::<4>();
         let pages = lo.meta.shape()[2];
         if b * hq * s * pages == 0 {
-            return no_elements(&q, [b, hq, s, pages], DType::F32);
+            return alloc_like(&q, [b, hq, s, pages], DType::F32);
         }
         if !pages::scores_fit(&q) {
             fallback("page scores", "a head too wide for shared memory");
@@ -237,7 +238,7 @@ where
     fn losa_query_change(q: FloatTensor<Self>, q_cached: FloatTensor<Self>) -> FloatTensor<Self> {
         let [b, _, s, _] = q.meta.shape().dims::<4>();
         if b * s == 0 {
-            return no_elements(&q, [b, s], DType::F32);
+            return alloc_like(&q, [b, s], DType::F32);
         }
         if !kernel_float(q.dtype) || q_cached.dtype != q.dtype {
             fallback("query change", "dtypes the kernel does not take");

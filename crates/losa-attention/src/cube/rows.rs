@@ -8,7 +8,7 @@ use burn_cubecl::{
 };
 use cubecl::prelude::*;
 
-use super::{NEG_SENTINEL, cube_sum, elemwise_count};
+use super::{NEG_SENTINEL, alloc_like, cube_sum, elemwise_count};
 
 /// Units of the query-change cube (a power of two: the reduction halves it).
 const CHANGE_UNITS: usize = 256;
@@ -221,14 +221,7 @@ pub(crate) fn refresh_rows<R: CubeRuntime>(
 ) -> (CubeTensor<R>, CubeTensor<R>, CubeTensor<R>) {
     let [o, lse, q, rows, o_a, lse_a, q_a] =
         [o, lse, q, rows, o_a, lse_a, q_a].map(into_contiguous);
-    let alloc = |like: &CubeTensor<R>| {
-        empty_device_contiguous_dtype::<R>(
-            like.client.clone(),
-            like.device.clone(),
-            like.meta.shape().clone(),
-            like.dtype,
-        )
-    };
+    let alloc = |like: &CubeTensor<R>| alloc_like(like, like.meta.shape().clone(), like.dtype);
     let (o_out, lse_out, q_out) = (alloc(&o), alloc(&lse), alloc(&q));
     let total = [&o, &q, &lse]
         .iter()

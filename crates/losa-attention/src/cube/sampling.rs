@@ -5,14 +5,11 @@
 //! per step in the greedy sampler's softmax and argmax, about half of a 1K-prompt decode step).
 //! Here a row is read twice: once for its max and argmax, once for the softmax sums.
 
-use burn::tensor::{DType, Shape};
-use burn_cubecl::{
-    CubeRuntime, kernel::into_contiguous, ops::numeric::empty_device_contiguous_dtype,
-    tensor::CubeTensor,
-};
+use burn::tensor::DType;
+use burn_cubecl::{CubeRuntime, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
 
-use super::{NEG_SENTINEL, cube_sum};
+use super::{NEG_SENTINEL, alloc_like, cube_sum};
 use crate::reference::GREEDY_COLUMNS;
 
 /// Units per cube (a power of two: the reductions are trees).
@@ -102,12 +99,7 @@ pub(crate) fn greedy_predictions<R: CubeRuntime>(
 ) -> CubeTensor<R> {
     let logits = into_contiguous(logits);
     let [rows, vocab] = logits.meta.shape().dims::<2>();
-    let out = empty_device_contiguous_dtype::<R>(
-        logits.client.clone(),
-        logits.device.clone(),
-        Shape::new([rows, GREEDY_COLUMNS]),
-        DType::F32,
-    );
+    let out = alloc_like(&logits, [rows, GREEDY_COLUMNS], DType::F32);
     greedy_kernel::launch::<R>(
         &logits.client,
         super::cube_grid(rows),
