@@ -28,9 +28,7 @@ impl<B: LosaBackend> RmsNorm<B> {
     /// dimension is packed, or the view costs a copy).
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Result<Tensor<B, D>, LosaError> {
         let dims = x.dims();
-        let dim = dims[D - 1];
-        let rows = dims[..D - 1].iter().product::<usize>();
-        let y = ops::rms_norm(x.reshape([rows, dim]), self.weight.val(), self.eps)?;
+        let y = ops::rms_norm(as_rows(x), self.weight.val(), self.eps)?;
         Ok(y.reshape(dims))
     }
 
@@ -42,18 +40,16 @@ impl<B: LosaBackend> RmsNorm<B> {
         delta: Tensor<B, D>,
     ) -> Result<(Tensor<B, D>, Tensor<B, D>), LosaError> {
         let dims = x.dims();
-        let dim = dims[D - 1];
-        let rows = dims[..D - 1].iter().product::<usize>();
-        let delta_dims = delta.dims();
-        let delta_rows = delta_dims[..D - 1].iter().product::<usize>();
-        let (sum, y) = ops::add_rms_norm(
-            x.reshape([rows, dim]),
-            delta.reshape([delta_rows, delta_dims[D - 1]]),
-            self.weight.val(),
-            self.eps,
-        )?;
+        let (sum, y) = ops::add_rms_norm(as_rows(x), as_rows(delta), self.weight.val(), self.eps)?;
         Ok((sum.reshape(dims), y.reshape(dims)))
     }
+}
+
+/// `x` viewed as rows of its last dimension.
+fn as_rows<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, 2> {
+    let dims = x.dims();
+    let rows = dims[..D - 1].iter().product::<usize>();
+    x.reshape([rows, dims[D - 1]])
 }
 
 /// NeoX-style rotary tables: `cos`/`sin` of `cat(freqs, freqs)` at absolute positions
