@@ -89,6 +89,18 @@ fn shapes() -> Vec<(&'static str, Shape)> {
             "gqa2-b2-d128-block4-exact-pages",
             sh(2, 4, 2, 4, 64, 128, 16),
         ),
+        // The tensor-core kernel's tilings (f16 / bf16 on CUDA): four full 16-row tiles over
+        // many chunks with a ragged last tile of keys; two row tiles of which 20 rows are real;
+        // two row groups with d = 64.
+        (
+            "gqa4-b1-d128-block16-p16-long",
+            sh(1, 8, 2, 16, 2100, 128, 16),
+        ),
+        ("gqa4-b1-d128-block5-p16", sh(1, 4, 1, 5, 700, 128, 16)),
+        (
+            "gqa8-b1-d64-block16-p16-two-groups",
+            sh(1, 8, 1, 16, 500, 64, 16),
+        ),
     ]
 }
 
@@ -158,6 +170,39 @@ fn attention_dense_and_sparse_match_reference() {
             rtol,
         );
     }
+}
+
+/// Scores that grow along the keys (K scaled by a ramp up to 40x: the first keys' scores are
+/// of order 1, the last ones' of order 30): each row's running max rises far past where it
+/// started, which the tensor-core kernel's lazy rescaling of `O` must follow.
+#[test]
+fn attention_follows_scores_that_grow_along_the_keys() {
+    let (dtype, atol, rtol) = dut_dtype();
+    let [b, hq, hkv, s, n, d] = [1, 8, 2, 16, 1500, 128];
+    let (qd, qr) = pair(11, [b, hq, s, d]);
+    let ramp = Tensor::<Ref, 1>::from_floats(
+        (0..n)
+            .map(|j| 1.0 + 39.0 * j as f32 / n as f32)
+            .collect::<Vec<_>>()
+            .as_slice(),
+        &rdev(),
+    )
+    .reshape([1, 1, n, 1]);
+    let k = tensor4::<Ref>(12, [b, hkv, n, d], &rdev()) * ramp;
+    let kd = to_backend::<Ref, Dut, 4>(&k, &ddev()).cast(dtype);
+    let kr = to_backend::<Dut, Ref, 4>(&kd, &rdev());
+    let (vd, vr) = pair(13, [b, hkv, n, d]);
+    let scale = 1.0 / (d as f32).sqrt();
+    let (od, ld) = ops::attention(qd, kd, vd, scale).unwrap();
+    let (or, lr) = ops::attention(qr, kr, vr, scale).unwrap();
+    let lse = host(&lr);
+    let lowest = lse.iter().copied().fold(f64::INFINITY, f64::min);
+    assert!(
+        lowest > 10.0,
+        "the ramp should push every row's LSE far past its first keys' scores; lowest {lowest}"
+    );
+    assert_close("growing scores O", &host(&od), &host(&or), atol, rtol);
+    assert_close("growing scores LSE", &host(&ld), &lse, atol, rtol);
 }
 
 #[test]

@@ -12,14 +12,11 @@
 //! Dense attention is the same kernel without a list: one code path for dense prefix, block and
 //! sparse attention.
 
-use burn::tensor::{DType, Shape};
-use burn_cubecl::{
-    CubeRuntime, kernel::into_contiguous, ops::numeric::empty_device_contiguous_dtype,
-    tensor::CubeTensor,
-};
+use burn::tensor::DType;
+use burn_cubecl::{CubeRuntime, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
 
-use super::{NEG_SENTINEL, elemwise_count};
+use super::{NEG_SENTINEL, attention_mma, elemwise_count};
 
 /// Cubes the split over keys aims at per multiprocessor (several resident at once hide latency).
 const CUBES_PER_SM: usize = 4;
@@ -87,10 +84,12 @@ fn compact_pages<I: Int>(
     }
 }
 
-/// Where a cube's keys live: its slots' end, its page-list row, and its K/V rows (in vectors).
+/// Where a cube's keys live: its run of slots, its page-list row, and its K/V rows (in
+/// vectors).
 #[derive(CubeType, Clone, Copy)]
-struct KeyLayout {
-    slots_end: usize,
+pub(crate) struct KeyLayout {
+    pub(crate) slots_begin: usize,
+    pub(crate) slots_end: usize,
     list_base: usize,
     page_size: usize,
     keys: usize,
@@ -103,7 +102,12 @@ struct KeyLayout {
 /// The key behind slot `slot` of a chunk: the slot itself (dense) or its page-list entry's
 /// page and offset (sparse); `at.keys` (no key) past the chunk's slots or the prefix's end.
 #[cube]
-fn key_of(pages: &Tensor<u32>, slot: usize, at: &KeyLayout, #[comptime] listed: bool) -> usize {
+pub(crate) fn key_of(
+    pages: &Tensor<u32>,
+    slot: usize,
+    at: &KeyLayout,
+    #[comptime] listed: bool,
+) -> usize {
     let mut key = at.keys;
     if slot < at.slots_end {
         if listed {
@@ -116,11 +120,62 @@ fn key_of(pages: &Tensor<u32>, slot: usize, at: &KeyLayout, #[comptime] listed: 
     key
 }
 
+/// The key slots of chunk `chunk` of (batch `bi`, KV head `kvh`) and where its K/V rows live.
+/// Dense: a contiguous run of the keys, in whole tiles of `tile`; sparse (`listed`): a run of
+/// whole pages of the page list.
+#[cube]
+#[allow(
+    clippy::too_many_arguments,
+    clippy::manual_div_ceil,
+    unused_assignments
+)]
+pub(crate) fn chunk_keys<F: Float, N: Size>(
+    k: &Tensor<Vector<F, N>>,
+    v: &Tensor<Vector<F, N>>,
+    count: &Tensor<u32>,
+    keys: usize,
+    page_size: usize,
+    num_chunks: usize,
+    chunk: usize,
+    bi: usize,
+    kvh: usize,
+    #[comptime] tile: usize,
+    #[comptime] listed: bool,
+) -> KeyLayout {
+    let hkv = k.shape(1);
+    let width = k.vector_size();
+    let mut slots_begin = 0usize.runtime();
+    let mut slots_end = 0usize.runtime();
+    let np = (keys + page_size - 1) / page_size;
+    if listed {
+        let total = count[bi * hkv + kvh] as usize;
+        let per = (total + num_chunks - 1) / num_chunks;
+        let e0 = min(chunk * per, total);
+        slots_begin = e0 * page_size;
+        slots_end = min(e0 + per, total) * page_size;
+    } else {
+        let per = ((keys + num_chunks - 1) / num_chunks + tile - 1) / tile * tile;
+        slots_begin = min(chunk * per, keys);
+        slots_end = min(slots_begin + per, keys);
+    }
+    KeyLayout {
+        slots_begin,
+        slots_end,
+        list_base: (bi * hkv + kvh) * np,
+        page_size,
+        keys,
+        k_base: (bi * k.stride(0) + kvh * k.stride(1)) / width,
+        v_base: (bi * v.stride(0) + kvh * v.stride(1)) / width,
+        k_row: k.stride(2) / width,
+        v_row: v.stride(2) / width,
+    }
+}
+
 /// This unit's share of the K/V tile that starts at slot `s0`, into registers (zeros past the
 /// keys): `loads` vectors of each, at tile elements `unit + l * units`.
 #[cube]
 #[allow(clippy::too_many_arguments, clippy::manual_div_ceil)]
-fn fetch_tile<F: Float, N: Size>(
+pub(crate) fn fetch_tile<F: Float, N: Size>(
     k: &Tensor<Vector<F, N>>,
     v: &Tensor<Vector<F, N>>,
     pages: &Tensor<u32>,
@@ -193,33 +248,14 @@ fn attention_partial<F: Float, N: Size>(
     let rg = z % row_groups;
     let hkv = k.shape(1);
     let unit = UNIT_POS_X as usize;
-    let width = k.vector_size();
     let row_blocks = rows / 4;
     let key_blocks = tile / 4;
     let col_blocks = dv / cv;
     let first_row = (bi * hkv + kvh) * group_rows + rg * rows;
     let valid_rows = min(rows, group_rows - rg * rows);
-    let k_base = (bi * k.stride(0) + kvh * k.stride(1)) / width;
-    let v_base = (bi * v.stride(0) + kvh * v.stride(1)) / width;
-    let k_row = k.stride(2) / width;
-    let v_row = v.stride(2) / width;
-
-    // The chunk's key slots: a contiguous run of keys (dense) or of page-list entries.
-    let mut slots_begin = 0usize.runtime();
-    let mut slots_end = 0usize.runtime();
-    let np = (keys + page_size - 1) / page_size;
-    let list_base = (bi * hkv + kvh) * np;
-    if listed {
-        let total = count[bi * hkv + kvh] as usize;
-        let per = (total + num_chunks - 1) / num_chunks;
-        let e0 = min(chunk * per, total);
-        slots_begin = e0 * page_size;
-        slots_end = min(e0 + per, total) * page_size;
-    } else {
-        let per = ((keys + num_chunks - 1) / num_chunks + tile - 1) / tile * tile;
-        slots_begin = min(chunk * per, keys);
-        slots_end = min(slots_begin + per, keys);
-    }
+    let at = chunk_keys(
+        k, v, count, keys, page_size, num_chunks, chunk, bi, kvh, tile, listed,
+    );
 
     // Staged as fp32: each element is converted once, not once per unit that reads it.
     let mut q_s = SharedMemory::<Vector<f32, N>>::new(rows * (dv + 1));
@@ -265,17 +301,7 @@ fn attention_partial<F: Float, N: Size>(
     let loads = (tile * dv + units - 1) / units;
     let mut k_next = Array::<Vector<F, N>>::new(loads);
     let mut v_next = Array::<Vector<F, N>>::new(loads);
-    let mut s0 = slots_begin;
-    let at = KeyLayout {
-        slots_end,
-        list_base,
-        page_size,
-        keys,
-        k_base,
-        v_base,
-        k_row,
-        v_row,
-    };
+    let mut s0 = at.slots_begin;
     fetch_tile(
         k,
         v,
@@ -290,7 +316,7 @@ fn attention_partial<F: Float, N: Size>(
         dv,
         listed,
     );
-    while s0 < slots_end {
+    while s0 < at.slots_end {
         if unit < tile {
             key_s[unit] = key_of(pages, s0 + unit, &at, listed) as u32;
         }
@@ -304,7 +330,7 @@ fn attention_partial<F: Float, N: Size>(
         }
         sync_cube();
 
-        if s0 + tile < slots_end {
+        if s0 + tile < at.slots_end {
             fetch_tile(
                 k,
                 v,
@@ -548,17 +574,59 @@ impl Layout {
     }
 }
 
-/// The kernel's layout for these inputs (`q` `[b, hq, s, d]`, `k`/`v` `[b, hkv, n, d]`), or
-/// `None` when none fits the runtime (a very wide head on a small shared memory).
-pub(crate) fn layout_for<R: CubeRuntime>(
+/// The partial kernel that serves an attention call, with its layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kernel {
+    /// Tensor cores (`attention_mma.rs`): 16-byte channel vectors of `width`, `row_tiles`
+    /// 16-row tiles of packed rows per cube.
+    TensorCores { width: usize, row_tiles: usize },
+    /// CUDA cores, any runtime ([`attention_partial`]).
+    Simt(Layout),
+}
+
+impl Kernel {
+    /// Packed query rows per cube.
+    fn rows(&self) -> usize {
+        match self {
+            Kernel::TensorCores { row_tiles, .. } => row_tiles * super::TILE,
+            Kernel::Simt(layout) => layout.rows,
+        }
+    }
+
+    /// Keys per tile, the granularity of a dense chunk.
+    fn tile(&self) -> usize {
+        match self {
+            Kernel::TensorCores { .. } => attention_mma::KEYS,
+            Kernel::Simt(layout) => layout.tile,
+        }
+    }
+
+    /// Cubes the split over keys aims at per multiprocessor.
+    fn cubes_per_sm(&self) -> usize {
+        match self {
+            Kernel::TensorCores { .. } => attention_mma::CUBES_PER_SM,
+            Kernel::Simt(_) => CUBES_PER_SM,
+        }
+    }
+}
+
+/// The kernel for these inputs (`q` `[b, hq, s, d]`, `k`/`v` `[b, hkv, n, d]`): tensor cores
+/// where the runtime and shapes allow, else the SIMT kernel's layout; `None` when neither fits
+/// the runtime (a very wide head on a small shared memory).
+pub(crate) fn kernel_for<R: CubeRuntime>(
     q: &CubeTensor<R>,
     k: &CubeTensor<R>,
     v: &CubeTensor<R>,
-) -> Option<Layout> {
+) -> Option<Kernel> {
     let [_, hq, s, d] = q.meta.shape().dims::<4>();
     let hkv = k.meta.shape()[1];
     let width = super::channel_vector_width(&[q, k, v]);
     let hardware = &q.client.properties().hardware;
+    if let Some(row_tiles) = attention_mma::row_tiles_for(q, k, width)
+        && attention_mma::shared_bytes(row_tiles, d, width) <= hardware.max_shared_memory_size
+    {
+        return Some(Kernel::TensorCores { width, row_tiles });
+    }
     Layout::choose(
         d,
         (hq / hkv) * s,
@@ -566,13 +634,14 @@ pub(crate) fn layout_for<R: CubeRuntime>(
         hardware.max_shared_memory_size,
         hardware.max_units_per_cube as usize,
     )
+    .map(Kernel::Simt)
 }
 
 /// Host side: validates nothing (the public ops did), compacts the mask, picks the split,
 /// launches the kernels.
 ///
 /// `q` `[b, hq, s, d]`, `k`/`v` `[b, hkv, n, d]` with unit stride on the channel, `mask`
-/// `[b, hkv, ceil(n / page)]` or `None`, `layout` from [`layout_for`] on the same inputs.
+/// `[b, hkv, ceil(n / page)]` or `None`, `kernel` from [`kernel_for`] on the same inputs.
 /// Requires `n > 0` and `s > 0`.
 pub(crate) fn attention<R: CubeRuntime>(
     q: CubeTensor<R>,
@@ -580,7 +649,7 @@ pub(crate) fn attention<R: CubeRuntime>(
     v: CubeTensor<R>,
     mask: Option<(CubeTensor<R>, usize)>,
     scale: f32,
-    layout: Layout,
+    kernel: Kernel,
 ) -> (CubeTensor<R>, CubeTensor<R>) {
     let q = into_contiguous(q);
     let k = super::channel_contiguous(k);
@@ -590,23 +659,17 @@ pub(crate) fn attention<R: CubeRuntime>(
     let group_rows = (hq / hkv) * s;
 
     let client = q.client.clone();
-    let device = q.device.clone();
     let props = client.properties();
-    let row_groups = group_rows.div_ceil(layout.rows);
+    let row_groups = group_rows.div_ceil(kernel.rows());
     let target_cubes = props
         .hardware
         .num_streaming_multiprocessors
-        .map_or(DEFAULT_TARGET_CUBES, |sms| sms as usize * CUBES_PER_SM);
+        .map_or(DEFAULT_TARGET_CUBES, |sms| {
+            sms as usize * kernel.cubes_per_sm()
+        });
 
     let rows = b * hq * s;
-    let alloc = |shape: Vec<usize>, dtype: DType| {
-        empty_device_contiguous_dtype::<R>(
-            client.clone(),
-            device.clone(),
-            Shape::from(shape),
-            dtype,
-        )
-    };
+    let alloc = |shape: Vec<usize>, dtype: DType| super::alloc_like(&q, shape, dtype);
     let (listed, page_size, pages, count) = match mask {
         Some((mask, page_size)) => {
             let mask = into_contiguous(mask);
@@ -637,42 +700,57 @@ pub(crate) fn attention<R: CubeRuntime>(
     let most_chunks = if listed {
         n.div_ceil(page_size)
     } else {
-        n.div_ceil(layout.tile)
+        n.div_ceil(kernel.tile())
     };
     let num_chunks = target_cubes.div_ceil(base_cubes).clamp(1, most_chunks);
 
     let o_part = alloc(vec![rows * num_chunks * d], DType::F32);
     let m_part = alloc(vec![rows * num_chunks], DType::F32);
     let l_part = alloc(vec![rows * num_chunks], DType::F32);
-    attention_partial::launch::<R>(
-        &client,
-        CubeCount::Static(num_chunks as u32, hkv as u32, (b * row_groups) as u32),
-        CubeDim::new_1d(layout.units as u32),
-        // Chosen by `layout_for` on the inputs as given: the contiguous copies keep every stride
-        // a multiple of the head dimension, which the width divides.
-        layout.width,
-        q.clone().into_tensor_arg(),
-        k.into_tensor_arg(),
-        v.into_tensor_arg(),
-        pages.into_tensor_arg(),
-        count.into_tensor_arg(),
-        o_part.clone().into_tensor_arg(),
-        m_part.clone().into_tensor_arg(),
-        l_part.clone().into_tensor_arg(),
-        n,
-        page_size,
-        num_chunks,
-        row_groups,
-        scale,
-        d / layout.width,
-        group_rows,
-        layout.rows,
-        layout.tile,
-        layout.cv,
-        layout.units,
-        listed,
-        q.dtype.into(),
-    );
+    let grid = CubeCount::Static(num_chunks as u32, hkv as u32, (b * row_groups) as u32);
+    match kernel {
+        Kernel::TensorCores { width, row_tiles } => attention_mma::launch_partial(
+            grid,
+            &q,
+            k,
+            v,
+            pages,
+            count,
+            (&o_part, &m_part, &l_part),
+            (n, page_size, num_chunks, row_groups, group_rows),
+            scale,
+            (width, row_tiles, listed),
+        ),
+        Kernel::Simt(layout) => attention_partial::launch::<R>(
+            &client,
+            grid,
+            CubeDim::new_1d(layout.units as u32),
+            // Chosen by `kernel_for` on the inputs as given: the contiguous copies keep every
+            // stride a multiple of the head dimension, which the width divides.
+            layout.width,
+            q.clone().into_tensor_arg(),
+            k.into_tensor_arg(),
+            v.into_tensor_arg(),
+            pages.into_tensor_arg(),
+            count.into_tensor_arg(),
+            o_part.clone().into_tensor_arg(),
+            m_part.clone().into_tensor_arg(),
+            l_part.clone().into_tensor_arg(),
+            n,
+            page_size,
+            num_chunks,
+            row_groups,
+            scale,
+            d / layout.width,
+            group_rows,
+            layout.rows,
+            layout.tile,
+            layout.cv,
+            layout.units,
+            listed,
+            q.dtype.into(),
+        ),
+    }
     let o = alloc(vec![b, hq, s, d], q.dtype);
     let lse = alloc(vec![b, hq, s], DType::F32);
     let (count, dim) = elemwise_count(&client, rows * d);

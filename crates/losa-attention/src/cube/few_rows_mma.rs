@@ -14,17 +14,10 @@
 //! kernel fuses the MLP's gate and up projections with the SwiGLU between them: both keep a
 //! layer's launch count down, which is what a 16-row decode step pays for.
 
-use burn::tensor::DType;
 use burn_cubecl::{CubeRuntime, kernel::into_contiguous, tensor::CubeTensor};
-use cubecl::{
-    ir::{ElemType, FloatKind, features::MmaConfig},
-    prelude::*,
-};
+use cubecl::prelude::*;
 
-use super::alloc_like;
-
-/// Side of a tensor-core tile (m = n = k = 16).
-const TILE: usize = 16;
+use super::{PLANE, TILE, alloc_like, has_tensor_cores};
 
 /// Warps per cube, splitting `k`. With one 16-column tile per cube, the SDAR-8B projections
 /// give 256-1536 cubes of 8 warps: 2,000-12,000 warps for the H100's 132 SMs.
@@ -38,10 +31,6 @@ pub(crate) const MAX_ROWS: usize = 32;
 
 /// Most weights one launch takes.
 pub(crate) const MAX_WEIGHTS: usize = 3;
-
-/// Units of a cube (a warp is 32 units on CUDA, the only runtime that reports 16x16x16 cmma
-/// for f16 / bf16 here).
-const PLANE: usize = 32;
 
 /// The 16 x 16 tile of `w` at `k` step `step` and columns `col0..col0 + 16`: column-major in
 /// the `[n, k]` storage, stride `k`.
@@ -324,28 +313,6 @@ fn few_row_swiglu_kernel<F: Float>(
     }
 }
 
-/// Whether the runtime multiplies `dtype` tiles on tensor cores (16x16x16, fp32 accumulators).
-fn has_mma<R: CubeRuntime>(x: &CubeTensor<R>) -> bool {
-    let kind = match x.dtype {
-        DType::F16 => FloatKind::F16,
-        DType::BF16 => FloatKind::BF16,
-        _ => return false,
-    };
-    let input = ElemType::Float(kind).into();
-    x.client.features().matmul.cmma.contains(&MmaConfig {
-        a_type: input,
-        b_type: input,
-        cd_type: ElemType::Float(FloatKind::F32).into(),
-        m: TILE as u32,
-        k: TILE as u32,
-        n: TILE as u32,
-    }) && {
-        // The kernels take a cube's Y index as its warp.
-        let hardware = &x.client.properties().hardware;
-        hardware.plane_size_min == PLANE as u32 && hardware.plane_size_max == PLANE as u32
-    }
-}
-
 /// Widest output taken with two row tiles. At a vocabulary's width burn's matmul has columns
 /// enough to fill the card, and at 32 rows it was faster (H200, 4096 x 151,936 bf16: 789
 /// against 1032 µs; at 16 rows this kernel was, 707 against 789 µs;
@@ -376,7 +343,7 @@ pub(crate) fn takes<R: CubeRuntime>(x: &CubeTensor<R>, ws: &[&CubeTensor<R>]) ->
                 && aligned(w)
         })
         && aligned(x)
-        && has_mma(x)
+        && has_tensor_cores(x)
 }
 
 /// Whether the tensor's data starts on a 32-byte boundary, as the tile loads need (a view's

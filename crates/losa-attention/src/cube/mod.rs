@@ -6,6 +6,7 @@
 //! wrong answer.
 
 mod attention;
+mod attention_mma;
 mod few_rows;
 mod few_rows_mma;
 mod layer_ops;
@@ -22,7 +23,10 @@ use burn_cubecl::{
     BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement, kernel::into_contiguous,
     tensor::CubeTensor,
 };
-use cubecl::prelude::*;
+use cubecl::{
+    ir::{ElemType, FloatKind, features::MmaConfig},
+    prelude::*,
+};
 
 use crate::backend::{LosaBackend, OutLse, RowState, on_primitives};
 
@@ -35,6 +39,35 @@ pub(crate) const NEG_SENTINEL: f32 = f32::MIN;
 pub(crate) fn cube_grid(cubes: usize) -> CubeCount {
     let (x, y) = (cubes.clamp(1, 65_535), cubes.div_ceil(65_535).max(1));
     CubeCount::Static(x as u32, y as u32, 1)
+}
+
+/// Side of a tensor-core tile (m = n = k = 16).
+pub(crate) const TILE: usize = 16;
+
+/// Units of a plane (a warp is 32 units on CUDA, the only runtime that reports 16x16x16 cmma
+/// for f16 / bf16 here). The tensor-core kernels take a cube's Y index as its warp.
+pub(crate) const PLANE: usize = 32;
+
+/// Whether the runtime multiplies `x`'s dtype in 16x16x16 tiles on tensor cores with fp32
+/// accumulators (f16 / bf16), with 32-wide planes.
+pub(crate) fn has_tensor_cores<R: CubeRuntime>(x: &CubeTensor<R>) -> bool {
+    let kind = match x.dtype {
+        DType::F16 => FloatKind::F16,
+        DType::BF16 => FloatKind::BF16,
+        _ => return false,
+    };
+    let input = ElemType::Float(kind).into();
+    x.client.features().matmul.cmma.contains(&MmaConfig {
+        a_type: input,
+        b_type: input,
+        cd_type: ElemType::Float(FloatKind::F32).into(),
+        m: TILE as u32,
+        k: TILE as u32,
+        n: TILE as u32,
+    }) && {
+        let hardware = &x.client.properties().hardware;
+        hardware.plane_size_min == PLANE as u32 && hardware.plane_size_max == PLANE as u32
+    }
 }
 
 /// Threads per cube of the elementwise kernels.
@@ -152,14 +185,14 @@ where
             fallback("attention", "dtypes the kernel does not take");
             return on_primitives::attention::<Self>(q, k, v, page_mask, scale);
         }
-        let Some(layout) = attention::layout_for(&q, &k, &v) else {
+        let Some(kernel) = attention::kernel_for(&q, &k, &v) else {
             fallback(
                 "attention",
                 "no tile layout fits the shared memory and cube size",
             );
             return on_primitives::attention::<Self>(q, k, v, page_mask, scale);
         };
-        attention::attention(q, k, v, page_mask, scale, layout)
+        attention::attention(q, k, v, page_mask, scale, kernel)
     }
 
     fn losa_merge(
