@@ -172,6 +172,83 @@ fn attention_dense_and_sparse_match_reference() {
     }
 }
 
+/// A denoising step's attention in one call: the block's keys with the prefix (dense, or
+/// through a page mask), with a partial result over other keys, with both and with neither,
+/// against the reference's attentions and merges.
+#[test]
+fn block_attention_matches_reference() {
+    let (dtype, atol, rtol) = dut_dtype();
+    for (case, x) in shapes() {
+        let (qd, qr) = pair(21, [x.b, x.hq, x.s, x.d]);
+        let (kbd, kbr) = pair(22, [x.b, x.hkv, x.s, x.d]);
+        let (vbd, vbr) = pair(23, [x.b, x.hkv, x.s, x.d]);
+        let (kd, kr) = pair(24, [x.b, x.hkv, x.n, x.d]);
+        let (vd, vr) = pair(25, [x.b, x.hkv, x.n, x.d]);
+        let scale = 1.0 / (x.d as f32).sqrt();
+        // The partial: attention over other keys, computed once and given to both sides (its
+        // O rounded to the dtype under test, its LSE in fp32).
+        let (ko, vo) = (
+            tensor4::<Ref>(26, [x.b, x.hkv, 40, x.d], &rdev()),
+            tensor4::<Ref>(27, [x.b, x.hkv, 40, x.d], &rdev()),
+        );
+        let (o_x, l_x) = ops::attention(qr.clone(), ko, vo, scale).unwrap();
+        let o_xd = to_backend::<Ref, Dut, 4>(&o_x, &ddev()).cast(dtype);
+        let o_xr = to_backend::<Dut, Ref, 4>(&o_xd, &rdev());
+        let l_xd = to_backend::<Ref, Dut, 3>(&l_x, &ddev());
+        let np = x.n.div_ceil(x.page);
+        let mask: Vec<i64> = (0..x.b * x.hkv * np)
+            .map(|i| (i % np % 3 != 1) as i64)
+            .collect();
+        let shape = [x.b, x.hkv, np];
+        for (variant, prefix, masked, partial) in [
+            ("dense prefix", true, false, false),
+            ("masked prefix", true, true, false),
+            ("partial", false, false, true),
+            ("prefix and partial", true, false, true),
+            ("block alone", false, false, false),
+        ] {
+            let run_d = || {
+                let prefix = prefix.then(|| {
+                    let m = masked.then(|| (ints::<Dut, 3>(&mask, shape, &ddev()), x.page));
+                    (kd.clone(), vd.clone(), m)
+                });
+                let partial = partial.then(|| (o_xd.clone(), l_xd.clone()));
+                ops::block_attention(qd.clone(), kbd.clone(), vbd.clone(), prefix, partial, scale)
+                    .unwrap()
+            };
+            let run_r = || {
+                let prefix = prefix.then(|| {
+                    let m = masked.then(|| (ints::<Ref, 3>(&mask, shape, &rdev()), x.page));
+                    (kr.clone(), vr.clone(), m)
+                });
+                let partial = partial.then(|| (o_xr.clone(), l_x.clone()));
+                ops::block_attention(qr.clone(), kbr.clone(), vbr.clone(), prefix, partial, scale)
+                    .unwrap()
+            };
+            let ((od, ld), (or, lr)) = (run_d(), run_r());
+            assert_eq!(
+                od.dtype(),
+                qd.dtype(),
+                "{case} {variant}: O keeps the input dtype"
+            );
+            assert_close(
+                &format!("{case} {variant} O"),
+                &host(&od),
+                &host(&or),
+                atol,
+                rtol,
+            );
+            assert_close(
+                &format!("{case} {variant} LSE"),
+                &host(&ld),
+                &host(&lr),
+                atol,
+                rtol,
+            );
+        }
+    }
+}
+
 /// Scores that grow along the keys (K scaled by a ramp up to 40x: the first keys' scores are
 /// of order 1, the last ones' of order 30): each row's running max rises far past where it
 /// started, which the tensor-core kernel's lazy rescaling of `O` must follow.

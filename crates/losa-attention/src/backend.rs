@@ -16,6 +16,14 @@ use burn::tensor::{
 /// Attention output and its fp32 log-sum-exp, as primitives.
 pub type OutLse<B> = (FloatTensor<B>, FloatTensor<B>);
 
+/// Prefix keys and values beside a block's own, as primitives, with a page mask (and its page
+/// size) when only the set pages are read.
+pub type PrefixKeys<B> = (
+    FloatTensor<B>,
+    FloatTensor<B>,
+    Option<(IntTensor<B>, usize)>,
+);
+
 /// A LoSA layer's per-row state, as primitives: prefix output `[b, h, s, dv]`, its fp32
 /// log-sum-exp `[b, h, s]` and the queries `[b, h, s, d]` they were computed from.
 pub type RowState<B> = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>);
@@ -32,6 +40,24 @@ pub trait LosaBackend: Backend {
         scale: f32,
     ) -> OutLse<Self> {
         on_primitives::attention::<Self>(q, k, v, page_mask, scale)
+    }
+
+    /// Attention of `q` over a block's own keys `k_block`/`v_block` together with the optional
+    /// `prefix` keys (all of them, or the pages of its mask) and the optional `partial` result
+    /// `(O, LSE)` of attention over some other keys, as one softmax over all of them. This is
+    /// what a denoising step's attention layer computes; by default two
+    /// [`Self::losa_attention`] and up to two [`Self::losa_merge`], one combine where the
+    /// backend can. Shapes: `q` `[b, h, s, d]`, keys `[b, h_kv, n, d]`, `partial`
+    /// `([b, h, s, d], [b, h, s])`.
+    fn losa_block_attention(
+        q: FloatTensor<Self>,
+        k_block: FloatTensor<Self>,
+        v_block: FloatTensor<Self>,
+        prefix: Option<PrefixKeys<Self>>,
+        partial: Option<OutLse<Self>>,
+        scale: f32,
+    ) -> OutLse<Self> {
+        on_primitives::block_attention::<Self>(q, k_block, v_block, prefix, partial, scale)
     }
 
     /// fp32 LSE merge of two attention results. See [`crate::reference::merge_lse`].
@@ -195,7 +221,7 @@ pub(crate) mod on_primitives {
 
     use burn::tensor::{Shape, TensorMetadata};
 
-    use super::{LosaBackend, OutLse, RowState};
+    use super::{LosaBackend, OutLse, PrefixKeys, RowState};
     use crate::reference;
 
     fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
@@ -216,6 +242,27 @@ pub(crate) mod on_primitives {
         let mask = page_mask.map(|(m, p)| (Tensor::<B, 3, Int>::from_primitive(m), p));
         let (o, lse) = reference::attention_lse::<B>(float(q), float(k), float(v), mask, scale);
         (prim(o), prim(lse))
+    }
+
+    /// [`LosaBackend::losa_attention`] over the block's keys and the prefix's, merged with
+    /// each other and the partial result by [`LosaBackend::losa_merge`].
+    pub(crate) fn block_attention<B: LosaBackend>(
+        q: FloatTensor<B>,
+        k_block: FloatTensor<B>,
+        v_block: FloatTensor<B>,
+        prefix: Option<PrefixKeys<B>>,
+        partial: Option<OutLse<B>>,
+        scale: f32,
+    ) -> OutLse<B> {
+        let (mut o, mut l) = B::losa_attention(q.clone(), k_block, v_block, None, scale);
+        if let Some((k, v, mask)) = prefix {
+            let (op, lp) = B::losa_attention(q, k, v, mask, scale);
+            (o, l) = B::losa_merge(op, lp, o, l);
+        }
+        if let Some((ox, lx)) = partial {
+            (o, l) = B::losa_merge(ox, lx, o, l);
+        }
+        (o, l)
     }
 
     pub(crate) fn merge<B: Backend>(

@@ -13,7 +13,7 @@ use burn_fusion::{
 use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
 
 use crate::{
-    backend::{LosaBackend, OutLse, RowState},
+    backend::{LosaBackend, OutLse, PrefixKeys, RowState},
     reference::GREEDY_COLUMNS,
 };
 
@@ -22,6 +22,12 @@ use crate::{
 enum Call {
     Attention {
         page_size: Option<usize>,
+        scale: f32,
+    },
+    /// `prefix`: whether prefix keys follow the block's, and their page size when masked.
+    BlockAttention {
+        prefix: Option<Option<usize>>,
+        partial: bool,
         scale: f32,
     },
     Merge,
@@ -61,6 +67,7 @@ impl Call {
     fn name(&self) -> &'static str {
         match self {
             Call::Attention { .. } => "losa_attention",
+            Call::BlockAttention { .. } => "losa_block_attention",
             Call::Merge => "losa_merge",
             Call::PageBounds { .. } => "losa_page_bounds",
             Call::PageScores => "losa_page_scores",
@@ -101,6 +108,29 @@ impl<B: FusionBackend + LosaBackend> Operation<B::FusionRuntime> for LosaOp<B> {
                 let (q, k, v) = (float(handles, 0), float(handles, 1), float(handles, 2));
                 let mask = page_size.map(|p| (handles.get_int_tensor::<B>(&inputs[3]), p));
                 let (o, l) = B::losa_attention(q, k, v, mask, scale);
+                handles.register_float_tensor::<B>(&outputs[0].id, o);
+                handles.register_float_tensor::<B>(&outputs[1].id, l);
+            }
+            Call::BlockAttention {
+                prefix,
+                partial,
+                scale,
+            } => {
+                // Inputs: q, k_block, v_block, then the prefix's k, v (and mask), then the
+                // partial O and LSE.
+                let (q, kb, vb) = (float(handles, 0), float(handles, 1), float(handles, 2));
+                let mut next = 3;
+                let prefix = prefix.map(|page_size| {
+                    let (k, v) = (float(handles, next), float(handles, next + 1));
+                    next += 2;
+                    let mask = page_size.map(|p| {
+                        next += 1;
+                        (handles.get_int_tensor::<B>(&inputs[next - 1]), p)
+                    });
+                    (k, v, mask)
+                });
+                let partial = partial.then(|| (float(handles, next), float(handles, next + 1)));
+                let (o, l) = B::losa_block_attention(q, kb, vb, prefix, partial, scale);
                 handles.register_float_tensor::<B>(&outputs[0].id, o);
                 handles.register_float_tensor::<B>(&outputs[1].id, l);
             }
@@ -260,6 +290,36 @@ impl<B: FusionBackend + LosaBackend> LosaBackend for Fusion<B> {
             inputs,
             &outputs,
         ))
+    }
+
+    fn losa_block_attention(
+        q: FloatTensor<Self>,
+        k_block: FloatTensor<Self>,
+        v_block: FloatTensor<Self>,
+        prefix: Option<PrefixKeys<Self>>,
+        partial: Option<OutLse<Self>>,
+        scale: f32,
+    ) -> OutLse<Self> {
+        let [b, h, s, d] = q.shape.dims::<4>();
+        let outputs = [(vec![b, h, s, d], q.dtype), (vec![b, h, s], DType::F32)];
+        let mut inputs = vec![q, k_block, v_block];
+        let prefix = prefix.map(|(k, v, mask)| {
+            inputs.extend([k, v]);
+            mask.map(|(mask, p)| {
+                inputs.push(mask);
+                p
+            })
+        });
+        let has_partial = partial.is_some();
+        if let Some((o, l)) = partial {
+            inputs.extend([o, l]);
+        }
+        let call = Call::BlockAttention {
+            prefix,
+            partial: has_partial,
+            scale,
+        };
+        two(register::<B>(call, inputs, &outputs))
     }
 
     fn losa_merge(

@@ -120,6 +120,70 @@ pub fn sparse_attention<B: LosaBackend>(
     Ok((float(o), float(l)))
 }
 
+/// Prefix keys and values beside a block's own (see [`block_attention`]), with a page mask
+/// `[batch, kv_heads, ceil(keys / page_size)]` and its page size when only the set pages are
+/// read.
+pub type PrefixRead<B> = (
+    Tensor<B, 4>,
+    Tensor<B, 4>,
+    Option<(Tensor<B, 3, Int>, usize)>,
+);
+
+/// A denoising step's attention: `q` over the block's own keys together with the optional
+/// prefix keys (all, or the pages of a mask) and the optional `partial` result `(O, LSE)` of
+/// attention over other keys (LoSA's cached prefix rows), as one softmax over all of them.
+///
+/// Equal to [`attention`] over the block's keys [`merge`]d with [`attention`] (or
+/// [`sparse_attention`]) over the prefix and with `partial`; one combine on the GPU.
+///
+/// # Shapes
+/// `q`: `[batch, heads, rows, head_dim]`; `k_block`, `v_block` and the prefix's `k`, `v`:
+/// `[batch, kv_heads, keys, head_dim]`; `partial`: `([batch, heads, rows, head_dim],
+/// [batch, heads, rows])` -> as [`attention`].
+pub fn block_attention<B: LosaBackend>(
+    q: Tensor<B, 4>,
+    k_block: Tensor<B, 4>,
+    v_block: Tensor<B, 4>,
+    prefix: Option<PrefixRead<B>>,
+    partial: Option<(Tensor<B, 4>, Tensor<B, 3>)>,
+    scale: f32,
+) -> Result<(Tensor<B, 4>, Tensor<B, 3>)> {
+    check_qkv(&q, &k_block, &v_block)?;
+    let prefix = match prefix {
+        Some((k, v, mask)) => {
+            check_qkv(&q, &k, &v)?;
+            if let Some((mask, page_size)) = &mask {
+                check_page_mask(mask, &k, *page_size)?;
+            }
+            let mask = mask.map(|(m, p)| (m.into_primitive(), p));
+            Some((prim(k), prim(v), mask))
+        }
+        None => None,
+    };
+    let partial = match partial {
+        Some((o, l)) => {
+            let [b, h, s, _] = q.dims();
+            if o.dims() != q.dims() {
+                return Err(mismatch("partial O against q", &o.dims(), &q.dims()));
+            }
+            if l.dims() != [b, h, s] {
+                return Err(mismatch("partial LSE", &l.dims(), &[b, h, s]));
+            }
+            Some((prim(o), prim(l)))
+        }
+        None => None,
+    };
+    let (o, l) = B::losa_block_attention(
+        prim(q),
+        prim(k_block),
+        prim(v_block),
+        prefix,
+        partial,
+        scale,
+    );
+    Ok((float(o), float(l)))
+}
+
 /// fp32 LSE merge of attention over two disjoint key sets.
 ///
 /// # Shapes

@@ -128,21 +128,13 @@ fn loaded_tokens<B: Backend>(
     pages - last
 }
 
-/// `(O, LSE, (page mask, page size))` of a sparse prefix attention.
-type SparseRows<B> = (Tensor<B, 4>, Tensor<B, 3>, (Tensor<B, 3, Int>, usize));
-
-/// Sparse prefix attention of `q` rows: Quest scores against the page bounds, top pages per
-/// (row, head), union per KV head. Returns `(O, LSE, (page mask, page size))`.
-fn sparse_prefix<B: LosaBackend>(
+/// The page mask of a sparse prefix read by `q`'s rows: Quest scores against the page
+/// bounds, top pages per (row, head), union per KV head.
+fn select_prefix_pages<B: LosaBackend>(
     q: Tensor<B, 4>,
     prefix: &PrefixKv<B>,
     pages: &PageSelectionConfig,
-    scale: f32,
-) -> Result<SparseRows<B>> {
-    let (k, v) = (
-        prefix.keys().expect("non-empty prefix"),
-        prefix.values().expect("non-empty prefix"),
-    );
+) -> Result<Tensor<B, 3, Int>> {
     let page = pages.page_size;
     if prefix.page_size() != Some(page) {
         return Err(LosaError::InvalidConfig(format!(
@@ -151,17 +143,15 @@ fn sparse_prefix<B: LosaBackend>(
         )));
     }
     let (lo, hi) = prefix.bounds().expect("bounds kept with a page size");
-    let kv_heads = k.dims()[1];
-    let scores = ops::page_scores(q.clone(), lo, hi)?;
-    let mask = ops::select_pages(
+    let kv_heads = lo.dims()[1];
+    let scores = ops::page_scores(q, lo, hi)?;
+    ops::select_pages(
         scores,
         kv_heads,
         pages.pages_per_query(),
         pages.keep_first_page,
         pages.keep_last_page,
-    )?;
-    let (o, l) = ops::sparse_attention(q, k, v, mask.clone(), page, scale)?;
-    Ok((o, l, (mask, page)))
+    )
 }
 
 /// One attention layer's work for one denoising step of the current block.
@@ -199,31 +189,28 @@ pub fn attend<B: LosaBackend>(
         loaded_pages: None,
         dense: false,
     };
-    let (o_b, l_b) = ops::attention(q.clone(), k_block, v_block, scale)?;
     let step = state.steps;
     state.steps += 1;
-    if n == 0 {
+    // The block's own keys, with the prefix (all of it or selected pages) or with LoSA's cached
+    // prefix rows: one softmax over both.
+    let with_block = |prefix: Option<ops::PrefixRead<B>>, partial| {
+        ops::block_attention(q.clone(), k_block, v_block, prefix, partial, scale)
+    };
+    let (Some(k), Some(v)) = (prefix.keys(), prefix.values()) else {
         // Nothing to attend to in the prefix: the block attention is the whole answer.
         stats.active_rows = 0;
-        return Ok((o_b, stats));
-    }
-    let dense = |q: Tensor<B, 4>| -> Result<(Tensor<B, 4>, Tensor<B, 3>)> {
-        ops::attention(
-            q,
-            prefix.keys().expect("n > 0"),
-            prefix.values().expect("n > 0"),
-            scale,
-        )
+        return Ok((with_block(None, None)?.0, stats));
     };
-    let (o_p, l_p) = match mode {
+    let (o, _) = match mode {
         AttentionMode::Dense => {
             stats.dense = true;
-            dense(q)?
+            with_block(Some((k, v, None)), None)?
         }
         AttentionMode::Quest(cfg) => {
-            let (o, l, loaded) = sparse_prefix(q, prefix, &cfg.pages, scale)?;
-            stats.loaded_pages = Some(loaded);
-            (o, l)
+            let page = cfg.pages.page_size;
+            let mask = select_prefix_pages(q.clone(), prefix, &cfg.pages)?;
+            stats.loaded_pages = Some((mask.clone(), page));
+            with_block(Some((k, v, Some((mask, page)))), None)?
         }
         AttentionMode::Losa(cfg) => match state.cached.take() {
             None => {
@@ -231,13 +218,13 @@ pub fn attend<B: LosaBackend>(
                     return Err(LosaError::State("LoSA rows missing after step 0".into()));
                 }
                 stats.dense = true;
-                let (o, l) = dense(q.clone())?;
+                let (o, l) = ops::attention(q.clone(), k, v, scale)?;
                 state.cached = Some(CachedRows {
                     o: o.clone(),
                     lse: l.clone(),
-                    q,
+                    q: q.clone(),
                 });
-                (o, l)
+                with_block(None, Some((o, l)))?
             }
             Some(cached) => {
                 if cached.q.dims() != q.dims() {
@@ -248,35 +235,36 @@ pub fn attend<B: LosaBackend>(
                     });
                 }
                 let change = ops::query_change(q.clone(), cached.q.clone())?;
-                let k = match cfg.active {
+                let k_active = match cfg.active {
                     ActiveRows::TopK(k) => k,
                     ActiveRows::Threshold(t) => {
                         let above = change.clone().greater_elem(t).int().sum_dim(1).max();
                         (above.into_scalar().elem::<i64>().max(0) as usize).min(rows)
                     }
                 };
-                stats.active_rows = k;
-                if k == 0 {
+                stats.active_rows = k_active;
+                let rows_now = if k_active == 0 {
                     stats.loaded_pages = None;
-                    state.cached = Some(cached.clone());
-                    (cached.o, cached.lse)
+                    cached
                 } else {
-                    let active = ops::active_rows(change, k)?;
-                    let q_a = gather_rows(q, active.clone());
-                    let (o_a, l_a, loaded) = sparse_prefix(q_a.clone(), prefix, &cfg.pages, scale)?;
-                    stats.loaded_pages = Some(loaded);
+                    let active = ops::active_rows(change, k_active)?;
+                    let q_a = gather_rows(q.clone(), active.clone());
+                    let page = cfg.pages.page_size;
+                    let mask = select_prefix_pages(q_a.clone(), prefix, &cfg.pages)?;
+                    let (o_a, l_a) =
+                        ops::sparse_attention(q_a.clone(), k, v, mask.clone(), page, scale)?;
+                    stats.loaded_pages = Some((mask, page));
                     let (o, lse, q) = ops::refresh_rows(
                         (cached.o, cached.lse, cached.q),
                         active,
                         (o_a, l_a, q_a),
                     )?;
-                    let fresh = CachedRows { o, lse, q };
-                    state.cached = Some(fresh.clone());
-                    (fresh.o, fresh.lse)
-                }
+                    CachedRows { o, lse, q }
+                };
+                state.cached = Some(rows_now.clone());
+                with_block(None, Some((rows_now.o, rows_now.lse)))?
             }
         },
     };
-    let (o, _) = ops::merge(o_p, l_p, o_b, l_b)?;
     Ok((o, stats))
 }

@@ -231,6 +231,8 @@ fn attention_partial<F: Float, N: Size>(
     page_size: usize,
     num_chunks: usize,
     row_groups: usize,
+    part_base: usize,
+    parts: usize,
     scale: f32,
     #[comptime] dv: usize,
     group_rows: usize,
@@ -443,7 +445,7 @@ fn attention_partial<F: Float, N: Size>(
         for i in 0..4usize {
             let r = pv_rb + row_blocks * i;
             if r < valid_rows {
-                let part = (first_row + r) * num_chunks + chunk;
+                let part = (first_row + r) * parts + part_base + chunk;
                 #[unroll]
                 for u in 0..cv {
                     o_part[part * dv + pv_cb + col_blocks * u] = acc[i * cv + u];
@@ -453,24 +455,34 @@ fn attention_partial<F: Float, N: Size>(
     }
     let mut r = unit;
     while r < valid_rows {
-        let part = (first_row + r) * num_chunks + chunk;
+        let part = (first_row + r) * parts + part_base + chunk;
         m_part[part] = m_s[r];
         l_part[part] = l_s[r];
         r += units;
     }
 }
 
+/// Per (row, channel): the softmax-weighted sum of the row's `parts` partials and, with
+/// `extra`, of one more normalised result `(o_x, lse_x)` (a partial with `m = lse_x`, `l = 1`);
+/// writes `O` in the input dtype (`[b, hq, s, d]`, or `[b, s, hq, d]` with `heads_last`) and
+/// `LSE` in fp32.
 #[cube(launch)]
-#[allow(clippy::manual_div_ceil, clippy::manual_is_multiple_of)]
+#[allow(clippy::too_many_arguments)]
 fn attention_combine<F: Float>(
     o_part: &Tensor<f32>,
     m_part: &Tensor<f32>,
     l_part: &Tensor<f32>,
+    o_x: &Tensor<F>,
+    lse_x: &Tensor<f32>,
     o: &mut Tensor<F>,
     lse: &mut Tensor<f32>,
-    num_chunks: usize,
+    parts: usize,
     neg_inf: f32,
+    heads: usize,
+    block: usize,
     #[comptime] d: usize,
+    #[comptime] extra: bool,
+    #[comptime] heads_last: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let pos = ABSOLUTE_POS;
@@ -479,25 +491,41 @@ fn attention_combine<F: Float>(
     }
     let row = pos / d;
     let c = pos % d;
+    let mut out = pos;
+    if heads_last {
+        // Row `(b, h, s)` goes to `[b, s, h]`.
+        let (bh, si) = (row / block, row % block);
+        let (bi, h) = (bh / heads, bh % heads);
+        out = ((bi * block + si) * heads + h) * d + c;
+    }
     let mut top = NEG_SENTINEL.runtime();
-    for ch in 0..num_chunks {
-        top = max(top, m_part[row * num_chunks + ch]);
+    for ch in 0..parts {
+        top = max(top, m_part[row * parts + ch]);
+    }
+    if extra {
+        top = max(top, lse_x[row]);
     }
     let mut sum = 0.0f32;
     let mut acc = 0.0f32;
-    for ch in 0..num_chunks {
-        let part = row * num_chunks + ch;
+    for ch in 0..parts {
+        let part = row * parts + ch;
         let w = (m_part[part] - top).exp();
         sum += l_part[part] * w;
         acc += o_part[part * d + c] * w;
     }
+    if extra {
+        // `-inf` (no keys) weighs 0: `top` is finite.
+        let w = (lse_x[row] - top).exp();
+        sum += w;
+        acc += f32::cast_from(o_x[pos]) * w;
+    }
     if sum > 0.0f32 {
-        o[pos] = F::cast_from(acc / sum);
+        o[out] = F::cast_from(acc / sum);
         if c == 0 {
             lse[row] = top + sum.ln();
         }
     } else {
-        o[pos] = F::cast_from(0.0f32);
+        o[out] = F::cast_from(0.0f32);
         if c == 0 {
             lse[row] = neg_inf;
         }
@@ -637,47 +665,65 @@ pub(crate) fn kernel_for<R: CubeRuntime>(
     .map(Kernel::Simt)
 }
 
-/// Host side: validates nothing (the public ops did), compacts the mask, picks the split,
-/// launches the kernels.
-///
-/// `q` `[b, hq, s, d]`, `k`/`v` `[b, hkv, n, d]` with unit stride on the channel, `mask`
-/// `[b, hkv, ceil(n / page)]` or `None`, `kernel` from [`kernel_for`] on the same inputs.
-/// Requires `n > 0` and `s > 0`.
-pub(crate) fn attention<R: CubeRuntime>(
-    q: CubeTensor<R>,
+/// One set of keys an attention call reads: `k`/`v` `[b, hkv, n, d]` (unit stride on the
+/// channel), all keys or the pages of `mask` (`[b, hkv, ceil(n / page)]`, with the page size),
+/// and the partial kernel that serves them (from [`kernel_for`] on the same inputs).
+pub(crate) struct KeySource<R: CubeRuntime> {
+    pub(crate) k: CubeTensor<R>,
+    pub(crate) v: CubeTensor<R>,
+    pub(crate) mask: Option<(CubeTensor<R>, usize)>,
+    pub(crate) kernel: Kernel,
+}
+
+/// How one source's keys split into chunks, and where its partials go: the partials of packed
+/// row `r` are `parts` in a row, this source's from `part_base`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Split {
+    pub(crate) keys: usize,
+    pub(crate) page_size: usize,
+    pub(crate) num_chunks: usize,
+    pub(crate) row_groups: usize,
+    pub(crate) group_rows: usize,
+    pub(crate) part_base: usize,
+    pub(crate) parts: usize,
+}
+
+/// A source after page-list compaction, with its split (`part_base` and `parts` set later).
+struct Planned<R: CubeRuntime> {
     k: CubeTensor<R>,
     v: CubeTensor<R>,
-    mask: Option<(CubeTensor<R>, usize)>,
-    scale: f32,
+    pages: CubeTensor<R>,
+    count: CubeTensor<R>,
+    listed: bool,
     kernel: Kernel,
-) -> (CubeTensor<R>, CubeTensor<R>) {
-    let q = into_contiguous(q);
-    let k = super::channel_contiguous(k);
-    let v = super::channel_contiguous(v);
-    let [b, hq, s, d] = q.meta.shape().dims::<4>();
-    let [_, hkv, n, _] = k.meta.shape().dims::<4>();
-    let group_rows = (hq / hkv) * s;
+    split: Split,
+}
 
-    let client = q.client.clone();
-    let props = client.properties();
+/// Compacts `source`'s mask into a page list and splits its keys into chunks for the card.
+fn plan<R: CubeRuntime>(q: &CubeTensor<R>, source: KeySource<R>) -> Planned<R> {
+    let [b, hq, s, _] = q.meta.shape().dims::<4>();
+    let k = super::channel_contiguous(source.k);
+    let v = super::channel_contiguous(source.v);
+    let [_, hkv, n, _] = k.meta.shape().dims::<4>();
+    let kernel = source.kernel;
+    let group_rows = (hq / hkv) * s;
     let row_groups = group_rows.div_ceil(kernel.rows());
-    let target_cubes = props
+    let client = &q.client;
+    let target_cubes = client
+        .properties()
         .hardware
         .num_streaming_multiprocessors
         .map_or(DEFAULT_TARGET_CUBES, |sms| {
             sms as usize * kernel.cubes_per_sm()
         });
-
-    let rows = b * hq * s;
-    let alloc = |shape: Vec<usize>, dtype: DType| super::alloc_like(&q, shape, dtype);
-    let (listed, page_size, pages, count) = match mask {
+    let (listed, page_size, pages, count) = match source.mask {
         Some((mask, page_size)) => {
             let mask = into_contiguous(mask);
             let np = n.div_ceil(page_size);
-            let pages = alloc(vec![b * hkv * np], DType::U32);
-            let count = alloc(vec![b * hkv], DType::U32);
+            let pages = super::alloc_like(q, [b * hkv * np], DType::U32);
+            let count = super::alloc_like(q, [b * hkv], DType::U32);
             compact_pages::launch::<R>(
-                &client,
+                client,
                 super::cube_grid(b * hkv),
                 CubeDim::new_1d(COMPACT_UNITS as u32),
                 mask.clone().into_tensor_arg(),
@@ -692,82 +738,157 @@ pub(crate) fn attention<R: CubeRuntime>(
         None => (
             false,
             1,
-            alloc(vec![1], DType::U32),
-            alloc(vec![1], DType::U32),
+            super::alloc_like(q, [1], DType::U32),
+            super::alloc_like(q, [1], DType::U32),
         ),
     };
-    let base_cubes = b * hkv * row_groups;
     let most_chunks = if listed {
         n.div_ceil(page_size)
     } else {
         n.div_ceil(kernel.tile())
     };
-    let num_chunks = target_cubes.div_ceil(base_cubes).clamp(1, most_chunks);
-
-    let o_part = alloc(vec![rows * num_chunks * d], DType::F32);
-    let m_part = alloc(vec![rows * num_chunks], DType::F32);
-    let l_part = alloc(vec![rows * num_chunks], DType::F32);
-    let grid = CubeCount::Static(num_chunks as u32, hkv as u32, (b * row_groups) as u32);
-    match kernel {
-        Kernel::TensorCores { width, row_tiles } => attention_mma::launch_partial(
-            grid,
-            &q,
-            k,
-            v,
-            pages,
-            count,
-            (&o_part, &m_part, &l_part),
-            (n, page_size, num_chunks, row_groups, group_rows),
-            scale,
-            (width, row_tiles, listed),
-        ),
-        Kernel::Simt(layout) => attention_partial::launch::<R>(
-            &client,
-            grid,
-            CubeDim::new_1d(layout.units as u32),
-            // Chosen by `kernel_for` on the inputs as given: the contiguous copies keep every
-            // stride a multiple of the head dimension, which the width divides.
-            layout.width,
-            q.clone().into_tensor_arg(),
-            k.into_tensor_arg(),
-            v.into_tensor_arg(),
-            pages.into_tensor_arg(),
-            count.into_tensor_arg(),
-            o_part.clone().into_tensor_arg(),
-            m_part.clone().into_tensor_arg(),
-            l_part.clone().into_tensor_arg(),
-            n,
-            page_size,
-            num_chunks,
-            row_groups,
-            scale,
-            d / layout.width,
-            group_rows,
-            layout.rows,
-            layout.tile,
-            layout.cv,
-            layout.units,
-            listed,
-            q.dtype.into(),
-        ),
+    let base_cubes = b * hkv * row_groups;
+    let split = Split {
+        keys: n,
+        page_size,
+        num_chunks: target_cubes.div_ceil(base_cubes).clamp(1, most_chunks),
+        row_groups,
+        group_rows,
+        part_base: 0,
+        parts: 0,
+    };
+    Planned {
+        k,
+        v,
+        pages,
+        count,
+        listed,
+        kernel,
+        split,
     }
-    let o = alloc(vec![b, hq, s, d], q.dtype);
-    let lse = alloc(vec![b, hq, s], DType::F32);
-    let (count, dim) = elemwise_count(&client, rows * d);
+}
+
+/// Host side: validates nothing (the public ops did). Attention of `q` `[b, hq, s, d]` over
+/// the union of `sources` (each non-empty, `s > 0`) and, with `extra`, merged with a
+/// normalised result `(O [b, hq, s, d], LSE [b, hq, s])` over other keys: every source's
+/// partial kernel writes its chunks' partials side by side and one combine reduces them all.
+///
+/// With `heads_last`, `O` is stored `[b, s, hq, d]` and returned as its `[b, hq, s, d]` view:
+/// the layout the output projection reads, which then needs no copy.
+pub(crate) fn attention<R: CubeRuntime>(
+    q: CubeTensor<R>,
+    sources: Vec<KeySource<R>>,
+    extra: Option<(CubeTensor<R>, CubeTensor<R>)>,
+    scale: f32,
+    heads_last: bool,
+) -> (CubeTensor<R>, CubeTensor<R>) {
+    let q = into_contiguous(q);
+    let [b, hq, s, d] = q.meta.shape().dims::<4>();
+    let rows = b * hq * s;
+    let mut planned: Vec<Planned<R>> = sources.into_iter().map(|src| plan(&q, src)).collect();
+    let parts: usize = planned.iter().map(|p| p.split.num_chunks).sum();
+    let mut part_base = 0;
+    for p in &mut planned {
+        p.split.part_base = part_base;
+        p.split.parts = parts;
+        part_base += p.split.num_chunks;
+    }
+
+    let o_part = super::alloc_like(&q, [rows * parts * d], DType::F32);
+    let m_part = super::alloc_like(&q, [rows * parts], DType::F32);
+    let l_part = super::alloc_like(&q, [rows * parts], DType::F32);
+    for p in planned {
+        let [_, hkv, _, _] = p.k.meta.shape().dims::<4>();
+        let split = p.split;
+        let grid = CubeCount::Static(
+            split.num_chunks as u32,
+            hkv as u32,
+            (b * split.row_groups) as u32,
+        );
+        match p.kernel {
+            Kernel::TensorCores { width, row_tiles } => attention_mma::launch_partial(
+                grid,
+                &q,
+                p.k,
+                p.v,
+                p.pages,
+                p.count,
+                (&o_part, &m_part, &l_part),
+                split,
+                scale,
+                (width, row_tiles, p.listed),
+            ),
+            Kernel::Simt(layout) => attention_partial::launch::<R>(
+                &q.client,
+                grid,
+                CubeDim::new_1d(layout.units as u32),
+                // Chosen by `kernel_for` on the inputs as given: the contiguous copies keep
+                // every stride a multiple of the head dimension, which the width divides.
+                layout.width,
+                q.clone().into_tensor_arg(),
+                p.k.into_tensor_arg(),
+                p.v.into_tensor_arg(),
+                p.pages.into_tensor_arg(),
+                p.count.into_tensor_arg(),
+                o_part.clone().into_tensor_arg(),
+                m_part.clone().into_tensor_arg(),
+                l_part.clone().into_tensor_arg(),
+                split.keys,
+                split.page_size,
+                split.num_chunks,
+                split.row_groups,
+                split.part_base,
+                split.parts,
+                scale,
+                d / layout.width,
+                split.group_rows,
+                layout.rows,
+                layout.tile,
+                layout.cv,
+                layout.units,
+                p.listed,
+                q.dtype.into(),
+            ),
+        }
+    }
+    let o = if heads_last {
+        super::alloc_like(&q, [b, s, hq, d], q.dtype)
+    } else {
+        super::alloc_like(&q, [b, hq, s, d], q.dtype)
+    };
+    let lse = super::alloc_like(&q, [b, hq, s], DType::F32);
+    let has_extra = extra.is_some();
+    // Without an extra result the kernel reads neither; any tensors of the right types do.
+    let (o_x, lse_x) = match extra {
+        Some((o_x, lse_x)) => (into_contiguous(o_x), into_contiguous(lse_x)),
+        None => (o.clone(), lse.clone()),
+    };
+    let (count, dim) = elemwise_count(&q.client, rows * d);
     attention_combine::launch::<R>(
-        &client,
+        &q.client,
         count,
         dim,
         o_part.into_tensor_arg(),
         m_part.into_tensor_arg(),
         l_part.into_tensor_arg(),
+        o_x.into_tensor_arg(),
+        lse_x.into_tensor_arg(),
         o.clone().into_tensor_arg(),
         lse.clone().into_tensor_arg(),
-        num_chunks,
+        parts,
         f32::NEG_INFINITY,
+        hq,
+        s,
         d,
+        has_extra,
+        heads_last,
         q.dtype.into(),
     );
+    let o = if heads_last {
+        burn_cubecl::ops::permute(o, &[0, 2, 1, 3])
+    } else {
+        o
+    };
     (o, lse)
 }
 

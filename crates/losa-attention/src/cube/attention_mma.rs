@@ -25,7 +25,7 @@ use burn::tensor::DType;
 use burn_cubecl::{CubeRuntime, tensor::CubeTensor};
 use cubecl::prelude::*;
 
-use super::attention::{chunk_keys, fetch_tile, key_of};
+use super::attention::{Split, chunk_keys, fetch_tile, key_of};
 use super::{NEG_SENTINEL, PLANE, TILE, has_tensor_cores};
 
 /// Key slots per tile (four 16-key tensor-core tiles).
@@ -219,6 +219,8 @@ fn attention_partial_mma<F: Float, N: Size>(
     page_size: usize,
     num_chunks: usize,
     row_groups: usize,
+    part_base: usize,
+    parts: usize,
     scale: f32,
     group_rows: usize,
     #[comptime] d: usize,
@@ -473,7 +475,7 @@ fn attention_partial_mma<F: Float, N: Size>(
             let r = e / KEYS;
             let col = e % KEYS;
             if col < cols {
-                let part = (first_row + r) * num_chunks + chunk;
+                let part = (first_row + r) * parts + part_base + chunk;
                 o_part[part * d + c0 * TILE + col] = s_s[r * s_stride + col];
             }
             e += UNITS;
@@ -481,7 +483,7 @@ fn attention_partial_mma<F: Float, N: Size>(
         sync_cube();
     }
     if unit < valid_rows {
-        let part = (first_row + unit) * num_chunks + chunk;
+        let part = (first_row + unit) * parts + part_base + chunk;
         m_part[part] = m_s[unit];
         l_part[part] = l_s[unit];
     }
@@ -526,7 +528,7 @@ pub(crate) fn launch_partial<R: CubeRuntime>(
     pages: CubeTensor<R>,
     count: CubeTensor<R>,
     (o_part, m_part, l_part): (&CubeTensor<R>, &CubeTensor<R>, &CubeTensor<R>),
-    (keys, page_size, num_chunks, row_groups, group_rows): (usize, usize, usize, usize, usize),
+    split: Split,
     scale: f32,
     (width, row_tiles, listed): (usize, usize, bool),
 ) {
@@ -544,12 +546,14 @@ pub(crate) fn launch_partial<R: CubeRuntime>(
         o_part.clone().into_tensor_arg(),
         m_part.clone().into_tensor_arg(),
         l_part.clone().into_tensor_arg(),
-        keys,
-        page_size,
-        num_chunks,
-        row_groups,
+        split.keys,
+        split.page_size,
+        split.num_chunks,
+        split.row_groups,
+        split.part_base,
+        split.parts,
         scale,
-        group_rows,
+        split.group_rows,
         d,
         width,
         row_tiles,

@@ -28,7 +28,7 @@ use cubecl::{
     prelude::*,
 };
 
-use crate::backend::{LosaBackend, OutLse, RowState, on_primitives};
+use crate::backend::{LosaBackend, OutLse, PrefixKeys, RowState, on_primitives};
 
 /// Lowest finite fp32: the running max before any key is seen. Kernels avoid `-inf` literals
 /// (WGSL rejects them); a true `-inf` is passed in as a runtime scalar where an output needs it.
@@ -153,6 +153,25 @@ pub(crate) fn channel_vector_width<R: CubeRuntime>(tensors: &[&CubeTensor<R>]) -
         .max(1)
 }
 
+/// `k`/`v` (and a page mask) as a source of keys for `q`'s attention kernels, or why the
+/// kernels do not take them.
+fn key_source<R: CubeRuntime>(
+    q: &CubeTensor<R>,
+    k: CubeTensor<R>,
+    v: CubeTensor<R>,
+    mask: Option<(CubeTensor<R>, usize)>,
+) -> Result<attention::KeySource<R>, &'static str> {
+    if k.meta.shape()[2] == 0 || q.meta.shape()[2] == 0 {
+        return Err("no keys or no rows");
+    }
+    if !kernel_float(q.dtype) || k.dtype != q.dtype || v.dtype != q.dtype {
+        return Err("dtypes the kernel does not take");
+    }
+    let kernel = attention::kernel_for(q, &k, &v)
+        .ok_or("no tile layout fits the shared memory and cube size")?;
+    Ok(attention::KeySource { k, v, mask, kernel })
+}
+
 fn kernel_float(dtype: DType) -> bool {
     matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
 }
@@ -175,24 +194,55 @@ where
         page_mask: Option<(IntTensor<Self>, usize)>,
         scale: f32,
     ) -> OutLse<Self> {
-        let n = k.meta.shape()[2];
-        let s = q.meta.shape()[2];
-        if n == 0 || s == 0 {
-            fallback("attention", "no keys or no rows");
-            return on_primitives::attention::<Self>(q, k, v, page_mask, scale);
-        }
-        if !kernel_float(q.dtype) || k.dtype != q.dtype || v.dtype != q.dtype {
-            fallback("attention", "dtypes the kernel does not take");
-            return on_primitives::attention::<Self>(q, k, v, page_mask, scale);
-        }
-        let Some(kernel) = attention::kernel_for(&q, &k, &v) else {
-            fallback(
-                "attention",
-                "no tile layout fits the shared memory and cube size",
-            );
-            return on_primitives::attention::<Self>(q, k, v, page_mask, scale);
+        let source = match key_source(&q, k.clone(), v.clone(), page_mask.clone()) {
+            Ok(source) => source,
+            Err(why) => {
+                fallback("attention", why);
+                return on_primitives::attention::<Self>(q, k, v, page_mask, scale);
+            }
         };
-        attention::attention(q, k, v, page_mask, scale, kernel)
+        attention::attention(q, vec![source], None, scale, false)
+    }
+
+    fn losa_block_attention(
+        q: FloatTensor<Self>,
+        k_block: FloatTensor<Self>,
+        v_block: FloatTensor<Self>,
+        prefix: Option<PrefixKeys<Self>>,
+        partial: Option<OutLse<Self>>,
+        scale: f32,
+    ) -> OutLse<Self> {
+        let fall_back = |why: &str| {
+            fallback("block attention", why);
+            on_primitives::block_attention::<Self>(
+                q.clone(),
+                k_block.clone(),
+                v_block.clone(),
+                prefix.clone(),
+                partial.clone(),
+                scale,
+            )
+        };
+        let mut sources = match key_source(&q, k_block.clone(), v_block.clone(), None) {
+            Ok(block) => vec![block],
+            Err(why) => return fall_back(why),
+        };
+        // An empty prefix adds nothing to the softmax.
+        if let Some((k, v, mask)) = prefix.clone()
+            && k.meta.shape()[2] > 0
+        {
+            match key_source(&q, k, v, mask) {
+                Ok(source) => sources.push(source),
+                Err(why) => return fall_back(why),
+            }
+        }
+        if let Some((o, lse)) = &partial
+            && (o.dtype != q.dtype || lse.dtype != DType::F32)
+        {
+            return fall_back("a partial result of another dtype");
+        }
+        // The result goes to the output projection, which reads it heads last.
+        attention::attention(q, sources, partial, scale, true)
     }
 
     fn losa_merge(
