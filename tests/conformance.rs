@@ -659,6 +659,68 @@ fn rope_matches_reference() {
     );
 }
 
+/// The queries' and keys' per-head norms and rotations in one call against the reference's
+/// norm, axis swap and rope for each: GQA, with and without norms, a view whose heads are
+/// strided (the q/k/v projection's output split into heads), and bad inputs.
+#[test]
+fn qk_rope_matches_reference() {
+    let (dtype, atol, rtol) = dut_dtype();
+    for (b, s, hq, hkv, d, normed) in [
+        (1, 16, 32, 8, 128, true),
+        (2, 5, 4, 2, 64, true),
+        (1, 3, 6, 3, 32, false),
+        (1, 1, 2, 1, 130, true),
+    ] {
+        // q and k as the model has them: views into one [b, s, (hq + hkv) * d] projection.
+        let (xd, xr) = pair(91, [b, s, hq + hkv, d]);
+        let (qd, kd) = (xd.clone().narrow(2, 0, hq), xd.narrow(2, hq, hkv));
+        let (qr, kr) = (xr.clone().narrow(2, 0, hq), xr.narrow(2, hq, hkv));
+        let (cd, cr) = pair2(92, s, d);
+        let (sd, sr) = pair2(93, s, d);
+        let weights = |seed| {
+            let w = Tensor::<Ref, 1>::from_floats(common::randn(seed, d).as_slice(), &rdev());
+            let wd = to_backend::<Ref, Dut, 1>(&w, &ddev()).cast(dtype);
+            let wr = to_backend::<Dut, Ref, 1>(&wd, &rdev());
+            (wd, wr)
+        };
+        let ((wqd, wqr), (wkd, wkr)) = (weights(94), weights(95));
+        let eps = 1e-6;
+        let (norm_d, norm_r) = if normed {
+            (Some((wqd, wkd, eps)), Some((wqr, wkr, eps)))
+        } else {
+            (None, None)
+        };
+        let (q_got, k_got) = ops::qk_rope(qd, kd, norm_d, cd, sd).unwrap();
+        let (q_exp, k_exp) = ops::qk_rope(qr, kr, norm_r, cr, sr).unwrap();
+        assert_eq!(q_got.dims(), [b, hq, s, d]);
+        assert_eq!(k_got.dims(), [b, hkv, s, d]);
+        // The reference rounds the norm's two steps and rope's three; the kernel rounds the
+        // norm's two and rope once.
+        for (name, got, expected) in [("q", q_got, q_exp), ("k", k_got, k_exp)] {
+            assert_close(
+                &format!("qk_rope {name} b{b} s{s} {hq}/{hkv} d{d} normed {normed}"),
+                &host(&got),
+                &host(&expected),
+                2.0 * atol,
+                2.0 * rtol,
+            );
+        }
+    }
+    let (q, _) = pair(96, [1, 2, 4, 8]);
+    let (k, _) = pair(97, [1, 3, 2, 8]);
+    let (t, _) = pair2(98, 2, 8);
+    assert!(
+        ops::qk_rope(q.clone(), k, None, t.clone(), t.clone()).is_err(),
+        "k of other positions"
+    );
+    let (k, _) = pair(99, [1, 2, 2, 8]);
+    let w = Tensor::<Dut, 1>::ones([4], &ddev()).cast(dtype);
+    assert!(
+        ops::qk_rope(q, k, Some((w.clone(), w, 1e-6)), t.clone(), t).is_err(),
+        "norm weight of another width"
+    );
+}
+
 /// The SwiGLU kernel against the reference: a projection-sized block and ragged sizes.
 #[test]
 fn swiglu_matches_reference() {

@@ -98,13 +98,19 @@ impl<B: Backend> RopeTables<B> {
         }
     }
 
-    /// `x * cos + rotate_half(x) * sin` for `x` `[b, heads, seq, head_dim]`, through
-    /// [`ops::rope`].
-    pub fn apply(&self, x: Tensor<B, 4>) -> Result<Tensor<B, 4>, LosaError>
+    /// The queries `[b, seq, heads, head_dim]` and keys `[b, seq, kv_heads, head_dim]`
+    /// normalised per head by `norms` (when given), rotated and returned heads first, through
+    /// [`ops::qk_rope`].
+    pub fn apply_qk(
+        &self,
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        norms: Option<ops::QkNorm<B>>,
+    ) -> Result<(Tensor<B, 4>, Tensor<B, 4>), LosaError>
     where
         B: LosaBackend,
     {
-        ops::rope(x, self.cos.clone(), self.sin.clone())
+        ops::qk_rope(q, k, norms, self.cos.clone(), self.sin.clone())
     }
 }
 
@@ -205,19 +211,26 @@ impl<B: LosaBackend> AttentionProj<B> {
         let [q, k, v] = linears([&self.q, &self.k, &self.v], x);
         let mut q = split(q, self.heads);
         let mut k = split(k, self.kv_heads);
-        let v = split(v, self.kv_heads);
-        if let Some(norm) = &self.q_norm {
-            q = norm.forward(q)?;
-        }
-        if let Some(norm) = &self.k_norm {
-            k = norm.forward(k)?;
-        }
-        let heads_first = |t: Tensor<B, 4>| t.swap_dims(1, 2);
-        Ok((
-            rope.apply(heads_first(q))?,
-            rope.apply(heads_first(k))?,
-            heads_first(v),
-        ))
+        let v = split(v, self.kv_heads).swap_dims(1, 2);
+        let norms = match (&self.q_norm, &self.k_norm) {
+            (Some(qn), Some(kn)) if qn.eps == kn.eps => {
+                Some((qn.weight.val(), kn.weight.val(), qn.eps))
+            }
+            (None, None) => None,
+            // Norms on one side only, or of different eps: each its own launch.
+            (qn, kn) => {
+                if let Some(norm) = qn {
+                    q = norm.forward(q)?;
+                }
+                if let Some(norm) = kn {
+                    k = norm.forward(k)?;
+                }
+                None
+            }
+        };
+        // Both norms and rotations in one launch.
+        let (q, k) = rope.apply_qk(q, k, norms)?;
+        Ok((q, k, v))
     }
 
     /// Output projection of the attention result `[b, heads, s, d]`.

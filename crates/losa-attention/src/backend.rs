@@ -24,6 +24,9 @@ pub type PrefixKeys<B> = (
     Option<(IntTensor<B>, usize)>,
 );
 
+/// Per-head RMSNorm weights of the queries and keys, as primitives, and their `eps`.
+pub type QkNormWeights<B> = (FloatTensor<B>, FloatTensor<B>, f64);
+
 /// A LoSA layer's per-row state, as primitives: prefix output `[b, h, s, dv]`, its fp32
 /// log-sum-exp `[b, h, s]` and the queries `[b, h, s, d]` they were computed from.
 pub type RowState<B> = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>);
@@ -203,6 +206,20 @@ pub trait LosaBackend: Backend {
         on_primitives::rope::<Self>(x, cos, sin)
     }
 
+    /// `q` `[b, s, hq, d]` and `k` `[b, s, hkv, d]` each normalised per head by its weight
+    /// (when `norm` is given), rotated by the `[s, d]` tables and returned heads first
+    /// (`[b, hq, s, d]`, `[b, hkv, s, d]`): one launch for both where the backend can; by
+    /// default [`Self::losa_rms_norm`] and [`Self::losa_rope`] for each.
+    fn losa_qk_rope(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        norm: Option<QkNormWeights<Self>>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        on_primitives::qk_rope::<Self>(q, k, norm, cos, sin)
+    }
+
     /// `silu(gate) * up` (the MLP's gate): one launch for the reference's two or three.
     /// See [`crate::reference::swiglu`].
     fn losa_swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -221,7 +238,7 @@ pub(crate) mod on_primitives {
 
     use burn::tensor::{Shape, TensorMetadata};
 
-    use super::{LosaBackend, OutLse, PrefixKeys, RowState};
+    use super::{LosaBackend, OutLse, PrefixKeys, QkNormWeights, RowState};
     use crate::reference;
 
     fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
@@ -405,6 +422,34 @@ pub(crate) mod on_primitives {
         sin: FloatTensor<B>,
     ) -> FloatTensor<B> {
         prim(reference::rope::<B>(float(x), float(cos), float(sin)))
+    }
+
+    /// Per tensor: [`LosaBackend::losa_rms_norm`] over its heads' rows (when normalised), the
+    /// heads moved in front of the positions, and [`LosaBackend::losa_rope`].
+    pub(crate) fn qk_rope<B: LosaBackend>(
+        q: FloatTensor<B>,
+        k: FloatTensor<B>,
+        norm: Option<QkNormWeights<B>>,
+        cos: FloatTensor<B>,
+        sin: FloatTensor<B>,
+    ) -> (FloatTensor<B>, FloatTensor<B>) {
+        let ready = |x: FloatTensor<B>, weight: Option<(FloatTensor<B>, f64)>| {
+            let shape = x.shape();
+            let [b, s, h, d] = shape.dims::<4>();
+            let x = match weight {
+                Some((w, eps)) => {
+                    let rows = B::float_reshape(x, Shape::new([b * s * h, d]));
+                    B::float_reshape(B::losa_rms_norm(rows, w, eps), shape)
+                }
+                None => x,
+            };
+            B::losa_rope(B::float_swap_dims(x, 1, 2), cos.clone(), sin.clone())
+        };
+        let (wq, wk) = match norm {
+            Some((wq, wk, eps)) => (Some((wq, eps)), Some((wk, eps))),
+            None => (None, None),
+        };
+        (ready(q, wq), ready(k, wk))
     }
 
     pub(crate) fn swiglu<B: Backend>(gate: FloatTensor<B>, up: FloatTensor<B>) -> FloatTensor<B> {

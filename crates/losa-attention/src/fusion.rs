@@ -13,7 +13,7 @@ use burn_fusion::{
 use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
 
 use crate::{
-    backend::{LosaBackend, OutLse, PrefixKeys, RowState},
+    backend::{LosaBackend, OutLse, PrefixKeys, QkNormWeights, RowState},
     reference::GREEDY_COLUMNS,
 };
 
@@ -60,6 +60,10 @@ enum Call {
         eps: f64,
     },
     Rope,
+    /// `eps` of the per-head norms, when the queries and keys are normalised.
+    QkRope {
+        eps: Option<f64>,
+    },
     Swiglu,
 }
 
@@ -83,6 +87,7 @@ impl Call {
             Call::RmsNorm { .. } => "losa_rms_norm",
             Call::AddRmsNorm { .. } => "losa_add_rms_norm",
             Call::Rope => "losa_rope",
+            Call::QkRope { .. } => "losa_qk_rope",
             Call::Swiglu => "losa_swiglu",
         }
     }
@@ -222,6 +227,16 @@ impl<B: FusionBackend + LosaBackend> Operation<B::FusionRuntime> for LosaOp<B> {
             Call::Rope => {
                 let (x, cos, sin) = (float(handles, 0), float(handles, 1), float(handles, 2));
                 handles.register_float_tensor::<B>(&outputs[0].id, B::losa_rope(x, cos, sin));
+            }
+            Call::QkRope { eps } => {
+                // Inputs: q, k, (the two norm weights,) cos, sin.
+                let (q, k) = (float(handles, 0), float(handles, 1));
+                let norm = eps.map(|eps| (float(handles, 2), float(handles, 3), eps));
+                let t = if eps.is_some() { 4 } else { 2 };
+                let (cos, sin) = (float(handles, t), float(handles, t + 1));
+                let (q, k) = B::losa_qk_rope(q, k, norm, cos, sin);
+                handles.register_float_tensor::<B>(&outputs[0].id, q);
+                handles.register_float_tensor::<B>(&outputs[1].id, k);
             }
             Call::Swiglu => {
                 let (gate, up) = (float(handles, 0), float(handles, 1));
@@ -476,6 +491,26 @@ impl<B: FusionBackend + LosaBackend> LosaBackend for Fusion<B> {
     ) -> FloatTensor<Self> {
         let outputs = [(x.shape.dims::<4>().to_vec(), x.dtype)];
         register::<B>(Call::Rope, vec![x, cos, sin], &outputs).remove(0)
+    }
+
+    fn losa_qk_rope(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        norm: Option<QkNormWeights<Self>>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let [b, s, hq, d] = q.shape.dims::<4>();
+        let hkv = k.shape.dims::<4>()[2];
+        let outputs = [(vec![b, hq, s, d], q.dtype), (vec![b, hkv, s, d], q.dtype)];
+        let mut inputs = vec![q, k];
+        let eps = norm.map(|(wq, wk, eps)| {
+            inputs.extend([wq, wk]);
+            eps
+        });
+        inputs.extend([cos, sin]);
+        let outs = register::<B>(Call::QkRope { eps }, inputs, &outputs);
+        two(outs)
     }
 
     fn losa_swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {

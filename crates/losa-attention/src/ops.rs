@@ -515,23 +515,34 @@ pub fn rms_norm<B: LosaBackend>(
 
 /// The weight against `x [rows, dim]`, a usable `eps`, one device and dtype.
 fn check_rms_norm<B: LosaBackend>(x: &Tensor<B, 2>, weight: &Tensor<B, 1>, eps: f64) -> Result<()> {
-    let dim = x.dims()[1];
+    check_norm_weight("rms_norm", x.dims()[1], &x.device(), x.dtype(), weight, eps)
+}
+
+/// A norm's weight `[dim]` on `device` in `dtype`, and a usable `eps`.
+fn check_norm_weight<B: LosaBackend>(
+    what: &str,
+    dim: usize,
+    device: &B::Device,
+    dtype: burn::tensor::DType,
+    weight: &Tensor<B, 1>,
+    eps: f64,
+) -> Result<()> {
     if weight.dims() != [dim] {
         return Err(mismatch(
-            "rms_norm: weight [dim] against x [rows, dim]",
+            &format!("{what}: weight [dim] against x [rows, dim]"),
             &weight.dims(),
             &[dim],
         ));
     }
     if !(eps.is_finite() && eps >= 0.0) {
         return Err(LosaError::InvalidConfig(format!(
-            "rms_norm: eps must be finite and non-negative, got {eps}"
+            "{what}: eps must be finite and non-negative, got {eps}"
         )));
     }
-    if x.device() != weight.device() {
+    if *device != weight.device() {
         return Err(LosaError::DeviceMismatch("x and weight".into()));
     }
-    same_dtype("rms_norm: weight", weight.dtype(), x.dtype())
+    same_dtype(&format!("{what}: weight"), weight.dtype(), dtype)
 }
 
 /// `(x + delta, rms_norm(x + delta, weight, eps))`: a residual add and the next [`rms_norm`]
@@ -569,15 +580,31 @@ pub fn rope<B: LosaBackend>(
     sin: Tensor<B, 2>,
 ) -> Result<Tensor<B, 4>> {
     let [_, _, s, d] = x.dims();
-    if d % 2 != 0 {
+    check_rope_tables("rope", s, d, &x, &cos, &sin)?;
+    if x.dims().contains(&0) {
+        return Ok(x);
+    }
+    Ok(float(B::losa_rope(prim(x), prim(cos), prim(sin))))
+}
+
+/// An even channel count `d` and `cos`/`sin` tables `[s, d]` on `x`'s device, in its dtype.
+fn check_rope_tables<B: LosaBackend>(
+    what: &str,
+    s: usize,
+    d: usize,
+    x: &Tensor<B, 4>,
+    cos: &Tensor<B, 2>,
+    sin: &Tensor<B, 2>,
+) -> Result<()> {
+    if !d.is_multiple_of(2) {
         return Err(LosaError::InvalidConfig(format!(
-            "rope: the channel count must be even, got {d}"
+            "{what}: the channel count must be even, got {d}"
         )));
     }
-    for (name, table) in [("cos", &cos), ("sin", &sin)] {
+    for (name, table) in [("cos", cos), ("sin", sin)] {
         if table.dims() != [s, d] {
             return Err(mismatch(
-                &format!("rope: {name} [seq, dim] against x [batch, heads, seq, dim]"),
+                &format!("{what}: {name} [seq, dim] against x's positions and channels"),
                 &table.dims(),
                 &[s, d],
             ));
@@ -585,12 +612,56 @@ pub fn rope<B: LosaBackend>(
         if table.device() != x.device() {
             return Err(LosaError::DeviceMismatch(format!("x and {name}")));
         }
-        same_dtype(&format!("rope: {name}"), table.dtype(), x.dtype())?;
+        same_dtype(&format!("{what}: {name}"), table.dtype(), x.dtype())?;
     }
-    if x.dims().contains(&0) {
-        return Ok(x);
+    Ok(())
+}
+
+/// Per-head RMSNorm weights of the queries and keys (Qwen3's `q_norm` and `k_norm`), each
+/// `[head_dim]`, and their `eps`.
+pub type QkNorm<B> = (Tensor<B, 1>, Tensor<B, 1>, f64);
+
+/// A layer's queries and keys made ready for attention: each head's RMSNorm where `norm` is
+/// given, then the NeoX rotary embedding, with the heads moved in front of the positions.
+/// Equal to [`rms_norm`] over each head's channels, a swap of the position and head axes and
+/// [`rope`], for both; one kernel for both on the CubeCL backends.
+///
+/// # Shapes
+/// `q`: `[batch, seq, heads, head_dim]`, `k`: `[batch, seq, kv_heads, head_dim]`, `cos`,
+/// `sin`: `[seq, head_dim]` -> `([batch, heads, seq, head_dim], [batch, kv_heads, seq,
+/// head_dim])`.
+pub fn qk_rope<B: LosaBackend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    norm: Option<QkNorm<B>>,
+    cos: Tensor<B, 2>,
+    sin: Tensor<B, 2>,
+) -> Result<(Tensor<B, 4>, Tensor<B, 4>)> {
+    let [b, s, _, d] = q.dims();
+    let [kb, ks, hkv, kd] = k.dims();
+    if (kb, ks, kd) != (b, s, d) {
+        return Err(mismatch(
+            "qk_rope: k [batch, seq, kv_heads, head_dim] against q",
+            &k.dims(),
+            &[b, s, hkv, d],
+        ));
     }
-    Ok(float(B::losa_rope(prim(x), prim(cos), prim(sin))))
+    if q.device() != k.device() {
+        return Err(LosaError::DeviceMismatch("q and k".into()));
+    }
+    same_dtype("qk_rope: k", k.dtype(), q.dtype())?;
+    check_rope_tables("qk_rope", s, d, &q, &cos, &sin)?;
+    if let Some((wq, wk, eps)) = &norm {
+        check_norm_weight("qk_rope: q norm", d, &q.device(), q.dtype(), wq, *eps)?;
+        check_norm_weight("qk_rope: k norm", d, &q.device(), q.dtype(), wk, *eps)?;
+    }
+    if q.dims().contains(&0) || hkv == 0 {
+        // Nothing to normalise or rotate: the empty inputs, heads first.
+        return Ok((q.swap_dims(1, 2), k.swap_dims(1, 2)));
+    }
+    let norm = norm.map(|(wq, wk, eps)| (prim(wq), prim(wk), eps));
+    let (q, k) = B::losa_qk_rope(prim(q), prim(k), norm, prim(cos), prim(sin));
+    Ok((float(q), float(k)))
 }
 
 /// The SwiGLU gate `silu(gate) * up`, elementwise. One kernel on the CubeCL backends.

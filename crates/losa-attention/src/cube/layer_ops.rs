@@ -7,6 +7,8 @@
 //! - RMSNorm: one cube per row, its units reading the row in vectors, summing squares in fp32
 //!   and meeting in a shared-memory tree, then scaling the row they read.
 //! - Rotary embedding: one unit per (row, channel pair), reading the row through its strides.
+//! - The queries' and keys' per-head norms and rotary embeddings: one cube per head row of
+//!   either, in one launch.
 //! - SwiGLU: one unit per element.
 
 use burn_cubecl::{CubeRuntime, kernel::into_contiguous, tensor::CubeTensor};
@@ -229,6 +231,159 @@ pub(crate) fn rope<R: CubeRuntime>(
         x.dtype.into(),
     );
     out
+}
+
+/// One cube per row (one head of one position) of `q` `[b, s, hq, d]` then of `k`
+/// `[b, s, hkv, d]`: the head's RMSNorm by its weight (with `norm`; each value rounded to the
+/// input dtype after normalising and after the weight, as [`rms_norm_kernel`] rounds), then the
+/// rotary embedding of each channel pair (`i`, `i + d / 2`) as [`rope_kernel`] computes it,
+/// written heads first (`[b, hq, s, d]`, `[b, hkv, s, d]`). The row's values are read twice
+/// (for the sum of squares, then to scale), from cache the second time.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments, clippy::manual_div_ceil)]
+fn qk_rope_kernel<F: Float>(
+    q: &Tensor<F>,
+    k: &Tensor<F>,
+    q_weight: &Tensor<F>,
+    k_weight: &Tensor<F>,
+    cos: &Tensor<F>,
+    sin: &Tensor<F>,
+    q_out: &mut Tensor<F>,
+    k_out: &mut Tensor<F>,
+    eps: f32,
+    #[comptime] units: usize,
+    #[comptime] norm: bool,
+    #[define(F)] _dtype: StorageType,
+) {
+    let row = CUBE_POS_X as usize + CUBE_POS_Y as usize * CUBE_COUNT_X as usize;
+    let unit = UNIT_POS_X as usize;
+    let (s, d) = (q.shape(1), q.shape(3));
+    let half = d / 2;
+    let (hq, hkv) = (q.shape(2), k.shape(2));
+    let q_rows = q.shape(0) * s * hq;
+    let is_q = row < q_rows;
+    // Every unit of a cube past the last row still joins the norm's barriers.
+    let valid = row < q_rows + k.shape(0) * s * hkv;
+    let mut local = row;
+    let mut heads = hq;
+    if !is_q {
+        local = row - q_rows;
+        heads = hkv;
+    }
+    let h = local % heads;
+    let si = (local / heads) % s;
+    let bi = local / (heads * s);
+    let mut inv = 1.0f32.runtime();
+    if norm {
+        let mut squares = 0.0f32.runtime();
+        if valid {
+            let mut i = unit;
+            while i < d {
+                let v = head_value(q, k, is_q, bi, si, h, i);
+                squares += v * v;
+                i += units;
+            }
+        }
+        let total = cube_sum(squares, units);
+        inv = 1.0f32 / f32::sqrt(total / d as f32 + eps);
+    }
+    if valid {
+        let out_base = ((bi * heads + h) * s + si) * d;
+        let t = si * cos.stride(0);
+        let t_sin = si * sin.stride(0);
+        let mut i = unit;
+        while i < half {
+            let mut a = head_value(q, k, is_q, bi, si, h, i);
+            let mut b = head_value(q, k, is_q, bi, si, h, i + half);
+            if norm {
+                let (mut wa, mut wb) = (
+                    f32::cast_from(k_weight[i]),
+                    f32::cast_from(k_weight[i + half]),
+                );
+                if is_q {
+                    wa = f32::cast_from(q_weight[i]);
+                    wb = f32::cast_from(q_weight[i + half]);
+                }
+                a = f32::cast_from(F::cast_from(f32::cast_from(F::cast_from(a * inv)) * wa));
+                b = f32::cast_from(F::cast_from(f32::cast_from(F::cast_from(b * inv)) * wb));
+            }
+            let first = a * f32::cast_from(cos[t + i]) - b * f32::cast_from(sin[t_sin + i]);
+            let second =
+                b * f32::cast_from(cos[t + i + half]) + a * f32::cast_from(sin[t_sin + i + half]);
+            if is_q {
+                q_out[out_base + i] = F::cast_from(first);
+                q_out[out_base + i + half] = F::cast_from(second);
+            } else {
+                k_out[out_base + i] = F::cast_from(first);
+                k_out[out_base + i + half] = F::cast_from(second);
+            }
+            i += units;
+        }
+    }
+}
+
+/// Channel `i` of head `h` at position `si` of batch `bi`, of `q` or of `k`, as fp32.
+#[cube]
+#[allow(clippy::too_many_arguments, unused_assignments)]
+fn head_value<F: Float>(
+    q: &Tensor<F>,
+    k: &Tensor<F>,
+    is_q: bool,
+    bi: usize,
+    si: usize,
+    h: usize,
+    i: usize,
+) -> f32 {
+    let mut v = 0.0f32;
+    if is_q {
+        v = f32::cast_from(q[bi * q.stride(0) + si * q.stride(1) + h * q.stride(2) + i]);
+    } else {
+        v = f32::cast_from(k[bi * k.stride(0) + si * k.stride(1) + h * k.stride(2) + i]);
+    }
+    v
+}
+
+/// `q` `[b, s, hq, d]` and `k` `[b, s, hkv, d]` (any strides but packed channels), the
+/// per-head norm weights `[d]` and their eps, `cos`, `sin` `[s, d]`; one float dtype, `d` even,
+/// no empty dimension.
+pub(crate) fn qk_rope<R: CubeRuntime>(
+    q: CubeTensor<R>,
+    k: CubeTensor<R>,
+    norm: Option<(CubeTensor<R>, CubeTensor<R>, f64)>,
+    cos: CubeTensor<R>,
+    sin: CubeTensor<R>,
+) -> (CubeTensor<R>, CubeTensor<R>) {
+    let (q, k) = (channel_contiguous(q), channel_contiguous(k));
+    let (cos, sin) = (into_contiguous(cos), into_contiguous(sin));
+    let [b, s, hq, d] = q.meta.shape().dims::<4>();
+    let hkv = k.meta.shape()[2];
+    let q_out = alloc_like(&q, [b, hq, s, d], q.dtype);
+    let k_out = alloc_like(&q, [b, hkv, s, d], q.dtype);
+    let units = (d / 2).next_power_of_two().clamp(1, MAX_UNITS);
+    let normed = norm.is_some();
+    // Without norms, the tables stand in for the unused weights.
+    let (wq, wk, eps) = match norm {
+        Some((wq, wk, eps)) => (into_contiguous(wq), into_contiguous(wk), eps),
+        None => (cos.clone(), sin.clone(), 0.0),
+    };
+    qk_rope_kernel::launch::<R>(
+        &q.client,
+        super::cube_grid(b * s * (hq + hkv)),
+        CubeDim::new_1d(units as u32),
+        q.clone().into_tensor_arg(),
+        k.into_tensor_arg(),
+        wq.into_tensor_arg(),
+        wk.into_tensor_arg(),
+        cos.into_tensor_arg(),
+        sin.into_tensor_arg(),
+        q_out.clone().into_tensor_arg(),
+        k_out.clone().into_tensor_arg(),
+        eps as f32,
+        units,
+        normed,
+        q.dtype.into(),
+    );
+    (q_out, k_out)
 }
 
 /// `out = silu(gate) * up = gate / (1 + exp(-gate)) * up`, in fp32, rounded once; one unit per

@@ -28,7 +28,7 @@ use cubecl::{
     prelude::*,
 };
 
-use crate::backend::{LosaBackend, OutLse, PrefixKeys, RowState, on_primitives};
+use crate::backend::{LosaBackend, OutLse, PrefixKeys, QkNormWeights, RowState, on_primitives};
 
 /// Lowest finite fp32: the running max before any key is seen. Kernels avoid `-inf` literals
 /// (WGSL rejects them); a true `-inf` is passed in as a runtime scalar where an output needs it.
@@ -460,6 +460,23 @@ where
             return on_primitives::rope::<Self>(x, cos, sin);
         }
         layer_ops::rope(x, cos, sin)
+    }
+
+    fn losa_qk_rope(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        norm: Option<QkNormWeights<Self>>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let dtype = q.dtype;
+        let same = |t: &CubeTensor<R>| t.dtype == dtype;
+        let norms_alike = norm.as_ref().is_none_or(|(wq, wk, _)| same(wq) && same(wk));
+        if !kernel_float(dtype) || !same(&k) || !same(&cos) || !same(&sin) || !norms_alike {
+            fallback("qk_rope", "dtypes the kernel does not take");
+            return on_primitives::qk_rope::<Self>(q, k, norm, cos, sin);
+        }
+        layer_ops::qk_rope(q, k, norm, cos, sin)
     }
 
     fn losa_swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
