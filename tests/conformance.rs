@@ -172,6 +172,39 @@ fn attention_dense_and_sparse_match_reference() {
     }
 }
 
+/// LoSA's row picking in one op against the reference's query change, top-k and gather: every
+/// third row unchanged (changes tied at 0, so the tie rule picks among them), k up to the block.
+#[test]
+fn pick_active_rows_matches_reference() {
+    let (dtype, ..) = dut_dtype();
+    for (b, h, s, d, k) in [(1, 32, 16, 128, 5), (2, 4, 32, 64, 12), (1, 2, 5, 8, 5)] {
+        let q = tensor4::<Ref>(41, [b, h, s, d], &rdev());
+        let moved: Vec<f32> = (0..b * h * s * d)
+            .map(|e| ((e / d) % s % 3 != 0) as u8 as f32)
+            .collect();
+        let moved = Tensor::<Ref, 1>::from_floats(moved.as_slice(), &rdev()).reshape([b, h, s, d]);
+        let q_cached = q.clone() + tensor4::<Ref>(42, [b, h, s, d], &rdev()) * moved;
+        let on_device = |t: &Tensor<Ref, 4>| to_backend::<Ref, Dut, 4>(t, &ddev()).cast(dtype);
+        let (qd, qcd) = (on_device(&q), on_device(&q_cached));
+        let (qr, qcr) = (
+            to_backend::<Dut, Ref, 4>(&qd, &rdev()),
+            to_backend::<Dut, Ref, 4>(&qcd, &rdev()),
+        );
+        let (rows_d, qa_d) = ops::pick_active_rows(qd, qcd, k).unwrap();
+        let (rows_r, qa_r) = ops::pick_active_rows(qr, qcr, k).unwrap();
+        let case = format!("pick b={b} h={h} s={s} d={d} k={k}");
+        assert_eq!(host_int(&rows_d), host_int(&rows_r), "{case}: rows");
+        assert_eq!(qa_d.dims(), [b, h, k, d], "{case}: gathered shape");
+        // A gather: exact in every dtype.
+        assert_close(&format!("{case}: queries"), &host(&qa_d), &host(&qa_r), 0.0, 0.0);
+    }
+    let (q, _) = pair(43, [1, 2, 4, 8]);
+    assert!(
+        ops::pick_active_rows(q.clone(), q, 5).is_err(),
+        "more active rows than the block has"
+    );
+}
+
 /// A denoising step's attention in one call: the block's keys with the prefix (dense, or
 /// through a page mask), with a partial result over other keys, with both and with neither,
 /// against the reference's attentions and merges.

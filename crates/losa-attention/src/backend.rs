@@ -116,6 +116,16 @@ pub trait LosaBackend: Backend {
         on_primitives::active_rows::<Self>(scores, k)
     }
 
+    /// [`Self::losa_query_change`], [`Self::losa_active_rows`] and the active rows' queries
+    /// gathered (`[b, h, k, d]`): one launch where the backend can.
+    fn losa_pick_active_rows(
+        q: FloatTensor<Self>,
+        q_cached: FloatTensor<Self>,
+        k: usize,
+    ) -> (IntTensor<Self>, FloatTensor<Self>) {
+        on_primitives::pick_active_rows::<Self>(q, q_cached, k)
+    }
+
     /// `x` with its rows `rows[b, i]` replaced by `fresh[:, :, i]`.
     /// See [`crate::reference::scatter_rows`].
     fn losa_scatter_rows(
@@ -331,6 +341,16 @@ pub(crate) mod on_primitives {
 
     pub(crate) fn active_rows<B: Backend>(scores: FloatTensor<B>, k: usize) -> IntTensor<B> {
         reference::active_rows::<B>(float(scores), k).into_primitive()
+    }
+
+    pub(crate) fn pick_active_rows<B: LosaBackend>(
+        q: FloatTensor<B>,
+        q_cached: FloatTensor<B>,
+        k: usize,
+    ) -> (IntTensor<B>, FloatTensor<B>) {
+        let rows = B::losa_active_rows(B::losa_query_change(q.clone(), q_cached), k);
+        let gathered = reference::gather_rows::<B>(float(q), Tensor::from_primitive(rows.clone()));
+        (rows, prim(gathered))
     }
 
     pub(crate) fn scatter_rows<B: Backend>(

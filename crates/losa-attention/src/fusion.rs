@@ -45,6 +45,9 @@ enum Call {
     ActiveRows {
         k: usize,
     },
+    PickActiveRows {
+        k: usize,
+    },
     ScatterRows,
     RefreshRows,
     FewRowMatmul,
@@ -78,6 +81,7 @@ impl Call {
             Call::SelectPages { .. } => "losa_select_pages",
             Call::QueryChange => "losa_query_change",
             Call::ActiveRows { .. } => "losa_active_rows",
+            Call::PickActiveRows { .. } => "losa_pick_active_rows",
             Call::ScatterRows => "losa_scatter_rows",
             Call::RefreshRows => "losa_refresh_rows",
             Call::FewRowMatmul => "losa_few_row_matmul",
@@ -177,6 +181,12 @@ impl<B: FusionBackend + LosaBackend> Operation<B::FusionRuntime> for LosaOp<B> {
             Call::ActiveRows { k } => {
                 let rows = B::losa_active_rows(float(handles, 0), k);
                 handles.register_int_tensor::<B>(&outputs[0].id, rows);
+            }
+            Call::PickActiveRows { k } => {
+                let (q, qc) = (float(handles, 0), float(handles, 1));
+                let (rows, q_active) = B::losa_pick_active_rows(q, qc, k);
+                handles.register_int_tensor::<B>(&outputs[0].id, rows);
+                handles.register_float_tensor::<B>(&outputs[1].id, q_active);
             }
             Call::ScatterRows => {
                 let x = float(handles, 0);
@@ -398,6 +408,23 @@ impl<B: FusionBackend + LosaBackend> LosaBackend for Fusion<B> {
     fn losa_active_rows(scores: FloatTensor<Self>, k: usize) -> IntTensor<Self> {
         let outputs = [(vec![scores.shape[0], k], <IntElem<B> as Element>::dtype())];
         register::<B>(Call::ActiveRows { k }, vec![scores], &outputs).remove(0)
+    }
+
+    fn losa_pick_active_rows(
+        q: FloatTensor<Self>,
+        q_cached: FloatTensor<Self>,
+        k: usize,
+    ) -> (IntTensor<Self>, FloatTensor<Self>) {
+        let [b, h, _, d] = q.shape.dims::<4>();
+        let outputs = [
+            (vec![b, k], <IntElem<B> as Element>::dtype()),
+            (vec![b, h, k, d], q.dtype),
+        ];
+        two(register::<B>(
+            Call::PickActiveRows { k },
+            vec![q, q_cached],
+            &outputs,
+        ))
     }
 
     fn losa_scatter_rows(

@@ -294,6 +294,40 @@ pub fn query_change<B: LosaBackend>(
     Ok(float(B::losa_query_change(prim(q), prim(q_cached))))
 }
 
+/// LoSA's choice of the rows to recompute, in one kernel on the CubeCL backends: the
+/// [`query_change`] of each row against its cached query, the `k` rows of largest change
+/// ([`active_rows`]: largest first, ties to the lower index) and their queries gathered.
+///
+/// # Shapes
+/// `q`, `q_cached`: `[batch, heads, seq, d]` -> `rows`: `[batch, k]`, `q_active`:
+/// `[batch, heads, k, d]`.
+pub fn pick_active_rows<B: LosaBackend>(
+    q: Tensor<B, 4>,
+    q_cached: Tensor<B, 4>,
+    k: usize,
+) -> Result<(Tensor<B, 2, Int>, Tensor<B, 4>)> {
+    if q.dims() != q_cached.dims() {
+        return Err(mismatch(
+            "pick_active_rows: cached queries against q",
+            &q_cached.dims(),
+            &q.dims(),
+        ));
+    }
+    let [_, _, s, _] = q.dims();
+    if k > s {
+        return Err(LosaError::ActiveExceedsBlock {
+            active: k,
+            block: s,
+        });
+    }
+    if k == 0 || q.dims().contains(&0) {
+        let rows = active_rows(query_change(q.clone(), q_cached)?, k)?;
+        return Ok((rows.clone(), reference::gather_rows(q, rows)));
+    }
+    let (rows, q_active) = B::losa_pick_active_rows(prim(q), prim(q_cached), k);
+    Ok((Tensor::from_primitive(rows), float(q_active)))
+}
+
 /// LoSA's write-back after a sparse step: the cached prefix output, its log-sum-exp and the
 /// queries, each with the rows `rows[b, i]` replaced by the active rows' fresh values (one
 /// launch on the CubeCL backends, three [`scatter_rows`] elsewhere). `rows` must hold distinct

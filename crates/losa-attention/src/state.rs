@@ -13,7 +13,6 @@ use crate::{
     error::{LosaError, Result},
     ops,
     prefix::PrefixKv,
-    reference::gather_rows,
 };
 
 /// Cached prefix-attention rows of the current block (LoSA's `O_p`, `L_p`, `Q_s`).
@@ -234,11 +233,11 @@ pub fn attend<B: LosaBackend>(
                         expected: cached.q.dims().to_vec(),
                     });
                 }
-                let change = ops::query_change(q.clone(), cached.q.clone())?;
                 let k_active = match cfg.active {
                     ActiveRows::TopK(k) => k,
                     ActiveRows::Threshold(t) => {
-                        let above = change.clone().greater_elem(t).int().sum_dim(1).max();
+                        let change = ops::query_change(q.clone(), cached.q.clone())?;
+                        let above = change.greater_elem(t).int().sum_dim(1).max();
                         (above.into_scalar().elem::<i64>().max(0) as usize).min(rows)
                     }
                 };
@@ -247,8 +246,8 @@ pub fn attend<B: LosaBackend>(
                     stats.loaded_pages = None;
                     cached
                 } else {
-                    let active = ops::active_rows(change, k_active)?;
-                    let q_a = gather_rows(q.clone(), active.clone());
+                    let (active, q_a) =
+                        ops::pick_active_rows(q.clone(), cached.q.clone(), k_active)?;
                     let page = cfg.pages.page_size;
                     let mask = select_prefix_pages(q_a.clone(), prefix, &cfg.pages)?;
                     let (o_a, l_a) =

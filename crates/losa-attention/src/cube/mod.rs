@@ -338,6 +338,26 @@ where
         rows::active_rows(scores, k, I::dtype())
     }
 
+    fn losa_pick_active_rows(
+        q: FloatTensor<Self>,
+        q_cached: FloatTensor<Self>,
+        k: usize,
+    ) -> (IntTensor<Self>, FloatTensor<Self>) {
+        let [b, _, s, _] = q.meta.shape().dims::<4>();
+        if !kernel_float(q.dtype) || q_cached.dtype != q.dtype {
+            fallback("pick active rows", "dtypes the kernel does not take");
+            return on_primitives::pick_active_rows::<Self>(q, q_cached, k);
+        }
+        if k == 0 || s > rows::MAX_PICK_ROWS || b > 65_535 {
+            fallback(
+                "pick active rows",
+                "no rows to pick, more rows than one cube ranks, or more batch elements than a grid row holds",
+            );
+            return on_primitives::pick_active_rows::<Self>(q, q_cached, k);
+        }
+        rows::pick_active_rows(q, q_cached, k, I::dtype())
+    }
+
     fn losa_scatter_rows(
         x: FloatTensor<Self>,
         rows: IntTensor<Self>,

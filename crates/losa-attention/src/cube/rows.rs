@@ -1,5 +1,6 @@
-//! The per-row kernels of a LoSA step: query-change scores, the top-k active rows, and writing
-//! the active rows' fresh results into the cached ones.
+//! The per-row kernels of a LoSA step: query-change scores, the top-k active rows (each alone,
+//! or both with the active queries' gather in one launch), and writing the active rows' fresh
+//! results into the cached ones.
 
 use burn::tensor::{DType, Shape};
 use burn_cubecl::{
@@ -139,6 +140,96 @@ pub(crate) fn active_rows<R: CubeRuntime>(
         int_dtype.into(),
     );
     rows
+}
+
+/// Most rows [`pick_active_rows_kernel`] ranks (its shared memory holds one change per row).
+pub(crate) const MAX_PICK_ROWS: usize = 1024;
+
+/// One cube per batch element: each row's mean squared query change (the cube reducing one
+/// row at a time, as [`query_change_kernel`] does), each row's rank by it (as
+/// [`active_rows_kernel`] ranks), the `k` top rows' indices, and their queries gathered.
+#[cube(launch)]
+#[allow(clippy::manual_div_ceil, clippy::manual_is_multiple_of)]
+fn pick_active_rows_kernel<F: Float, I: Int>(
+    q: &Tensor<F>,
+    q_cached: &Tensor<F>,
+    rows: &mut Tensor<I>,
+    q_active: &mut Tensor<F>,
+    #[comptime] units: usize,
+    #[comptime] max_rows: usize,
+    #[define(F, I)] _dtypes: [StorageType; 2],
+) {
+    let b = CUBE_POS_X as usize;
+    let unit = UNIT_POS_X as usize;
+    let (h, s, d) = (q.shape(1), q.shape(2), q.shape(3));
+    let k = rows.shape(1);
+    let mut change = SharedMemory::<f32>::new(max_rows);
+    let mut picked = SharedMemory::<u32>::new(max_rows);
+    for i in 0..s {
+        let mut sum = 0.0f32;
+        let mut e = unit;
+        while e < h * d {
+            let at = ((b * h + e / d) * s + i) * d + e % d;
+            let x = f32::cast_from(q[at]) - f32::cast_from(q_cached[at]);
+            sum += x * x;
+            e += units;
+        }
+        let total = cube_sum(sum, units);
+        if unit == 0 {
+            change[i] = ordered(total / f32::cast_from(h * d));
+        }
+        sync_cube();
+    }
+    let mut i = unit;
+    while i < s {
+        let mine = change[i];
+        let mut rank = 0usize.runtime();
+        for j in 0..s {
+            let theirs = change[j];
+            if theirs > mine || (theirs == mine && j < i) {
+                rank += 1;
+            }
+        }
+        if rank < k {
+            rows[b * k + rank] = I::cast_from(i);
+            picked[rank] = i as u32;
+        }
+        i += units;
+    }
+    sync_cube();
+    let mut e = unit;
+    while e < h * k * d {
+        let (head, j, c) = (e / (k * d), (e / d) % k, e % d);
+        q_active[((b * h + head) * k + j) * d + c] =
+            q[((b * h + head) * s + picked[j] as usize) * d + c];
+        e += units;
+    }
+}
+
+/// `q`, `q_cached` `[b, h, s, d]` of one float dtype, `0 < k <= s <= MAX_PICK_ROWS`.
+pub(crate) fn pick_active_rows<R: CubeRuntime>(
+    q: CubeTensor<R>,
+    q_cached: CubeTensor<R>,
+    k: usize,
+    int_dtype: DType,
+) -> (CubeTensor<R>, CubeTensor<R>) {
+    let (q, q_cached) = (into_contiguous(q), into_contiguous(q_cached));
+    let [b, h, _, d] = q.meta.shape().dims::<4>();
+    let rows = alloc_like(&q, [b, k], int_dtype);
+    let q_active = alloc_like(&q, [b, h, k, d], q.dtype);
+    pick_active_rows_kernel::launch::<R>(
+        &q.client,
+        CubeCount::Static(b as u32, 1, 1),
+        CubeDim::new_1d(CHANGE_UNITS as u32),
+        q.clone().into_tensor_arg(),
+        q_cached.into_tensor_arg(),
+        rows.clone().into_tensor_arg(),
+        q_active.clone().into_tensor_arg(),
+        CHANGE_UNITS,
+        MAX_PICK_ROWS,
+        [q.dtype.into(), int_dtype.into()],
+    );
+    (rows, q_active)
 }
 
 /// Element `pos` of `x` `[b, h, s, d]` (or `[b, h, s]` with `d = 1`) with its row replaced by
