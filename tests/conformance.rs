@@ -196,7 +196,13 @@ fn pick_active_rows_matches_reference() {
         assert_eq!(host_int(&rows_d), host_int(&rows_r), "{case}: rows");
         assert_eq!(qa_d.dims(), [b, h, k, d], "{case}: gathered shape");
         // A gather: exact in every dtype.
-        assert_close(&format!("{case}: queries"), &host(&qa_d), &host(&qa_r), 0.0, 0.0);
+        assert_close(
+            &format!("{case}: queries"),
+            &host(&qa_d),
+            &host(&qa_r),
+            0.0,
+            0.0,
+        );
     }
     let (q, _) = pair(43, [1, 2, 4, 8]);
     assert!(

@@ -6,9 +6,10 @@
 //! element; on the H100 that capped it at 150-610 GB/s (`bench/results/matmul-h100.json`),
 //! where the weights are the bytes a decode step must read. Here a warp multiplies a 16-column
 //! tile of `w` by the block's rows (one or two 16-row tiles of `x`) on tensor cores, so the
-//! arithmetic is free and the warp's loads are the weight's 32-byte column runs. A cube's
-//! [`WARPS`] warps split `k` (interleaved 16-wide steps, so together they read each column
-//! contiguously) and meet once in shared memory.
+//! arithmetic is free and the warp's loads are runs of the weight's columns. A cube's
+//! [`WARPS`] warps split `k` (each group of `UNROLL * WARPS` 16-wide steps gives each warp
+//! `UNROLL` consecutive ones, a 128-byte run of every column, so together they read each
+//! column contiguously) and meet once in shared memory.
 //!
 //! One launch serves up to [`MAX_WEIGHTS`] weights that share `x` (q, k and v), and a second
 //! kernel fuses the MLP's gate and up projections with the SwiGLU between them: both keep a
@@ -76,8 +77,10 @@ fn accumulator() -> cmma::Matrix<f32> {
     )
 }
 
-/// `acc{0,1} += x[row tiles] · w[:, col0..col0 + 16]` over this warp's `k` steps (`warp`,
-/// `warp + WARPS`, ...). `acc1` is used only with two row tiles.
+/// `acc{0,1} += x[row tiles] · w[:, col0..col0 + 16]` over this warp's `k` steps: in each
+/// group of `UNROLL * WARPS` steps, the `UNROLL` consecutive ones at `warp * UNROLL` (a
+/// `UNROLL * 32`-byte run of each weight row per warp), then the leftover steps one per warp.
+/// `acc1` is used only with two row tiles.
 #[cube]
 fn warp_product<F: Float>(
     x: &Tensor<F>,
@@ -89,15 +92,17 @@ fn warp_product<F: Float>(
 ) {
     let warp = UNIT_POS_Y as usize;
     let steps = x.shape(1) / TILE;
-    let mut step = warp;
-    while step + (UNROLL - 1) * WARPS < steps {
+    let mut group = 0usize.runtime();
+    while group + UNROLL * WARPS <= steps {
+        let step = group + warp * UNROLL;
         if m_tiles > 1 {
             two_row_tiles(x, w, step, col0, acc0, acc1);
         } else {
             one_row_tile(x, w, step, col0, acc0);
         }
-        step += UNROLL * WARPS;
+        group += UNROLL * WARPS;
     }
+    let mut step = group + warp;
     while step < steps {
         let b = weight_tile(w, step, col0);
         let a0 = row_tile(x, 0, step);
@@ -122,13 +127,13 @@ fn one_row_tile<F: Float>(
     acc0: &cmma::Matrix<f32>,
 ) {
     let b0 = weight_tile(w, step, col0);
-    let b1 = weight_tile(w, step + WARPS, col0);
-    let b2 = weight_tile(w, step + 2 * WARPS, col0);
-    let b3 = weight_tile(w, step + 3 * WARPS, col0);
+    let b1 = weight_tile(w, step + 1, col0);
+    let b2 = weight_tile(w, step + 2, col0);
+    let b3 = weight_tile(w, step + 3, col0);
     let a0 = row_tile(x, 0, step);
-    let a1 = row_tile(x, 0, step + WARPS);
-    let a2 = row_tile(x, 0, step + 2 * WARPS);
-    let a3 = row_tile(x, 0, step + 3 * WARPS);
+    let a1 = row_tile(x, 0, step + 1);
+    let a2 = row_tile(x, 0, step + 2);
+    let a3 = row_tile(x, 0, step + 3);
     cmma::execute::<F, F, f32, f32>(&a0, &b0, acc0, acc0);
     cmma::execute::<F, F, f32, f32>(&a1, &b1, acc0, acc0);
     cmma::execute::<F, F, f32, f32>(&a2, &b2, acc0, acc0);
@@ -146,17 +151,17 @@ fn two_row_tiles<F: Float>(
     acc1: &cmma::Matrix<f32>,
 ) {
     let b0 = weight_tile(w, step, col0);
-    let b1 = weight_tile(w, step + WARPS, col0);
-    let b2 = weight_tile(w, step + 2 * WARPS, col0);
-    let b3 = weight_tile(w, step + 3 * WARPS, col0);
+    let b1 = weight_tile(w, step + 1, col0);
+    let b2 = weight_tile(w, step + 2, col0);
+    let b3 = weight_tile(w, step + 3, col0);
     let a00 = row_tile(x, 0, step);
-    let a01 = row_tile(x, 0, step + WARPS);
-    let a02 = row_tile(x, 0, step + 2 * WARPS);
-    let a03 = row_tile(x, 0, step + 3 * WARPS);
+    let a01 = row_tile(x, 0, step + 1);
+    let a02 = row_tile(x, 0, step + 2);
+    let a03 = row_tile(x, 0, step + 3);
     let a10 = row_tile(x, 1, step);
-    let a11 = row_tile(x, 1, step + WARPS);
-    let a12 = row_tile(x, 1, step + 2 * WARPS);
-    let a13 = row_tile(x, 1, step + 3 * WARPS);
+    let a11 = row_tile(x, 1, step + 1);
+    let a12 = row_tile(x, 1, step + 2);
+    let a13 = row_tile(x, 1, step + 3);
     cmma::execute::<F, F, f32, f32>(&a00, &b0, acc0, acc0);
     cmma::execute::<F, F, f32, f32>(&a10, &b0, acc1, acc1);
     cmma::execute::<F, F, f32, f32>(&a01, &b1, acc0, acc0);
