@@ -151,120 +151,49 @@ fn move_columns(
     );
 }
 
-/// `O += P · V` over the tile's keys for this warp's fragments `o0..o3` (fragment `i` is
-/// `warp + WARPS * i` of the row-major `row tiles x d / 16` grid: with `d / 16` dividing
-/// [`WARPS`], all in column tile `warp % (d / 16)`, so each V tile is loaded once for all).
+/// `O_i += P · V` over the tile's keys for this warp's fragment `i`.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn accumulate_pv<F: Float, N: Size>(
     p_s: &SharedMemory<F>,
     v_s: &SharedMemory<Vector<F, N>>,
-    o0: &cmma::Matrix<f32>,
-    o1: &cmma::Matrix<f32>,
-    o2: &cmma::Matrix<f32>,
-    o3: &cmma::Matrix<f32>,
-    #[comptime] per_warp: usize,
-    #[comptime] fragments: usize,
-    #[comptime] d_tiles: usize,
-    #[comptime] width: usize,
-) {
-    let warp = UNIT_POS_Y as usize;
-    let ct = warp % d_tiles;
-    let v_row = comptime!(d_tiles * TILE / width + 1);
-    #[unroll]
-    for kt in 0..KEYS / TILE {
-        let b = input_tile(
-            v_s,
-            (kt * TILE) * v_row + ct * TILE / width,
-            v_row * width,
-            cmma::MatrixIdent::B,
-            cmma::MatrixLayout::RowMajor,
-        );
-        p_times_v(p_s, &b, o0, kt, 0usize, per_warp, fragments, d_tiles);
-        p_times_v(p_s, &b, o1, kt, 1usize, per_warp, fragments, d_tiles);
-        p_times_v(p_s, &b, o2, kt, 2usize, per_warp, fragments, d_tiles);
-        p_times_v(p_s, &b, o3, kt, 3usize, per_warp, fragments, d_tiles);
-    }
-}
-
-/// `O_i += P[row tile of fragment i, key tile kt] · v` (`v` the V tile at `kt`).
-#[cube]
-#[allow(clippy::too_many_arguments)]
-fn p_times_v<F: Float>(
-    p_s: &SharedMemory<F>,
-    v: &cmma::Matrix<F>,
     o: &cmma::Matrix<f32>,
-    kt: usize,
     #[comptime] i: usize,
     #[comptime] per_warp: usize,
     #[comptime] fragments: usize,
     #[comptime] d_tiles: usize,
+    #[comptime] width: usize,
 ) {
     if i < per_warp {
         let f = UNIT_POS_Y as usize + WARPS * i;
         if f < fragments {
+            let mt = f / d_tiles;
+            let ct = f % d_tiles;
             let p_stride = comptime!(KEYS + 8);
-            let start = (f / d_tiles) * TILE * p_stride + kt * TILE;
-            let a = cmma::Matrix::<F>::from_slice(
-                cmma::MatrixIdent::A,
-                TILE,
-                TILE,
-                TILE,
-                cmma::MatrixLayout::RowMajor,
-                &p_s.slice(start, p_s.len()),
-                p_stride as u32,
-            );
-            cmma::execute::<F, F, f32, f32>(&a, v, o, o);
+            let v_row = comptime!(d_tiles * TILE / width + 1);
+            #[unroll]
+            for kt in 0..KEYS / TILE {
+                let start = mt * TILE * p_stride + kt * TILE;
+                let a = cmma::Matrix::<F>::from_slice(
+                    cmma::MatrixIdent::A,
+                    TILE,
+                    TILE,
+                    TILE,
+                    cmma::MatrixLayout::RowMajor,
+                    &p_s.slice(start, p_s.len()),
+                    p_stride as u32,
+                );
+                let b = input_tile(
+                    v_s,
+                    (kt * TILE) * v_row + ct * TILE / width,
+                    v_row * width,
+                    cmma::MatrixIdent::B,
+                    cmma::MatrixLayout::RowMajor,
+                );
+                cmma::execute::<F, F, f32, f32>(&a, &b, o, o);
+            }
         }
     }
-}
-
-/// `acc += Q[row tile, k step ks] · Kᵀ[k step ks, key tile kt]`, with the Q tile `q` held in
-/// registers (`ks < d / 16` only).
-#[cube]
-#[allow(clippy::too_many_arguments)]
-fn score_step<F: Float, N: Size>(
-    k_s: &SharedMemory<Vector<F, N>>,
-    q: &cmma::Matrix<F>,
-    acc: &cmma::Matrix<f32>,
-    kt: usize,
-    #[comptime] ks: usize,
-    #[comptime] d_tiles: usize,
-    #[comptime] width: usize,
-) {
-    if ks < d_tiles {
-        let row = comptime!(d_tiles * TILE / width + 1);
-        // Kᵀ is column-major in K's rows.
-        let b = input_tile(
-            k_s,
-            (kt * TILE) * row + ks * TILE / width,
-            row * width,
-            cmma::MatrixIdent::B,
-            cmma::MatrixLayout::ColMajor,
-        );
-        cmma::execute::<F, F, f32, f32>(q, &b, acc, acc);
-    }
-}
-
-/// This warp's Q tile at row tile `mt`, k step `ks` (the last one where `ks` is past `d`: a
-/// register the compiler drops, as nothing uses it).
-#[cube]
-fn q_tile<F: Float, N: Size>(
-    q_s: &SharedMemory<Vector<F, N>>,
-    mt: usize,
-    #[comptime] ks: usize,
-    #[comptime] d_tiles: usize,
-    #[comptime] width: usize,
-) -> cmma::Matrix<F> {
-    let row = comptime!(d_tiles * TILE / width + 1);
-    let step = comptime!(ks.min(d_tiles - 1));
-    input_tile(
-        q_s,
-        (mt * TILE) * row + step * TILE / width,
-        row * width,
-        cmma::MatrixIdent::A,
-        cmma::MatrixLayout::RowMajor,
-    )
 }
 
 /// Split-K partial attention of one cube on tensor cores: packed query rows (`row_tiles`
@@ -313,8 +242,9 @@ fn attention_partial_mma<F: Float, N: Size>(
     let d_tiles = comptime!(d / TILE);
     let fragments = comptime!(row_tiles * d / TILE);
     let per_warp = comptime!(fragments.div_ceil(WARPS));
-    // Shared rows are padded (Q/K/V by one 16-byte vector, `dv + 1`): tile loads stay
-    // 32-byte aligned (16-row steps) and a tile's rows start on different banks.
+    // Shared rows are padded by one 16-byte vector: tile loads stay 32-byte aligned (16-row
+    // steps) and a tile's rows start on different banks.
+    let q_stride = comptime!(d + width);
     let s_stride = comptime!(KEYS + 4);
     let p_stride = comptime!(KEYS + 8);
 
@@ -350,21 +280,6 @@ fn attention_partial_mma<F: Float, N: Size>(
         l_s[unit] = 0.0f32;
     }
 
-    // The score tiles: each warp's share lies in one row tile, whose Q tiles it keeps in
-    // registers for the whole chunk (warps without score tiles load tile 0's and leave them).
-    let score_tiles = comptime!(row_tiles * KEYS / TILE);
-    let score_per_warp = comptime!(score_tiles.div_ceil(WARPS));
-    let score_mt = min(warp * score_per_warp / (KEYS / TILE), row_tiles - 1);
-    sync_cube();
-    let qf0 = q_tile(&q_s, score_mt, 0usize, d_tiles, width);
-    let qf1 = q_tile(&q_s, score_mt, 1usize, d_tiles, width);
-    let qf2 = q_tile(&q_s, score_mt, 2usize, d_tiles, width);
-    let qf3 = q_tile(&q_s, score_mt, 3usize, d_tiles, width);
-    let qf4 = q_tile(&q_s, score_mt, 4usize, d_tiles, width);
-    let qf5 = q_tile(&q_s, score_mt, 5usize, d_tiles, width);
-    let qf6 = q_tile(&q_s, score_mt, 6usize, d_tiles, width);
-    let qf7 = q_tile(&q_s, score_mt, 7usize, d_tiles, width);
-
     let o0 = accumulator();
     let o1 = accumulator();
     let o2 = accumulator();
@@ -372,7 +287,7 @@ fn attention_partial_mma<F: Float, N: Size>(
 
     // The softmax's row and score run: `ROW_UNITS` consecutive units (one plane) per row.
     let row = unit / ROW_UNITS;
-    let lane = unit % ROW_UNITS;
+    let run = (unit % ROW_UNITS) * (KEYS / ROW_UNITS);
     let row_live = row < rows;
 
     let loads = comptime!((KEYS * dv).div_ceil(UNITS));
@@ -427,23 +342,35 @@ fn attention_partial_mma<F: Float, N: Size>(
             );
         }
 
-        // 2. S = Q · Kᵀ: this warp's score tiles `warp * per + j` are (row tile `score_mt`,
-        // key tile `(warp * per + j) % 4`), against the Q tiles it holds.
+        // 2. S = Q · Kᵀ: score tile f = warp + WARPS * j is (row tile f / 4, key tile f % 4),
+        // so a warp's tiles share their K tile.
+        let key_tile = warp % (KEYS / TILE);
         #[unroll]
-        for j in 0..score_per_warp {
-            let f = warp * score_per_warp + j;
-            if f < score_tiles {
-                let kt = f % (KEYS / TILE);
+        for j in 0..comptime!((row_tiles * KEYS / TILE).div_ceil(WARPS)) {
+            let f = warp + WARPS * j;
+            if f < row_tiles * KEYS / TILE {
+                let mt = f / (KEYS / TILE);
                 let acc = accumulator();
-                score_step(&k_s, &qf0, &acc, kt, 0usize, d_tiles, width);
-                score_step(&k_s, &qf1, &acc, kt, 1usize, d_tiles, width);
-                score_step(&k_s, &qf2, &acc, kt, 2usize, d_tiles, width);
-                score_step(&k_s, &qf3, &acc, kt, 3usize, d_tiles, width);
-                score_step(&k_s, &qf4, &acc, kt, 4usize, d_tiles, width);
-                score_step(&k_s, &qf5, &acc, kt, 5usize, d_tiles, width);
-                score_step(&k_s, &qf6, &acc, kt, 6usize, d_tiles, width);
-                score_step(&k_s, &qf7, &acc, kt, 7usize, d_tiles, width);
-                let start = score_mt * TILE * s_stride + kt * TILE;
+                #[unroll]
+                for ks in 0..d_tiles {
+                    let a = input_tile(
+                        &q_s,
+                        (mt * TILE) * (dv + 1) + ks * TILE / width,
+                        q_stride,
+                        cmma::MatrixIdent::A,
+                        cmma::MatrixLayout::RowMajor,
+                    );
+                    // Kᵀ is column-major in K's rows.
+                    let b = input_tile(
+                        &k_s,
+                        (key_tile * TILE) * (dv + 1) + ks * TILE / width,
+                        q_stride,
+                        cmma::MatrixIdent::B,
+                        cmma::MatrixLayout::ColMajor,
+                    );
+                    cmma::execute::<F, F, f32, f32>(&a, &b, &acc, &acc);
+                }
+                let start = mt * TILE * s_stride + key_tile * TILE;
                 cmma::store(
                     &mut s_s.slice_mut(start, s_s.len()),
                     &acc,
@@ -454,22 +381,15 @@ fn attention_partial_mma<F: Float, N: Size>(
         }
         sync_cube();
 
-        // 3. Online softmax against each row's reference max. A row's units take interleaved
-        // scores (`c * ROW_UNITS + lane`): a plane's reads and writes hit distinct banks. The
-        // scaled scores stay in registers between the max and the exponentials.
-        let mut scores = Array::<f32>::new(KEYS / ROW_UNITS);
+        // 3. Online softmax against each row's reference max.
         let mut top = NEG_SENTINEL.runtime();
-        #[unroll]
-        for c in 0..KEYS / ROW_UNITS {
-            let j = c * ROW_UNITS + lane;
-            let mut score = NEG_SENTINEL.runtime();
-            if row_live && (key_s[j] as usize) < keys {
-                score = s_s[row * s_stride + j] * scale;
+        if row_live {
+            for c in 0..KEYS / ROW_UNITS {
+                if (key_s[run + c] as usize) < keys {
+                    top = max(top, s_s[row * s_stride + run + c] * scale);
+                }
             }
-            scores[c] = score;
-            top = max(top, score);
         }
-        // Over the row's 4 units (`ROW_UNITS`).
         top = max(top, plane_shuffle_xor(top, 1u32));
         top = max(top, plane_shuffle_xor(top, 2u32));
         let mut reference = NEG_SENTINEL.runtime();
@@ -486,20 +406,18 @@ fn attention_partial_mma<F: Float, N: Size>(
         }
         let mut sum = 0.0f32.runtime();
         if row_live {
-            #[unroll]
             for c in 0..KEYS / ROW_UNITS {
-                let j = c * ROW_UNITS + lane;
                 let mut p = 0.0f32;
-                if (key_s[j] as usize) < keys {
-                    p = (scores[c] - reference).exp();
+                if (key_s[run + c] as usize) < keys {
+                    p = (s_s[row * s_stride + run + c] * scale - reference).exp();
                 }
-                p_s[row * p_stride + j] = F::cast_from(p);
+                p_s[row * p_stride + run + c] = F::cast_from(p);
                 sum += p;
             }
         }
         sum += plane_shuffle_xor(sum, 1u32);
         sum += plane_shuffle_xor(sum, 2u32);
-        if row_live && lane == 0 {
+        if row_live && unit % ROW_UNITS == 0 {
             l_s[row] = l_s[row] * alpha + sum;
             m_s[row] = reference;
             alpha_s[row] = alpha;
@@ -535,9 +453,10 @@ fn attention_partial_mma<F: Float, N: Size>(
         }
 
         // 4. O += P · V.
-        accumulate_pv(
-            &p_s, &v_s, &o0, &o1, &o2, &o3, per_warp, fragments, d_tiles, width,
-        );
+        accumulate_pv(&p_s, &v_s, &o0, 0usize, per_warp, fragments, d_tiles, width);
+        accumulate_pv(&p_s, &v_s, &o1, 1usize, per_warp, fragments, d_tiles, width);
+        accumulate_pv(&p_s, &v_s, &o2, 2usize, per_warp, fragments, d_tiles, width);
+        accumulate_pv(&p_s, &v_s, &o3, 3usize, per_warp, fragments, d_tiles, width);
         sync_cube();
         s0 += KEYS;
     }
@@ -572,7 +491,7 @@ fn attention_partial_mma<F: Float, N: Size>(
 
 /// The kernel's 16-row tiles per cube for these inputs (`q` `[b, hq, s, d]`, `k`/`v`
 /// `[b, hkv, n, d]`, channels read as 16-byte vectors of `width`), or `None` where it does not
-/// take them: no tensor cores for the dtype, a head dimension other than 64 or 128, or K/V/Q
+/// take them: no tensor cores for the dtype, a head dimension not a multiple of 16, or K/V/Q
 /// rows not readable as 16-byte vectors.
 pub(crate) fn row_tiles_for<R: CubeRuntime>(
     q: &CubeTensor<R>,
@@ -587,9 +506,7 @@ pub(crate) fn row_tiles_for<R: CubeRuntime>(
     };
     // Fragments per warp bound the tiles (registers): `tiles * d / 16 <= WARPS * MAX_FRAGMENTS`.
     let most_tiles = MAX_ROW_TILES.min(WARPS * MAX_FRAGMENTS * TILE / d.max(1));
-    // Q tiles in registers: at most 8 k steps. `O` tiles share their V tile: `d / 16`
-    // divides the warps.
-    let fits = width * bytes == 16 && (d == 64 || d == 128) && most_tiles >= 1;
+    let fits = width * bytes == 16 && d.is_multiple_of(TILE) && most_tiles >= 1;
     (fits && has_tensor_cores(q)).then(|| ((hq / hkv) * s).div_ceil(TILE).clamp(1, most_tiles))
 }
 
@@ -652,8 +569,6 @@ const _: () = assert!(MAX_ROW_TILES * TILE * ROW_UNITS == UNITS);
 const _: () = assert!(MAX_ROW_TILES * KEYS / TILE <= 2 * WARPS);
 const _: () = assert!(MAX_ROW_TILES * 128 / TILE <= WARPS * MAX_FRAGMENTS);
 const _: () = assert!(KEYS.is_multiple_of(ROW_UNITS) && KEYS.is_multiple_of(TILE));
-// The softmax's shuffles reduce over exactly 4 units.
-const _: () = assert!(ROW_UNITS == 4);
 
 #[cfg(test)]
 mod tests {
