@@ -288,6 +288,79 @@ fn block_attention_matches_reference() {
     }
 }
 
+/// LoSA's sparse step in one op (the active rows' sparse prefix attention written into the
+/// cached rows, merged with the block) against the reference's attention, write-back and block
+/// attention, on every attention shape: the step's output and the refreshed rows.
+#[test]
+fn sparse_step_matches_reference() {
+    let (_, atol, rtol) = dut_dtype();
+    for (case, x) in shapes() {
+        let (qd, qr) = pair(51, [x.b, x.hq, x.s, x.d]);
+        let (kbd, kbr) = pair(52, [x.b, x.hkv, x.s, x.d]);
+        let (vbd, vbr) = pair(53, [x.b, x.hkv, x.s, x.d]);
+        let (kd, kr) = pair(54, [x.b, x.hkv, x.n, x.d]);
+        let (vd, vr) = pair(55, [x.b, x.hkv, x.n, x.d]);
+        let (ocd, ocr) = pair(56, [x.b, x.hq, x.s, x.d]);
+        let (qcd, qcr) = pair(57, [x.b, x.hq, x.s, x.d]);
+        let lse_r = tensor4::<Ref>(58, [x.b, x.hq, x.s, 1], &rdev()).reshape([x.b, x.hq, x.s]);
+        let lse_d = to_backend::<Ref, Dut, 3>(&lse_r, &ddev());
+        let scale = 1.0 / (x.d as f32).sqrt();
+        // The last row, the first, and every third, at most half the block.
+        let mut picked: Vec<i64> = vec![x.s as i64 - 1];
+        picked.extend((0..x.s as i64 - 1).step_by(3));
+        picked.truncate(x.s.div_ceil(2));
+        let k_active = picked.len();
+        let rows: Vec<i64> = (0..x.b).flat_map(|_| picked.clone()).collect();
+        let rows_d = ints::<Dut, 2>(&rows, [x.b, k_active], &ddev());
+        let rows_r = ints::<Ref, 2>(&rows, [x.b, k_active], &rdev());
+        let qad = losa::losa_attention::reference::gather_rows(qd.clone(), rows_d.clone());
+        let qar = losa::losa_attention::reference::gather_rows(qr.clone(), rows_r.clone());
+        let np = x.n.div_ceil(x.page);
+        let mask: Vec<i64> = (0..x.b * x.hkv * np)
+            .map(|i| (i % np % 2 == 1 || i % np == 0) as i64)
+            .collect();
+        let shape = [x.b, x.hkv, np];
+        let (got, got_rows) = ops::sparse_step(
+            qd,
+            kbd,
+            vbd,
+            (kd, vd, ints::<Dut, 3>(&mask, shape, &ddev()), x.page),
+            (ocd, lse_d, qcd),
+            rows_d,
+            qad,
+            scale,
+        )
+        .unwrap();
+        let (expected, expected_rows) = ops::sparse_step(
+            qr,
+            kbr,
+            vbr,
+            (kr, vr, ints::<Ref, 3>(&mask, shape, &rdev()), x.page),
+            (ocr, lse_r, qcr),
+            rows_r,
+            qar,
+            scale,
+        )
+        .unwrap();
+        for (what, g, e) in [
+            ("O", host(&got.0), host(&expected.0)),
+            ("LSE", host(&got.1), host(&expected.1)),
+            ("refreshed O", host(&got_rows.0), host(&expected_rows.0)),
+            ("refreshed LSE", host(&got_rows.1), host(&expected_rows.1)),
+        ] {
+            assert_close(&format!("{case} sparse step {what}"), &g, &e, atol, rtol);
+        }
+        // Copied rows: exact.
+        assert_close(
+            &format!("{case} sparse step refreshed queries"),
+            &host(&got_rows.2),
+            &host(&expected_rows.2),
+            0.0,
+            0.0,
+        );
+    }
+}
+
 /// Scores that grow along the keys (K scaled by a ramp up to 40x: the first keys' scores are
 /// of order 1, the last ones' of order 30): each row's running max rises far past where it
 /// started, which the tensor-core kernel's lazy rescaling of `O` must follow.

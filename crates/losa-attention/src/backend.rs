@@ -24,6 +24,9 @@ pub type PrefixKeys<B> = (
     Option<(IntTensor<B>, usize)>,
 );
 
+/// Prefix keys and values read through a page mask, as primitives: `(k, v, mask, page size)`.
+pub type PagedKeys<B> = (FloatTensor<B>, FloatTensor<B>, IntTensor<B>, usize);
+
 /// Per-head RMSNorm weights of the queries and keys, as primitives, and their `eps`.
 pub type QkNormWeights<B> = (FloatTensor<B>, FloatTensor<B>, f64);
 
@@ -61,6 +64,28 @@ pub trait LosaBackend: Backend {
         scale: f32,
     ) -> OutLse<Self> {
         on_primitives::block_attention::<Self>(q, k_block, v_block, prefix, partial, scale)
+    }
+
+    /// LoSA's sparse step after the active rows are picked: the active rows' queries
+    /// `q_active` `[b, h, k, d]` over the pages of the prefix's mask, written into the cached
+    /// rows at `rows` `[b, k]` (as [`Self::losa_refresh_rows`]), and `q` over the block's keys
+    /// merged with the refreshed prefix rows (as [`Self::losa_block_attention`] with them as the
+    /// partial). Returns the step's `(O, LSE)` and the refreshed rows. By default those three
+    /// ops; one combine for both where the backend can.
+    #[allow(clippy::too_many_arguments)]
+    fn losa_sparse_step(
+        q: FloatTensor<Self>,
+        k_block: FloatTensor<Self>,
+        v_block: FloatTensor<Self>,
+        prefix: PagedKeys<Self>,
+        cached: RowState<Self>,
+        rows: IntTensor<Self>,
+        q_active: FloatTensor<Self>,
+        scale: f32,
+    ) -> (OutLse<Self>, RowState<Self>) {
+        on_primitives::sparse_step::<Self>(
+            q, k_block, v_block, prefix, cached, rows, q_active, scale,
+        )
     }
 
     /// fp32 LSE merge of two attention results. See [`crate::reference::merge_lse`].
@@ -248,7 +273,7 @@ pub(crate) mod on_primitives {
 
     use burn::tensor::{Shape, TensorMetadata};
 
-    use super::{LosaBackend, OutLse, PrefixKeys, QkNormWeights, RowState};
+    use super::{LosaBackend, OutLse, PagedKeys, PrefixKeys, QkNormWeights, RowState};
     use crate::reference;
 
     fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
@@ -290,6 +315,32 @@ pub(crate) mod on_primitives {
             (o, l) = B::losa_merge(ox, lx, o, l);
         }
         (o, l)
+    }
+
+    /// [`LosaBackend::losa_attention`] of the active rows, [`LosaBackend::losa_refresh_rows`]
+    /// and [`LosaBackend::losa_block_attention`] with the refreshed rows.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn sparse_step<B: LosaBackend>(
+        q: FloatTensor<B>,
+        k_block: FloatTensor<B>,
+        v_block: FloatTensor<B>,
+        (k, v, mask, page): PagedKeys<B>,
+        cached: RowState<B>,
+        rows: IntTensor<B>,
+        q_active: FloatTensor<B>,
+        scale: f32,
+    ) -> (OutLse<B>, RowState<B>) {
+        let (o_a, l_a) = B::losa_attention(q_active.clone(), k, v, Some((mask, page)), scale);
+        let (o, lse, q_new) = B::losa_refresh_rows(cached, rows, (o_a, l_a, q_active));
+        let out = B::losa_block_attention(
+            q,
+            k_block,
+            v_block,
+            None,
+            Some((o.clone(), lse.clone())),
+            scale,
+        );
+        (out, (o, lse, q_new))
     }
 
     pub(crate) fn merge<B: Backend>(

@@ -13,7 +13,7 @@ use burn_fusion::{
 use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
 
 use crate::{
-    backend::{LosaBackend, OutLse, PrefixKeys, QkNormWeights, RowState},
+    backend::{LosaBackend, OutLse, PagedKeys, PrefixKeys, QkNormWeights, RowState},
     reference::GREEDY_COLUMNS,
 };
 
@@ -28,6 +28,10 @@ enum Call {
     BlockAttention {
         prefix: Option<Option<usize>>,
         partial: bool,
+        scale: f32,
+    },
+    SparseStep {
+        page_size: usize,
         scale: f32,
     },
     Merge,
@@ -75,6 +79,7 @@ impl Call {
         match self {
             Call::Attention { .. } => "losa_attention",
             Call::BlockAttention { .. } => "losa_block_attention",
+            Call::SparseStep { .. } => "losa_sparse_step",
             Call::Merge => "losa_merge",
             Call::PageBounds { .. } => "losa_page_bounds",
             Call::PageScores => "losa_page_scores",
@@ -142,6 +147,29 @@ impl<B: FusionBackend + LosaBackend> Operation<B::FusionRuntime> for LosaOp<B> {
                 let (o, l) = B::losa_block_attention(q, kb, vb, prefix, partial, scale);
                 handles.register_float_tensor::<B>(&outputs[0].id, o);
                 handles.register_float_tensor::<B>(&outputs[1].id, l);
+            }
+            Call::SparseStep { page_size, scale } => {
+                // Inputs: q, k_block, v_block, k, v, mask, cached o, lse, q, rows, q_active.
+                let (q, kb, vb) = (float(handles, 0), float(handles, 1), float(handles, 2));
+                let (k, v) = (float(handles, 3), float(handles, 4));
+                let mask = handles.get_int_tensor::<B>(&inputs[5]);
+                let cached = (float(handles, 6), float(handles, 7), float(handles, 8));
+                let rows = handles.get_int_tensor::<B>(&inputs[9]);
+                let q_active = float(handles, 10);
+                let ((o, lse), fresh) = B::losa_sparse_step(
+                    q,
+                    kb,
+                    vb,
+                    (k, v, mask, page_size),
+                    cached,
+                    rows,
+                    q_active,
+                    scale,
+                );
+                let (o_new, lse_new, q_new) = fresh;
+                for (out, t) in outputs.iter().zip([o, lse, o_new, lse_new, q_new]) {
+                    handles.register_float_tensor::<B>(&out.id, t);
+                }
             }
             Call::Merge => {
                 let (o1, l1) = (float(handles, 0), float(handles, 1));
@@ -345,6 +373,32 @@ impl<B: FusionBackend + LosaBackend> LosaBackend for Fusion<B> {
             scale,
         };
         two(register::<B>(call, inputs, &outputs))
+    }
+
+    fn losa_sparse_step(
+        q: FloatTensor<Self>,
+        k_block: FloatTensor<Self>,
+        v_block: FloatTensor<Self>,
+        (k, v, mask, page_size): PagedKeys<Self>,
+        (o_c, lse_c, q_c): RowState<Self>,
+        rows: IntTensor<Self>,
+        q_active: FloatTensor<Self>,
+        scale: f32,
+    ) -> (OutLse<Self>, RowState<Self>) {
+        let [b, h, s, d] = q.shape.dims::<4>();
+        let outputs = [
+            (vec![b, h, s, d], q.dtype),
+            (vec![b, h, s], DType::F32),
+            (o_c.shape.dims::<4>().to_vec(), o_c.dtype),
+            (vec![b, h, s], lse_c.dtype),
+            (q_c.shape.dims::<4>().to_vec(), q_c.dtype),
+        ];
+        let inputs = vec![
+            q, k_block, v_block, k, v, mask, o_c, lse_c, q_c, rows, q_active,
+        ];
+        let mut outs = register::<B>(Call::SparseStep { page_size, scale }, inputs, &outputs);
+        let fresh = outs.split_off(2);
+        (two(outs), three(fresh))
     }
 
     fn losa_merge(

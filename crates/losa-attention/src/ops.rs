@@ -184,6 +184,87 @@ pub fn block_attention<B: LosaBackend>(
     Ok((float(o), float(l)))
 }
 
+/// A LoSA layer's cached prefix rows: output `[batch, heads, seq, head_dim]`, its fp32 LSE
+/// `[batch, heads, seq]` and the queries `[batch, heads, seq, head_dim]` they came from.
+pub type CachedPrefixRows<B> = (Tensor<B, 4>, Tensor<B, 3>, Tensor<B, 4>);
+
+/// What [`sparse_step`] returns: the step's `(O, LSE)` and the refreshed prefix rows.
+pub type SparseStepOutput<B> = ((Tensor<B, 4>, Tensor<B, 3>), CachedPrefixRows<B>);
+
+/// LoSA's sparse step after the active rows are picked ([`pick_active_rows`]): the active
+/// rows' sparse prefix attention (`q_active` over the pages of `mask`), written into the cached
+/// rows (as [`refresh_rows`]), and the step's attention: `q` over the block's keys merged with
+/// the refreshed prefix rows (as [`block_attention`] with them as its partial). Returns the
+/// step's `(O, LSE)` and the refreshed rows; one combine for both on the GPU.
+///
+/// # Shapes
+/// `q`: `[batch, heads, seq, head_dim]`; `k_block`, `v_block`, `k`, `v`: `[batch, kv_heads,
+/// keys, head_dim]`; `mask`: `[batch, kv_heads, ceil(keys / page_size)]`; `cached`: as
+/// [`CachedPrefixRows`]; `rows`: `[batch, k]` (distinct, below `seq`); `q_active`: `[batch,
+/// heads, k, head_dim]`.
+#[allow(clippy::too_many_arguments)]
+pub fn sparse_step<B: LosaBackend>(
+    q: Tensor<B, 4>,
+    k_block: Tensor<B, 4>,
+    v_block: Tensor<B, 4>,
+    (k, v, mask, page_size): (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 3, Int>, usize),
+    cached: CachedPrefixRows<B>,
+    rows: Tensor<B, 2, Int>,
+    q_active: Tensor<B, 4>,
+    scale: f32,
+) -> Result<SparseStepOutput<B>> {
+    check_qkv(&q, &k_block, &v_block)?;
+    check_qkv(&q_active, &k, &v)?;
+    check_page_mask(&mask, &k, page_size)?;
+    let [b, h, s, d] = q.dims();
+    let active = rows.dims()[1];
+    if rows.dims() != [b, active] || active > s {
+        return Err(mismatch(
+            "sparse_step: rows [batch, k <= seq]",
+            &rows.dims(),
+            &[b, active],
+        ));
+    }
+    if q_active.dims() != [b, h, active, d] {
+        return Err(mismatch(
+            "sparse_step: q_active against q's batch, heads and head_dim",
+            &q_active.dims(),
+            &[b, h, active, d],
+        ));
+    }
+    let (o_c, lse_c, q_c) = cached;
+    for (what, dims) in [("cached O", o_c.dims()), ("cached queries", q_c.dims())] {
+        if dims != q.dims() {
+            return Err(mismatch(
+                &format!("sparse_step: {what} against q"),
+                &dims,
+                &q.dims(),
+            ));
+        }
+    }
+    if lse_c.dims() != [b, h, s] {
+        return Err(mismatch(
+            "sparse_step: cached LSE",
+            &lse_c.dims(),
+            &[b, h, s],
+        ));
+    }
+    let ((o, lse), (o_new, lse_new, q_new)) = B::losa_sparse_step(
+        prim(q),
+        prim(k_block),
+        prim(v_block),
+        (prim(k), prim(v), mask.into_primitive(), page_size),
+        (prim(o_c), prim(lse_c), prim(q_c)),
+        rows.into_primitive(),
+        prim(q_active),
+        scale,
+    );
+    Ok((
+        (float(o), float(lse)),
+        (float(o_new), float(lse_new), float(q_new)),
+    ))
+}
+
 /// fp32 LSE merge of attention over two disjoint key sets.
 ///
 /// # Shapes

@@ -193,7 +193,14 @@ pub fn attend<B: LosaBackend>(
     // The block's own keys, with the prefix (all of it or selected pages) or with LoSA's cached
     // prefix rows: one softmax over both.
     let with_block = |prefix: Option<ops::PrefixRead<B>>, partial| {
-        ops::block_attention(q.clone(), k_block, v_block, prefix, partial, scale)
+        ops::block_attention(
+            q.clone(),
+            k_block.clone(),
+            v_block.clone(),
+            prefix,
+            partial,
+            scale,
+        )
     };
     let (Some(k), Some(v)) = (prefix.keys(), prefix.values()) else {
         // Nothing to attend to in the prefix: the block attention is the whole answer.
@@ -242,26 +249,31 @@ pub fn attend<B: LosaBackend>(
                     }
                 };
                 stats.active_rows = k_active;
-                let rows_now = if k_active == 0 {
+                if k_active == 0 {
                     stats.loaded_pages = None;
-                    cached
+                    state.cached = Some(cached.clone());
+                    with_block(None, Some((cached.o, cached.lse)))?
                 } else {
                     let (active, q_a) =
                         ops::pick_active_rows(q.clone(), cached.q.clone(), k_active)?;
                     let page = cfg.pages.page_size;
                     let mask = select_prefix_pages(q_a.clone(), prefix, &cfg.pages)?;
-                    let (o_a, l_a) =
-                        ops::sparse_attention(q_a.clone(), k, v, mask.clone(), page, scale)?;
-                    stats.loaded_pages = Some((mask, page));
-                    let (o, lse, q) = ops::refresh_rows(
+                    stats.loaded_pages = Some((mask.clone(), page));
+                    // The active rows' sparse prefix attention, written into the cached rows,
+                    // and the block's keys merged with them: one combine.
+                    let (out, (o, lse, q_new)) = ops::sparse_step(
+                        q.clone(),
+                        k_block.clone(),
+                        v_block.clone(),
+                        (k, v, mask, page),
                         (cached.o, cached.lse, cached.q),
                         active,
-                        (o_a, l_a, q_a),
+                        q_a,
+                        scale,
                     )?;
-                    CachedRows { o, lse, q }
-                };
-                state.cached = Some(rows_now.clone());
-                with_block(None, Some((rows_now.o, rows_now.lse)))?
+                    state.cached = Some(CachedRows { o, lse, q: q_new });
+                    out
+                }
             }
         },
     };

@@ -498,12 +498,45 @@ fn attention_combine<F: Float>(
         let (bi, h) = (bh / heads, bh % heads);
         out = ((bi * block + si) * heads + h) * d + c;
     }
+    let mut x_o = 0.0f32.runtime();
+    let mut x_l = neg_inf;
+    if extra {
+        x_o = f32::cast_from(o_x[pos]);
+        x_l = lse_x[row];
+    }
+    let (value, l) = merge_parts(
+        o_part, m_part, l_part, row, parts, c, d, x_o, x_l, extra, neg_inf,
+    );
+    o[out] = F::cast_from(value);
+    if c == 0 {
+        lse[row] = l;
+    }
+}
+
+/// Channel `c` of packed row `row`: the softmax-weighted sum of the row's `parts` partials
+/// and, with `extra`, of one normalised result `(x_o, x_lse)` (a partial with `m = x_lse`,
+/// `l = 1`) -> `(O, LSE)` in fp32; `(0, neg_inf)` where no key was seen.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn merge_parts(
+    o_part: &Tensor<f32>,
+    m_part: &Tensor<f32>,
+    l_part: &Tensor<f32>,
+    row: usize,
+    parts: usize,
+    c: usize,
+    #[comptime] d: usize,
+    x_o: f32,
+    x_lse: f32,
+    #[comptime] extra: bool,
+    neg_inf: f32,
+) -> (f32, f32) {
     let mut top = NEG_SENTINEL.runtime();
     for ch in 0..parts {
         top = max(top, m_part[row * parts + ch]);
     }
     if extra {
-        top = max(top, lse_x[row]);
+        top = max(top, x_lse);
     }
     let mut sum = 0.0f32;
     let mut acc = 0.0f32;
@@ -515,20 +548,101 @@ fn attention_combine<F: Float>(
     }
     if extra {
         // `-inf` (no keys) weighs 0: `top` is finite.
-        let w = (lse_x[row] - top).exp();
+        let w = (x_lse - top).exp();
         sum += w;
-        acc += f32::cast_from(o_x[pos]) * w;
+        acc += x_o * w;
     }
+    let mut value = 0.0f32;
+    let mut lse = neg_inf;
     if sum > 0.0f32 {
-        o[out] = F::cast_from(acc / sum);
-        if c == 0 {
-            lse[row] = top + sum.ln();
+        value = acc / sum;
+        lse = top + sum.ln();
+    }
+    (value, lse)
+}
+
+/// LoSA's sparse step, per (row, channel) of the block `[b, h, s, d]`: the row's prefix result
+/// is its active slot's sparse partials merged (`rows` `[b, k]` lists the active rows, their
+/// partials are rows `(b, h, slot)` of the `_a` buffers) or its cached one; it is written to the
+/// refreshed cache (`o_new`, `lse_new`, and `q_new` from `q_a` or `q_c`), rounded to the dtype
+/// as a separate attention would round it, and merged with the block's partials into `O`
+/// (heads last) and `LSE`.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+fn sparse_step_combine<F: Float, I: Int>(
+    o_part: &Tensor<f32>,
+    m_part: &Tensor<f32>,
+    l_part: &Tensor<f32>,
+    o_part_a: &Tensor<f32>,
+    m_part_a: &Tensor<f32>,
+    l_part_a: &Tensor<f32>,
+    o_c: &Tensor<F>,
+    lse_c: &Tensor<f32>,
+    q_c: &Tensor<F>,
+    rows: &Tensor<I>,
+    q_a: &Tensor<F>,
+    o: &mut Tensor<F>,
+    lse: &mut Tensor<f32>,
+    o_new: &mut Tensor<F>,
+    lse_new: &mut Tensor<f32>,
+    q_new: &mut Tensor<F>,
+    parts: usize,
+    parts_a: usize,
+    neg_inf: f32,
+    heads: usize,
+    block: usize,
+    #[comptime] d: usize,
+    #[define(F, I)] _dtypes: [StorageType; 2],
+) {
+    let pos = ABSOLUTE_POS;
+    if pos >= o.len() {
+        terminate!();
+    }
+    let row = pos / d;
+    let c = pos % d;
+    let (bh, si) = (row / block, row % block);
+    let (bi, h) = (bh / heads, bh % heads);
+    let k = rows.shape(1);
+    let mut slot = k;
+    for j in 0..k {
+        if rows[bi * k + j] == I::cast_from(si) {
+            slot = j;
         }
+    }
+    let mut prefix_o = f32::cast_from(o_c[pos]);
+    let mut prefix_lse = lse_c[row];
+    if slot < k {
+        let row_a = bh * k + slot;
+        let (value, l) = merge_parts(
+            o_part_a, m_part_a, l_part_a, row_a, parts_a, c, d, 0.0f32, neg_inf, false, neg_inf,
+        );
+        prefix_o = value;
+        prefix_lse = l;
+        q_new[pos] = q_a[row_a * d + c];
     } else {
-        o[out] = F::cast_from(0.0f32);
-        if c == 0 {
-            lse[row] = neg_inf;
-        }
+        q_new[pos] = q_c[pos];
+    }
+    let rounded = F::cast_from(prefix_o);
+    o_new[pos] = rounded;
+    if c == 0 {
+        lse_new[row] = prefix_lse;
+    }
+    let (value, l) = merge_parts(
+        o_part,
+        m_part,
+        l_part,
+        row,
+        parts,
+        c,
+        d,
+        f32::cast_from(rounded),
+        prefix_lse,
+        true,
+        neg_inf,
+    );
+    o[((bi * block + si) * heads + h) * d + c] = F::cast_from(value);
+    if c == 0 {
+        lse[row] = l;
     }
 }
 
@@ -785,18 +899,63 @@ pub(crate) fn attention<R: CubeRuntime>(
     let q = into_contiguous(q);
     let [b, hq, s, d] = q.meta.shape().dims::<4>();
     let rows = b * hq * s;
-    let mut planned: Vec<Planned<R>> = sources.into_iter().map(|src| plan(&q, src)).collect();
-    let parts: usize = planned.iter().map(|p| p.split.num_chunks).sum();
-    let mut part_base = 0;
-    for p in &mut planned {
-        p.split.part_base = part_base;
-        p.split.parts = parts;
-        part_base += p.split.num_chunks;
-    }
+    let (planned, parts) = plan_all(&q, sources);
+    let partials = launch_partials(&q, planned, parts, scale);
+    let o = if heads_last {
+        super::alloc_like(&q, [b, s, hq, d], q.dtype)
+    } else {
+        super::alloc_like(&q, [b, hq, s, d], q.dtype)
+    };
+    let lse = super::alloc_like(&q, [b, hq, s], DType::F32);
+    let has_extra = extra.is_some();
+    // Without an extra result the kernel reads neither; any tensors of the right types do.
+    let (o_x, lse_x) = match extra {
+        Some((o_x, lse_x)) => (into_contiguous(o_x), into_contiguous(lse_x)),
+        None => (o.clone(), lse.clone()),
+    };
+    let (count, dim) = elemwise_count(&q.client, rows * d);
+    let [o_part, m_part, l_part] = partials;
+    attention_combine::launch::<R>(
+        &q.client,
+        count,
+        dim,
+        o_part.into_tensor_arg(),
+        m_part.into_tensor_arg(),
+        l_part.into_tensor_arg(),
+        o_x.into_tensor_arg(),
+        lse_x.into_tensor_arg(),
+        o.clone().into_tensor_arg(),
+        lse.clone().into_tensor_arg(),
+        parts,
+        f32::NEG_INFINITY,
+        hq,
+        s,
+        d,
+        has_extra,
+        heads_last,
+        q.dtype.into(),
+    );
+    let o = if heads_last {
+        burn_cubecl::ops::permute(o, &[0, 2, 1, 3])
+    } else {
+        o
+    };
+    (o, lse)
+}
 
-    let o_part = super::alloc_like(&q, [rows * parts * d], DType::F32);
-    let m_part = super::alloc_like(&q, [rows * parts], DType::F32);
-    let l_part = super::alloc_like(&q, [rows * parts], DType::F32);
+/// Launches the partial kernels of `planned` (the sources of `q`'s rows, `part_base` and
+/// `parts` set) into fresh partial buffers `[o, m, l]` of `parts` partials per row.
+fn launch_partials<R: CubeRuntime>(
+    q: &CubeTensor<R>,
+    planned: Vec<Planned<R>>,
+    parts: usize,
+    scale: f32,
+) -> [CubeTensor<R>; 3] {
+    let [b, hq, s, d] = q.meta.shape().dims::<4>();
+    let rows = b * hq * s;
+    let o_part = super::alloc_like(q, [rows * parts * d], DType::F32);
+    let m_part = super::alloc_like(q, [rows * parts], DType::F32);
+    let l_part = super::alloc_like(q, [rows * parts], DType::F32);
     for p in planned {
         let [_, hkv, _, _] = p.k.meta.shape().dims::<4>();
         let split = p.split;
@@ -808,7 +967,7 @@ pub(crate) fn attention<R: CubeRuntime>(
         match p.kernel {
             Kernel::TensorCores { width, row_tiles } => attention_mma::launch_partial(
                 grid,
-                &q,
+                q,
                 p.k,
                 p.v,
                 p.pages,
@@ -851,45 +1010,89 @@ pub(crate) fn attention<R: CubeRuntime>(
             ),
         }
     }
-    let o = if heads_last {
-        super::alloc_like(&q, [b, s, hq, d], q.dtype)
-    } else {
-        super::alloc_like(&q, [b, hq, s, d], q.dtype)
-    };
+    [o_part, m_part, l_part]
+}
+
+/// The plans of `q`'s sources, their partials side by side (`part_base`, `parts` set), and
+/// the partials per row.
+fn plan_all<R: CubeRuntime>(
+    q: &CubeTensor<R>,
+    sources: Vec<KeySource<R>>,
+) -> (Vec<Planned<R>>, usize) {
+    let mut planned: Vec<Planned<R>> = sources.into_iter().map(|src| plan(q, src)).collect();
+    let parts: usize = planned.iter().map(|p| p.split.num_chunks).sum();
+    let mut part_base = 0;
+    for p in &mut planned {
+        p.split.part_base = part_base;
+        p.split.parts = parts;
+        part_base += p.split.num_chunks;
+    }
+    (planned, parts)
+}
+
+/// Host side of LoSA's sparse step (the public op validated the inputs): the active rows'
+/// queries `q_a` `[b, hq, k, d]` over the prefix `sparse` source, the block's queries `q`
+/// `[b, hq, s, d]` over the `block` source, and one combine that refreshes the cached rows
+/// `(o_c, lse_c, q_c)` at `rows` `[b, k]` and merges them with the block. Returns `(O` heads
+/// last`, LSE)` and the refreshed `(o, lse, q)`.
+#[allow(clippy::type_complexity)]
+pub(crate) fn sparse_step<R: CubeRuntime>(
+    q: CubeTensor<R>,
+    block: KeySource<R>,
+    q_a: CubeTensor<R>,
+    sparse: KeySource<R>,
+    (o_c, lse_c, q_c): (CubeTensor<R>, CubeTensor<R>, CubeTensor<R>),
+    rows: CubeTensor<R>,
+    scale: f32,
+) -> (
+    (CubeTensor<R>, CubeTensor<R>),
+    (CubeTensor<R>, CubeTensor<R>, CubeTensor<R>),
+) {
+    let (q, q_a) = (into_contiguous(q), into_contiguous(q_a));
+    let [o_c, lse_c, q_c, rows] = [o_c, lse_c, q_c, rows].map(into_contiguous);
+    let [b, hq, s, d] = q.meta.shape().dims::<4>();
+    let (planned_a, parts_a) = plan_all(&q_a, vec![sparse]);
+    let partials_a = launch_partials(&q_a, planned_a, parts_a, scale);
+    let (planned, parts) = plan_all(&q, vec![block]);
+    let partials = launch_partials(&q, planned, parts, scale);
+    let o = super::alloc_like(&q, [b, s, hq, d], q.dtype);
     let lse = super::alloc_like(&q, [b, hq, s], DType::F32);
-    let has_extra = extra.is_some();
-    // Without an extra result the kernel reads neither; any tensors of the right types do.
-    let (o_x, lse_x) = match extra {
-        Some((o_x, lse_x)) => (into_contiguous(o_x), into_contiguous(lse_x)),
-        None => (o.clone(), lse.clone()),
-    };
-    let (count, dim) = elemwise_count(&q.client, rows * d);
-    attention_combine::launch::<R>(
+    let alloc =
+        |like: &CubeTensor<R>| super::alloc_like(like, like.meta.shape().clone(), like.dtype);
+    let (o_new, lse_new, q_new) = (alloc(&o_c), alloc(&lse_c), alloc(&q_c));
+    let (count, dim) = elemwise_count(&q.client, b * hq * s * d);
+    let [o_part, m_part, l_part] = partials;
+    let [o_part_a, m_part_a, l_part_a] = partials_a;
+    sparse_step_combine::launch::<R>(
         &q.client,
         count,
         dim,
         o_part.into_tensor_arg(),
         m_part.into_tensor_arg(),
         l_part.into_tensor_arg(),
-        o_x.into_tensor_arg(),
-        lse_x.into_tensor_arg(),
+        o_part_a.into_tensor_arg(),
+        m_part_a.into_tensor_arg(),
+        l_part_a.into_tensor_arg(),
+        o_c.into_tensor_arg(),
+        lse_c.into_tensor_arg(),
+        q_c.into_tensor_arg(),
+        rows.clone().into_tensor_arg(),
+        q_a.into_tensor_arg(),
         o.clone().into_tensor_arg(),
         lse.clone().into_tensor_arg(),
+        o_new.clone().into_tensor_arg(),
+        lse_new.clone().into_tensor_arg(),
+        q_new.clone().into_tensor_arg(),
         parts,
+        parts_a,
         f32::NEG_INFINITY,
         hq,
         s,
         d,
-        has_extra,
-        heads_last,
-        q.dtype.into(),
+        [q.dtype.into(), rows.dtype.into()],
     );
-    let o = if heads_last {
-        burn_cubecl::ops::permute(o, &[0, 2, 1, 3])
-    } else {
-        o
-    };
-    (o, lse)
+    let o = burn_cubecl::ops::permute(o, &[0, 2, 1, 3]);
+    ((o, lse), (o_new, lse_new, q_new))
 }
 
 #[cfg(test)]

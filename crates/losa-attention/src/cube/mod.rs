@@ -28,7 +28,9 @@ use cubecl::{
     prelude::*,
 };
 
-use crate::backend::{LosaBackend, OutLse, PrefixKeys, QkNormWeights, RowState, on_primitives};
+use crate::backend::{
+    LosaBackend, OutLse, PagedKeys, PrefixKeys, QkNormWeights, RowState, on_primitives,
+};
 
 /// Lowest finite fp32: the running max before any key is seen. Kernels avoid `-inf` literals
 /// (WGSL rejects them); a true `-inf` is passed in as a runtime scalar where an output needs it.
@@ -243,6 +245,48 @@ where
         }
         // The result goes to the output projection, which reads it heads last.
         attention::attention(q, sources, partial, scale, true)
+    }
+
+    fn losa_sparse_step(
+        q: FloatTensor<Self>,
+        k_block: FloatTensor<Self>,
+        v_block: FloatTensor<Self>,
+        prefix: PagedKeys<Self>,
+        cached: RowState<Self>,
+        rows: IntTensor<Self>,
+        q_active: FloatTensor<Self>,
+        scale: f32,
+    ) -> (OutLse<Self>, RowState<Self>) {
+        let fall_back = |why: &str| {
+            fallback("sparse step", why);
+            on_primitives::sparse_step::<Self>(
+                q.clone(),
+                k_block.clone(),
+                v_block.clone(),
+                prefix.clone(),
+                cached.clone(),
+                rows.clone(),
+                q_active.clone(),
+                scale,
+            )
+        };
+        let (o_c, lse_c, q_c) = &cached;
+        if o_c.dtype != q.dtype || q_c.dtype != q.dtype || lse_c.dtype != DType::F32 {
+            return fall_back("cached rows of other dtypes");
+        }
+        if rows.meta.shape()[1] == 0 {
+            return fall_back("no active rows");
+        }
+        let block = match key_source(&q, k_block.clone(), v_block.clone(), None) {
+            Ok(block) => block,
+            Err(why) => return fall_back(why),
+        };
+        let (k, v, mask, page) = prefix.clone();
+        let sparse = match key_source(&q_active, k, v, Some((mask, page))) {
+            Ok(sparse) => sparse,
+            Err(why) => return fall_back(why),
+        };
+        attention::sparse_step(q, block, q_active, sparse, cached, rows, scale)
     }
 
     fn losa_merge(
