@@ -26,7 +26,7 @@ use burn_cubecl::{CubeRuntime, tensor::CubeTensor};
 use cubecl::prelude::*;
 
 use super::attention::{Split, chunk_keys, fetch_tile, key_of};
-use super::{NEG_SENTINEL, PLANE, TILE, has_tensor_cores};
+use super::{NEG_SENTINEL, PLANE, TILE, accumulator, has_tensor_cores};
 
 /// Key slots per tile (four 16-key tensor-core tiles).
 pub(crate) const KEYS: usize = 64;
@@ -67,19 +67,6 @@ fn input_tile<F: Float, N: Size>(
     let tile = unsafe { cmma::Matrix::<F>::uninitialized(ident, TILE, TILE, TILE, layout) };
     cmma::load(&tile, &m.slice(start, m.len()), stride as u32);
     tile
-}
-
-/// A fresh fp32 accumulator tile, zeroed.
-#[cube]
-fn accumulator() -> cmma::Matrix<f32> {
-    cmma::Matrix::<f32>::from_value(
-        cmma::MatrixIdent::Accumulator,
-        TILE,
-        TILE,
-        TILE,
-        cmma::MatrixLayout::Undefined,
-        0.0f32,
-    )
 }
 
 /// Parks this warp's `O` fragment `i` (fragment `warp + WARPS * i` of the row-major

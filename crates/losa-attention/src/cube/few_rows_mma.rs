@@ -18,7 +18,7 @@
 use burn_cubecl::{CubeRuntime, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
 
-use super::{PLANE, TILE, alloc_like, has_tensor_cores};
+use super::{PLANE, TILE, accumulator, alloc_like, has_tensor_cores};
 
 /// Warps per cube, splitting `k`. With one 16-column tile per cube, the SDAR-8B projections
 /// give 256-1536 cubes of 8 warps: 2,000-12,000 warps for the H100's 132 SMs.
@@ -61,19 +61,6 @@ fn row_tile<F: Float>(x: &Tensor<F>, m: usize, step: usize) -> cmma::Matrix<F> {
         cmma::MatrixLayout::RowMajor,
         &x.slice(m * TILE * k + step * TILE, x.len()),
         k as u32,
-    )
-}
-
-/// A fresh fp32 accumulator tile, zeroed.
-#[cube]
-fn accumulator() -> cmma::Matrix<f32> {
-    cmma::Matrix::<f32>::from_value(
-        cmma::MatrixIdent::Accumulator,
-        TILE,
-        TILE,
-        TILE,
-        cmma::MatrixLayout::Undefined,
-        0.0f32,
     )
 }
 

@@ -72,6 +72,19 @@ pub(crate) fn has_tensor_cores<R: CubeRuntime>(x: &CubeTensor<R>) -> bool {
     }
 }
 
+/// A fresh fp32 tensor-core accumulator tile, zeroed.
+#[cube]
+pub(crate) fn accumulator() -> cmma::Matrix<f32> {
+    cmma::Matrix::<f32>::from_value(
+        cmma::MatrixIdent::Accumulator,
+        TILE,
+        TILE,
+        TILE,
+        cmma::MatrixLayout::Undefined,
+        0.0f32,
+    )
+}
+
 /// Threads per cube of the elementwise kernels.
 const ELEMWISE_CUBE: u32 = 256;
 
