@@ -2,7 +2,7 @@
 
     python3 bench/readme_tables.py        (rewrites the sections between the README's markers)
 
-- attention-table: bench/results/attention-h100.json (`examples/bench-attention.rs` + `bench/attention_anchor.py`)
+- attention-table: bench/results/attention-h200.json (`examples/bench-attention.rs` + `bench/attention_anchor.py`)
 - eval-table: bench/results/eval-retrieval-dense.json (`losa eval --attention dense`, every length),
   bench/results/eval-retrieval.json (`losa eval --sweep`) and bench/results/eval-retrieval-static.json
   (`losa eval --sweep --policy low_confidence_static --steps 4`)
@@ -16,7 +16,7 @@ import json
 import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RESULT = os.path.join(ROOT, "bench", "results", "attention-h100.json")
+RESULT = os.path.join(ROOT, "bench", "results", "attention-h200.json")
 START, END = "<!-- attention-table:start -->", "<!-- attention-table:end -->"
 EVAL_RESULTS = [
     os.path.join(ROOT, "bench", "results", name)
@@ -42,7 +42,7 @@ def table(data, budget=256, page=16):
         return hits[0] if hits else None
 
     out = [
-        f"H100 ({data['card']}, driver {data['driver']}, copy bandwidth {data['copy_bandwidth_gbs']:.0f} GB/s), "
+        f"{data['card']} (driver {data['driver']}, copy bandwidth {data['copy_bandwidth_gbs']:.0f} GB/s), "
         f"bf16 K/V, batch 1, clustered keys, page {page}, budget {budget}, LoSA top-5 (B=16) / top-10 (B=32); "
         f"commit `{data['commit']}`. Times in µs; density = loaded prefix tokens / prefix tokens (measured).",
         "",
