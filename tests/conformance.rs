@@ -828,8 +828,20 @@ fn qk_rope_matches_reference() {
     let (k, _) = pair(99, [1, 2, 2, 8]);
     let w = Tensor::<Dut, 1>::ones([4], &ddev()).cast(dtype);
     assert!(
-        ops::qk_rope(q, k, Some((w.clone(), w, 1e-6)), t.clone(), t).is_err(),
+        ops::qk_rope(
+            q.clone(),
+            k,
+            Some((w.clone(), w, 1e-6)),
+            t.clone(),
+            t.clone()
+        )
+        .is_err(),
         "norm weight of another width"
+    );
+    let no_heads = Tensor::<Dut, 4>::zeros([1, 2, 0, 8], &ddev()).cast(dtype);
+    assert!(
+        ops::qk_rope(q, no_heads, None, t.clone(), t).is_err(),
+        "keys without heads beside queries with some"
     );
 }
 

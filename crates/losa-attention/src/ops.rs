@@ -195,7 +195,9 @@ pub type SparseStepOutput<B> = ((Tensor<B, 4>, Tensor<B, 3>), CachedPrefixRows<B
 /// rows' sparse prefix attention (`q_active` over the pages of `mask`), written into the cached
 /// rows (as [`refresh_rows`]), and the step's attention: `q` over the block's keys merged with
 /// the refreshed prefix rows (as [`block_attention`] with them as its partial). Returns the
-/// step's `(O, LSE)` and the refreshed rows; one combine for both on the GPU.
+/// step's `(O, LSE)` and the refreshed rows; one combine for both on the GPU. `rows` must hold
+/// distinct indices below `seq`, as [`pick_active_rows`] returns them (not checked: that would
+/// read them back from the device every step).
 ///
 /// # Shapes
 /// `q`: `[batch, heads, seq, head_dim]`; `k_block`, `v_block`, `k`, `v`: `[batch, kv_heads,
@@ -233,6 +235,20 @@ pub fn sparse_step<B: LosaBackend>(
         ));
     }
     let (o_c, lse_c, q_c) = cached;
+    let device = q.device();
+    let on_device = [
+        ("k", k.device()),
+        ("q_active", q_active.device()),
+        ("cached O", o_c.device()),
+        ("cached LSE", lse_c.device()),
+        ("cached queries", q_c.device()),
+        ("rows", rows.device()),
+    ];
+    if let Some((what, _)) = on_device.iter().find(|(_, d)| *d != device) {
+        return Err(LosaError::DeviceMismatch(format!(
+            "sparse_step: q and {what}"
+        )));
+    }
     for (what, dims) in [("cached O", o_c.dims()), ("cached queries", q_c.dims())] {
         if dims != q.dims() {
             return Err(mismatch(
@@ -770,9 +786,15 @@ pub fn qk_rope<B: LosaBackend>(
         check_norm_weight("qk_rope: q norm", d, &q.device(), q.dtype(), wq, *eps)?;
         check_norm_weight("qk_rope: k norm", d, &q.device(), q.dtype(), wk, *eps)?;
     }
-    if q.dims().contains(&0) || hkv == 0 {
+    if b * s * d == 0 {
         // Nothing to normalise or rotate: the empty inputs, heads first.
         return Ok((q.swap_dims(1, 2), k.swap_dims(1, 2)));
+    }
+    if q.dims()[2] == 0 || hkv == 0 {
+        return Err(LosaError::Empty(format!(
+            "qk_rope: q has {} heads and k {hkv}; both need at least one",
+            q.dims()[2]
+        )));
     }
     let norm = norm.map(|(wq, wk, eps)| (prim(wq), prim(wk), eps));
     let (q, k) = B::losa_qk_rope(prim(q), prim(k), norm, prim(cos), prim(sin));

@@ -498,11 +498,19 @@ pub(crate) fn row_tiles_for<R: CubeRuntime>(
 }
 
 /// Shared memory of one cube with `row_tiles` row tiles and head dimension `d` (bytes; all
-/// 2-byte elements except the fp32 scores and row state).
+/// 2-byte elements except the fp32 scores, row state and key slots).
 pub(crate) fn shared_bytes(row_tiles: usize, d: usize, width: usize) -> usize {
     let rows = row_tiles * TILE;
     let padded = d + width;
-    (rows + 2 * KEYS) * padded * 2 + rows * (KEYS + 4) * 4 + rows * (KEYS + 8) * 2 + rows * 12
+    // Q, K, V; scores; P; row state; key slots and the rescale flag; the five aligned buffers'
+    // padding at most.
+    (rows + 2 * KEYS) * padded * 2
+        + rows * (KEYS + 4) * 4
+        + rows * (KEYS + 8) * 2
+        + rows * 12
+        + KEYS * 4
+        + 4
+        + 5 * 128
 }
 
 /// Launches the partial kernel; the arguments are those of the SIMT kernel.

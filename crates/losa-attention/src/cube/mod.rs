@@ -284,8 +284,12 @@ where
             )
         };
         let (o_c, lse_c, q_c) = &cached;
-        if o_c.dtype != q.dtype || q_c.dtype != q.dtype || lse_c.dtype != DType::F32 {
-            return fall_back("cached rows of other dtypes");
+        if o_c.dtype != q.dtype
+            || q_c.dtype != q.dtype
+            || q_active.dtype != q.dtype
+            || lse_c.dtype != DType::F32
+        {
+            return fall_back("cached rows or active queries of other dtypes");
         }
         if rows.meta.shape()[1] == 0 {
             return fall_back("no active rows");
