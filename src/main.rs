@@ -53,6 +53,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    #[cfg(feature = "host-profile")]
+    let profile = match cli::host_profile::HostProfile::from_env() {
+        Ok(profile) => profile,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(1);
+        }
+    };
     let result = match &cli.command {
         Command::Generate(args) => cli::on_device(args.device, args.dtype, args),
         Command::Train(args) => cli::on_autodiff_device(args.device, args),
@@ -63,6 +71,11 @@ fn main() -> ExitCode {
         Command::Bench(cli::bench::BenchArgs {
             what: cli::bench::Bench::Matmul(args),
         }) => cli::on_device(args.device, args.dtype, args),
+    };
+    #[cfg(feature = "host-profile")]
+    let result = match (result, profile.map(cli::host_profile::HostProfile::finish)) {
+        (Ok(()), Some(Err(message))) => Err(message),
+        (result, _) => result,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -890,13 +890,15 @@ fn few_row_matmul_matches_reference() {
         (32, 100, 33),
         (7, 30, 5),
         (33, 64, 8),
-        // Tensor-core shapes (f16 / bf16 on CUDA): `k` and `n` multiples of 16; one or two
-        // row tiles, padded rows, whole groups of k steps per warp and a remainder.
+        // Tensor-core shapes (f16 / bf16 on CUDA): `k` a multiple of 32 and `n` of 8; one or
+        // two row tiles, rows past the real ones, an odd 32-wide chunk of `k` left after the
+        // warps' 64-wide runs, column groups cut short.
         (16, 1024, 48),
         (5, 96, 32),
-        (17, 1040, 16),
-        (32, 528, 64),
+        (17, 1056, 16),
+        (32, 544, 64),
         (1, 4096, 16),
+        (9, 2080, 200),
     ] {
         let (xd, xr) = pair2(61, rows, k);
         let (wd, wr) = pair2(62, n, k);
@@ -948,7 +950,7 @@ fn few_row_matmuls_and_swiglu_match_reference() {
     for (rows, k, ns) in [
         (16, 512, vec![64, 16, 16]),
         (5, 96, vec![32, 48]),
-        (32, 1040, vec![16]),
+        (32, 1056, vec![16]),
         (3, 64, vec![8, 24, 40]),
         (20, 512, vec![32, 16]),
     ] {
@@ -972,14 +974,14 @@ fn few_row_matmuls_and_swiglu_match_reference() {
             );
         }
     }
-    // Two row tiles (17-32 rows) on the tensor-core path: (32, 512, 32), (20, 1040, 48).
+    // Two row tiles (17-32 rows) on the tensor-core path: (32, 512, 32), (20, 1056, 48).
     for (rows, k, n) in [
-        (16, 1040, 48),
+        (16, 1056, 48),
         (7, 64, 32),
         (32, 256, 24),
         (2, 512, 16),
         (32, 512, 32),
-        (20, 1040, 48),
+        (20, 1056, 48),
     ] {
         let (xd, xr) = pair2(81, rows, k);
         let (gd, gr) = pair2(82, n, k);

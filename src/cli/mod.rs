@@ -4,6 +4,8 @@ pub mod bench;
 pub mod bench_matmul;
 pub mod eval;
 pub mod generate;
+#[cfg(feature = "host-profile")]
+pub mod host_profile;
 pub mod train;
 
 use clap::{Args, ValueEnum};

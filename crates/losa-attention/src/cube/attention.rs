@@ -33,15 +33,15 @@ const COMPACT_UNITS: usize = 256;
 #[cube(launch)]
 #[allow(clippy::manual_div_ceil, clippy::manual_is_multiple_of)]
 fn compact_pages<I: Int>(
-    mask: &Tensor<I>,
-    pages: &mut Tensor<u32>,
-    count: &mut Tensor<u32>,
+    mask: &Array<I>,
+    pages: &mut Array<u32>,
+    count: &mut Array<u32>,
+    np: usize,
     #[comptime] units: usize,
     #[define(I)] _dtype: StorageType,
 ) {
     let bk = CUBE_POS_X as usize + CUBE_POS_Y as usize * CUBE_COUNT_X as usize;
     let unit = UNIT_POS_X as usize;
-    let np = mask.shape(2);
     let valid_cube = bk < count.len();
     let base = bk * np;
     let per = (np + units - 1) / units;
@@ -84,6 +84,38 @@ fn compact_pages<I: Int>(
     }
 }
 
+/// The K/V caches' KV heads and their strides over batch, KV head and key, in vectors: kernel
+/// arguments rather than tensor metadata, which a launch would first upload to the device (host
+/// time per launch, the cost a decode step pays most).
+#[derive(CubeLaunch, CubeType, Clone, Copy)]
+pub(crate) struct KvStrides {
+    pub(crate) hkv: usize,
+    k_batch: usize,
+    k_head: usize,
+    k_row: usize,
+    v_batch: usize,
+    v_head: usize,
+    v_row: usize,
+}
+
+/// [`KvStrides`] of `k`, `v` `[b, hkv, n, d]` read in vectors of `width`.
+pub(crate) fn kv_strides<R: CubeRuntime>(
+    k: &CubeTensor<R>,
+    v: &CubeTensor<R>,
+    width: usize,
+) -> KvStridesLaunch<R> {
+    let (ks, vs) = (k.meta.strides(), v.meta.strides());
+    KvStridesLaunch::new(
+        k.meta.shape()[1],
+        ks[0] / width,
+        ks[1] / width,
+        ks[2] / width,
+        vs[0] / width,
+        vs[1] / width,
+        vs[2] / width,
+    )
+}
+
 /// Where a cube's keys live: its run of slots, its page-list row, and its K/V rows (in
 /// vectors).
 #[derive(CubeType, Clone, Copy)]
@@ -103,7 +135,7 @@ pub(crate) struct KeyLayout {
 /// page and offset (sparse); `at.keys` (no key) past the chunk's slots or the prefix's end.
 #[cube]
 pub(crate) fn key_of(
-    pages: &Tensor<u32>,
+    pages: &Array<u32>,
     slot: usize,
     at: &KeyLayout,
     #[comptime] listed: bool,
@@ -129,10 +161,9 @@ pub(crate) fn key_of(
     clippy::manual_div_ceil,
     unused_assignments
 )]
-pub(crate) fn chunk_keys<F: Float, N: Size>(
-    k: &Tensor<Vector<F, N>>,
-    v: &Tensor<Vector<F, N>>,
-    count: &Tensor<u32>,
+pub(crate) fn chunk_keys(
+    kv: &KvStrides,
+    count: &Array<u32>,
     keys: usize,
     page_size: usize,
     num_chunks: usize,
@@ -142,8 +173,7 @@ pub(crate) fn chunk_keys<F: Float, N: Size>(
     #[comptime] tile: usize,
     #[comptime] listed: bool,
 ) -> KeyLayout {
-    let hkv = k.shape(1);
-    let width = k.vector_size();
+    let hkv = kv.hkv;
     let mut slots_begin = 0usize.runtime();
     let mut slots_end = 0usize.runtime();
     let np = (keys + page_size - 1) / page_size;
@@ -164,10 +194,10 @@ pub(crate) fn chunk_keys<F: Float, N: Size>(
         list_base: (bi * hkv + kvh) * np,
         page_size,
         keys,
-        k_base: (bi * k.stride(0) + kvh * k.stride(1)) / width,
-        v_base: (bi * v.stride(0) + kvh * v.stride(1)) / width,
-        k_row: k.stride(2) / width,
-        v_row: v.stride(2) / width,
+        k_base: bi * kv.k_batch + kvh * kv.k_head,
+        v_base: bi * kv.v_batch + kvh * kv.v_head,
+        k_row: kv.k_row,
+        v_row: kv.v_row,
     }
 }
 
@@ -176,9 +206,9 @@ pub(crate) fn chunk_keys<F: Float, N: Size>(
 #[cube]
 #[allow(clippy::too_many_arguments, clippy::manual_div_ceil)]
 pub(crate) fn fetch_tile<F: Float, N: Size>(
-    k: &Tensor<Vector<F, N>>,
-    v: &Tensor<Vector<F, N>>,
-    pages: &Tensor<u32>,
+    k: &Array<Vector<F, N>>,
+    v: &Array<Vector<F, N>>,
+    pages: &Array<u32>,
     k_next: &mut Array<Vector<F, N>>,
     v_next: &mut Array<Vector<F, N>>,
     at: &KeyLayout,
@@ -219,14 +249,15 @@ pub(crate) fn fetch_tile<F: Float, N: Size>(
     unused_assignments
 )]
 fn attention_partial<F: Float, N: Size>(
-    q: &Tensor<Vector<F, N>>,
-    k: &Tensor<Vector<F, N>>,
-    v: &Tensor<Vector<F, N>>,
-    pages: &Tensor<u32>,
-    count: &Tensor<u32>,
-    o_part: &mut Tensor<Vector<f32, N>>,
-    m_part: &mut Tensor<f32>,
-    l_part: &mut Tensor<f32>,
+    q: &Array<Vector<F, N>>,
+    k: &Array<Vector<F, N>>,
+    v: &Array<Vector<F, N>>,
+    pages: &Array<u32>,
+    count: &Array<u32>,
+    o_part: &mut Array<Vector<f32, N>>,
+    m_part: &mut Array<f32>,
+    l_part: &mut Array<f32>,
+    kv: KvStrides,
     keys: usize,
     page_size: usize,
     num_chunks: usize,
@@ -248,7 +279,7 @@ fn attention_partial<F: Float, N: Size>(
     let z = CUBE_POS_Z as usize;
     let bi = z / row_groups;
     let rg = z % row_groups;
-    let hkv = k.shape(1);
+    let hkv = kv.hkv;
     let unit = UNIT_POS_X as usize;
     let row_blocks = rows / 4;
     let key_blocks = tile / 4;
@@ -256,7 +287,7 @@ fn attention_partial<F: Float, N: Size>(
     let first_row = (bi * hkv + kvh) * group_rows + rg * rows;
     let valid_rows = min(rows, group_rows - rg * rows);
     let at = chunk_keys(
-        k, v, count, keys, page_size, num_chunks, chunk, bi, kvh, tile, listed,
+        &kv, count, keys, page_size, num_chunks, chunk, bi, kvh, tile, listed,
     );
 
     // Staged as fp32: each element is converted once, not once per unit that reads it.
@@ -469,13 +500,13 @@ fn attention_partial<F: Float, N: Size>(
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 fn attention_combine<F: Float>(
-    o_part: &Tensor<f32>,
-    m_part: &Tensor<f32>,
-    l_part: &Tensor<f32>,
-    o_x: &Tensor<F>,
-    lse_x: &Tensor<f32>,
-    o: &mut Tensor<F>,
-    lse: &mut Tensor<f32>,
+    o_part: &Array<f32>,
+    m_part: &Array<f32>,
+    l_part: &Array<f32>,
+    o_x: &Array<F>,
+    lse_x: &Array<f32>,
+    o: &mut Array<F>,
+    lse: &mut Array<f32>,
     parts: usize,
     neg_inf: f32,
     heads: usize,
@@ -519,9 +550,9 @@ fn attention_combine<F: Float>(
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn merge_parts(
-    o_part: &Tensor<f32>,
-    m_part: &Tensor<f32>,
-    l_part: &Tensor<f32>,
+    o_part: &Array<f32>,
+    m_part: &Array<f32>,
+    l_part: &Array<f32>,
     row: usize,
     parts: usize,
     c: usize,
@@ -570,22 +601,23 @@ fn merge_parts(
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 fn sparse_step_combine<F: Float, I: Int>(
-    o_part: &Tensor<f32>,
-    m_part: &Tensor<f32>,
-    l_part: &Tensor<f32>,
-    o_part_a: &Tensor<f32>,
-    m_part_a: &Tensor<f32>,
-    l_part_a: &Tensor<f32>,
-    o_c: &Tensor<F>,
-    lse_c: &Tensor<f32>,
-    q_c: &Tensor<F>,
-    rows: &Tensor<I>,
-    q_a: &Tensor<F>,
-    o: &mut Tensor<F>,
-    lse: &mut Tensor<f32>,
-    o_new: &mut Tensor<F>,
-    lse_new: &mut Tensor<f32>,
-    q_new: &mut Tensor<F>,
+    o_part: &Array<f32>,
+    m_part: &Array<f32>,
+    l_part: &Array<f32>,
+    o_part_a: &Array<f32>,
+    m_part_a: &Array<f32>,
+    l_part_a: &Array<f32>,
+    o_c: &Array<F>,
+    lse_c: &Array<f32>,
+    q_c: &Array<F>,
+    rows: &Array<I>,
+    q_a: &Array<F>,
+    o: &mut Array<F>,
+    lse: &mut Array<f32>,
+    o_new: &mut Array<F>,
+    lse_new: &mut Array<f32>,
+    q_new: &mut Array<F>,
+    k: usize,
     parts: usize,
     parts_a: usize,
     neg_inf: f32,
@@ -602,7 +634,6 @@ fn sparse_step_combine<F: Float, I: Int>(
     let c = pos % d;
     let (bh, si) = (row / block, row % block);
     let (bi, h) = (bh / heads, bh % heads);
-    let k = rows.shape(1);
     let mut slot = k;
     for j in 0..k {
         if rows[bi * k + j] == I::cast_from(si) {
@@ -840,9 +871,10 @@ fn plan<R: CubeRuntime>(q: &CubeTensor<R>, source: KeySource<R>) -> Planned<R> {
                 client,
                 super::cube_grid(b * hkv),
                 CubeDim::new_1d(COMPACT_UNITS as u32),
-                mask.clone().into_tensor_arg(),
-                pages.clone().into_tensor_arg(),
-                count.clone().into_tensor_arg(),
+                mask.clone().into_array_arg(),
+                pages.clone().into_array_arg(),
+                count.clone().into_array_arg(),
+                np,
                 COMPACT_UNITS,
                 mask.dtype.into(),
             );
@@ -919,13 +951,13 @@ pub(crate) fn attention<R: CubeRuntime>(
         &q.client,
         count,
         dim,
-        o_part.into_tensor_arg(),
-        m_part.into_tensor_arg(),
-        l_part.into_tensor_arg(),
-        o_x.into_tensor_arg(),
-        lse_x.into_tensor_arg(),
-        o.clone().into_tensor_arg(),
-        lse.clone().into_tensor_arg(),
+        o_part.into_array_arg(),
+        m_part.into_array_arg(),
+        l_part.into_array_arg(),
+        o_x.into_array_arg(),
+        lse_x.into_array_arg(),
+        o.clone().into_array_arg(),
+        lse.clone().into_array_arg(),
         parts,
         f32::NEG_INFINITY,
         hq,
@@ -977,37 +1009,41 @@ fn launch_partials<R: CubeRuntime>(
                 scale,
                 (width, row_tiles, p.listed),
             ),
-            Kernel::Simt(layout) => attention_partial::launch::<R>(
-                &q.client,
-                grid,
-                CubeDim::new_1d(layout.units as u32),
-                // Chosen by `kernel_for` on the inputs as given: the contiguous copies keep
-                // every stride a multiple of the head dimension, which the width divides.
-                layout.width,
-                q.clone().into_tensor_arg(),
-                p.k.into_tensor_arg(),
-                p.v.into_tensor_arg(),
-                p.pages.into_tensor_arg(),
-                p.count.into_tensor_arg(),
-                o_part.clone().into_tensor_arg(),
-                m_part.clone().into_tensor_arg(),
-                l_part.clone().into_tensor_arg(),
-                split.keys,
-                split.page_size,
-                split.num_chunks,
-                split.row_groups,
-                split.part_base,
-                split.parts,
-                scale,
-                d / layout.width,
-                split.group_rows,
-                layout.rows,
-                layout.tile,
-                layout.cv,
-                layout.units,
-                p.listed,
-                q.dtype.into(),
-            ),
+            Kernel::Simt(layout) => {
+                let kv = kv_strides(&p.k, &p.v, layout.width);
+                attention_partial::launch::<R>(
+                    &q.client,
+                    grid,
+                    CubeDim::new_1d(layout.units as u32),
+                    // Chosen by `kernel_for` on the inputs as given: the contiguous copies keep
+                    // every stride a multiple of the head dimension, which the width divides.
+                    layout.width,
+                    q.clone().into_array_arg(),
+                    p.k.into_array_arg(),
+                    p.v.into_array_arg(),
+                    p.pages.into_array_arg(),
+                    p.count.into_array_arg(),
+                    o_part.clone().into_array_arg(),
+                    m_part.clone().into_array_arg(),
+                    l_part.clone().into_array_arg(),
+                    kv,
+                    split.keys,
+                    split.page_size,
+                    split.num_chunks,
+                    split.row_groups,
+                    split.part_base,
+                    split.parts,
+                    scale,
+                    d / layout.width,
+                    split.group_rows,
+                    layout.rows,
+                    layout.tile,
+                    layout.cv,
+                    layout.units,
+                    p.listed,
+                    q.dtype.into(),
+                );
+            }
         }
     }
     [o_part, m_part, l_part]
@@ -1067,22 +1103,23 @@ pub(crate) fn sparse_step<R: CubeRuntime>(
         &q.client,
         count,
         dim,
-        o_part.into_tensor_arg(),
-        m_part.into_tensor_arg(),
-        l_part.into_tensor_arg(),
-        o_part_a.into_tensor_arg(),
-        m_part_a.into_tensor_arg(),
-        l_part_a.into_tensor_arg(),
-        o_c.into_tensor_arg(),
-        lse_c.into_tensor_arg(),
-        q_c.into_tensor_arg(),
-        rows.clone().into_tensor_arg(),
-        q_a.into_tensor_arg(),
-        o.clone().into_tensor_arg(),
-        lse.clone().into_tensor_arg(),
-        o_new.clone().into_tensor_arg(),
-        lse_new.clone().into_tensor_arg(),
-        q_new.clone().into_tensor_arg(),
+        o_part.into_array_arg(),
+        m_part.into_array_arg(),
+        l_part.into_array_arg(),
+        o_part_a.into_array_arg(),
+        m_part_a.into_array_arg(),
+        l_part_a.into_array_arg(),
+        o_c.into_array_arg(),
+        lse_c.into_array_arg(),
+        q_c.into_array_arg(),
+        rows.clone().into_array_arg(),
+        q_a.into_array_arg(),
+        o.clone().into_array_arg(),
+        lse.clone().into_array_arg(),
+        o_new.clone().into_array_arg(),
+        lse_new.clone().into_array_arg(),
+        q_new.clone().into_array_arg(),
+        rows.meta.shape()[1],
         parts,
         parts_a,
         f32::NEG_INFINITY,

@@ -25,7 +25,7 @@ use burn::tensor::DType;
 use burn_cubecl::{CubeRuntime, tensor::CubeTensor};
 use cubecl::prelude::*;
 
-use super::attention::{Split, chunk_keys, fetch_tile, key_of};
+use super::attention::{KvStrides, Split, chunk_keys, fetch_tile, key_of, kv_strides};
 use super::{NEG_SENTINEL, PLANE, TILE, accumulator, has_tensor_cores};
 
 /// Key slots per tile (four 16-key tensor-core tiles).
@@ -194,14 +194,15 @@ fn accumulate_pv<F: Float, N: Size>(
     unused_assignments
 )]
 fn attention_partial_mma<F: Float, N: Size>(
-    q: &Tensor<Vector<F, N>>,
-    k: &Tensor<Vector<F, N>>,
-    v: &Tensor<Vector<F, N>>,
-    pages: &Tensor<u32>,
-    count: &Tensor<u32>,
-    o_part: &mut Tensor<f32>,
-    m_part: &mut Tensor<f32>,
-    l_part: &mut Tensor<f32>,
+    q: &Array<Vector<F, N>>,
+    k: &Array<Vector<F, N>>,
+    v: &Array<Vector<F, N>>,
+    pages: &Array<u32>,
+    count: &Array<u32>,
+    o_part: &mut Array<f32>,
+    m_part: &mut Array<f32>,
+    l_part: &mut Array<f32>,
+    kv: KvStrides,
     keys: usize,
     page_size: usize,
     num_chunks: usize,
@@ -235,10 +236,10 @@ fn attention_partial_mma<F: Float, N: Size>(
     let s_stride = comptime!(KEYS + 4);
     let p_stride = comptime!(KEYS + 8);
 
-    let first_row = (bi * k.shape(1) + kvh) * group_rows + rg * rows;
+    let first_row = (bi * kv.hkv + kvh) * group_rows + rg * rows;
     let valid_rows = min(rows, group_rows - rg * rows);
     let at = chunk_keys(
-        k, v, count, keys, page_size, num_chunks, chunk, bi, kvh, KEYS, listed,
+        &kv, count, keys, page_size, num_chunks, chunk, bi, kvh, KEYS, listed,
     );
 
     let mut q_s = SharedMemory::<Vector<F, N>>::new_aligned(rows * (dv + 1), 128usize);
@@ -528,19 +529,21 @@ pub(crate) fn launch_partial<R: CubeRuntime>(
     (width, row_tiles, listed): (usize, usize, bool),
 ) {
     let d = q.meta.shape()[3];
+    let kv = kv_strides(&k, &v, width);
     attention_partial_mma::launch::<R>(
         &q.client,
         grid,
         CubeDim::new_2d(PLANE as u32, WARPS as u32),
         width,
-        q.clone().into_tensor_arg(),
-        k.into_tensor_arg(),
-        v.into_tensor_arg(),
-        pages.into_tensor_arg(),
-        count.into_tensor_arg(),
-        o_part.clone().into_tensor_arg(),
-        m_part.clone().into_tensor_arg(),
-        l_part.clone().into_tensor_arg(),
+        q.clone().into_array_arg(),
+        k.into_array_arg(),
+        v.into_array_arg(),
+        pages.into_array_arg(),
+        count.into_array_arg(),
+        o_part.clone().into_array_arg(),
+        m_part.clone().into_array_arg(),
+        l_part.clone().into_array_arg(),
+        kv,
         split.keys,
         split.page_size,
         split.num_chunks,

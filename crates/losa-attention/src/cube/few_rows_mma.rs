@@ -1,406 +1,609 @@
-//! Tensor-core weight matmuls of a denoising block, for f16 / bf16 on runtimes with 16x16x16
-//! `cmma` (CUDA): `x [rows, k] · w [k, n]` for up to 32 rows, with `w` the transposed view of an
-//! `nn.Linear` `[n, k]` weight.
+//! Tensor-core weight matmuls of a denoising block, for f16 / bf16 on CUDA: `x [rows, k] ·
+//! w [k, n]` for up to 32 rows, with `w` the transposed view of an `nn.Linear` `[n, k]` weight.
 //!
-//! The SIMT kernel (`few_rows.rs`) spends 16 fp32 FMAs and a re-read of `x` on every weight
-//! element; on the H100 that capped it at 150-610 GB/s (`bench/results/matmul-h100.json`),
-//! where the weights are the bytes a decode step must read. Here a warp multiplies a 16-column
-//! tile of `w` by the block's rows (one or two 16-row tiles of `x`) on tensor cores, so the
-//! arithmetic is free and the warp's loads are runs of the weight's columns. A cube's
-//! [`WARPS`] warps split `k` (each group of `UNROLL * WARPS` 16-wide steps gives each warp
-//! `UNROLL` consecutive ones, a 128-byte run of every column, so together they read each
-//! column contiguously) and meet once in shared memory.
+//! A decode step's products read every weight once and do 16-32 FMAs per weight element, so
+//! their speed is the weight bytes in flight. The SIMT kernel (`few_rows.rs`) spends those FMAs
+//! on the CUDA cores and reached 150-610 GB/s on the H100 (`bench/results/matmul-h100.json`);
+//! `cmma` tiles read through `wmma.load` reached 1.0-1.4 TB/s on the H200
+//! (`bench/results/matmul-h200.json`, before this kernel). Here each lane loads its weight
+//! fragments itself, 16 bytes at a time, and feeds PTX `mma.m16n8k16` with them:
 //!
-//! One launch serves up to [`MAX_WEIGHTS`] weights that share `x` (q, k and v), and a second
-//! kernel fuses the MLP's gate and up projections with the SwiGLU between them: both keep a
-//! layer's launch count down, which is what a 16-row decode step pays for.
+//! The sum over `k` does not care in which order `k` is visited, as long as `x` and `w` are
+//! visited in the same one. In a 32-wide chunk of `k`, lane `l` (`t = l % 4`) loads the eight
+//! contiguous elements `8t..8t + 8` of its weight row and of its `x` rows, and the two 16-deep
+//! products of the chunk use them as if they were the `k` indices that PTX's fragment layout
+//! gives the lane (`2t, 2t + 1, 2t + 8, 2t + 9` of each 16): the chunk's `k` is permuted, the
+//! same way for both operands, so the result is the product. That layout is PTX's, which
+//! `has_manual_mma` checks the runtime compiles to (CUDA).
+//!
+//! A cube's [`WARPS`] warps take the same [`COLS`] columns and split `k` in 64-wide runs (a
+//! 128-byte run of each weight row per warp, 1 KB per cube), and meet once in shared memory.
+//! One launch serves up to [`MAX_WEIGHTS`] weights that share `x` (q, k and v); a second
+//! kernel fuses the MLP's gate and up projections with the SwiGLU between them. Rows past
+//! `rows` read as zeros, so `x` needs no padding.
 
+use burn::tensor::DType;
 use burn_cubecl::{CubeRuntime, kernel::into_contiguous, tensor::CubeTensor};
-use cubecl::prelude::*;
+use cubecl::{
+    ir::{ElemType, FloatKind, features::MmaConfig},
+    prelude::*,
+};
 
-use super::{PLANE, TILE, accumulator, alloc_like, has_tensor_cores};
+use super::{PLANE, alloc_like};
 
-/// Warps per cube, splitting `k`. With one 16-column tile per cube, the SDAR-8B projections
-/// give 256-1536 cubes of 8 warps: 2,000-12,000 warps for the H100's 132 SMs.
+/// Warps per cube, splitting `k`.
 const WARPS: usize = 8;
 
-/// `k` steps per warp whose weight loads are issued together, for bytes in flight.
-const UNROLL: usize = 4;
+/// Columns of one `mma` (its `n`), and of one lane group's weight rows.
+const N8: usize = 8;
 
-/// Most rows (two 16-row tiles).
+/// `n8` column tiles per warp: each `x` fragment serves this many weight fragments.
+const COL_TILES: usize = 4;
+
+/// Columns per cube.
+pub(crate) const COLS: usize = N8 * COL_TILES;
+
+/// `k` per chunk: 4 lanes x 8 elements (one 16-byte load each).
+const CHUNK: usize = 32;
+
+/// Elements per 16-byte load.
+const VEC: usize = 8;
+
+/// Most rows (two 16-row `mma` tiles).
 pub(crate) const MAX_ROWS: usize = 32;
 
 /// Most weights one launch takes.
 pub(crate) const MAX_WEIGHTS: usize = 3;
 
-/// The 16 x 16 tile of `w` at `k` step `step` and columns `col0..col0 + 16`: column-major in
-/// the `[n, k]` storage, stride `k`.
+/// The `mma.m16n8k16` shape with fp32 accumulation.
 #[cube]
-fn weight_tile<F: Float>(w: &Tensor<F>, step: usize, col0: usize) -> cmma::Matrix<F> {
-    let stride = w.stride(1);
-    cmma::Matrix::<F>::from_slice(
-        cmma::MatrixIdent::B,
-        TILE,
-        TILE,
-        TILE,
-        cmma::MatrixLayout::ColMajor,
-        &w.slice(col0 * stride + step * TILE, w.len()),
-        stride as u32,
-    )
+fn mma_shape<F: Float>() -> cmma::MmaDefinition<F, F, f32> {
+    cmma::MmaDefinition::<F, F, f32>::new(16usize, 8usize, 16usize)
 }
 
-/// The 16 x 16 tile of `x` at row tile `m` and `k` step `step` (row-major, stride `k`).
+/// A zeroed accumulator fragment: rows `g`, `g + 8` x columns `2t, 2t + 1` of an n8 tile.
 #[cube]
-fn row_tile<F: Float>(x: &Tensor<F>, m: usize, step: usize) -> cmma::Matrix<F> {
-    let k = x.shape(1);
-    cmma::Matrix::<F>::from_slice(
-        cmma::MatrixIdent::A,
-        TILE,
-        TILE,
-        TILE,
-        cmma::MatrixLayout::RowMajor,
-        &x.slice(m * TILE * k + step * TILE, x.len()),
-        k as u32,
-    )
+fn zero_acc() -> Array<Vector<f32, Const<2>>> {
+    let mut acc = Array::<Vector<f32, Const<2>>>::new(2usize);
+    acc[0usize] = Vector::new(0.0f32);
+    acc[1usize] = Vector::new(0.0f32);
+    acc
 }
 
-/// `acc{0,1} += x[row tiles] · w[:, col0..col0 + 16]` over this warp's `k` steps: in each
-/// group of `UNROLL * WARPS` steps, the `UNROLL` consecutive ones at `warp * UNROLL` (a
-/// `UNROLL * 32`-byte run of each weight row per warp), then the leftover steps one per warp.
-/// `acc1` is used only with two row tiles.
+/// Two elements as one fragment register.
 #[cube]
-fn warp_product<F: Float>(
-    x: &Tensor<F>,
-    w: &Tensor<F>,
+fn pair<F: Float, N: Size>(v: Vector<F, N>, #[comptime] at: usize) -> Vector<F, Const<2>> {
+    let mut r = Vector::<F, Const<2>>::empty();
+    r[0usize] = v[at];
+    r[1usize] = v[at + 1usize];
+    r
+}
+
+/// The `A` fragment of step `s` (0 or 1) of a chunk from this lane's two rows (`g`, `g + 8`),
+/// eight permuted `k` each.
+#[cube]
+fn a_fragment<F: Float, N: Size>(
+    lo: Vector<F, N>,
+    hi: Vector<F, N>,
+    #[comptime] s: usize,
+) -> Array<Vector<F, Const<2>>> {
+    let mut a = Array::<Vector<F, Const<2>>>::new(4usize);
+    a[0usize] = pair(lo, 4 * s);
+    a[1usize] = pair(hi, 4 * s);
+    a[2usize] = pair(lo, 4 * s + 2);
+    a[3usize] = pair(hi, 4 * s + 2);
+    a
+}
+
+/// The `B` fragment of step `s` of a chunk from this lane's weight row.
+#[cube]
+fn b_fragment<F: Float, N: Size>(
+    w: Vector<F, N>,
+    #[comptime] s: usize,
+) -> Array<Vector<F, Const<2>>> {
+    let mut b = Array::<Vector<F, Const<2>>>::new(2usize);
+    b[0usize] = pair(w, 4usize * s);
+    b[1usize] = pair(w, 4usize * s + 2usize);
+    b
+}
+
+/// Where a product's operands are, in 16-byte vectors: `x` rows of `x_row` vectors, `rows` of
+/// them real; the weight's rows (output columns) `w_row` vectors apart, `n` of them; `chunks`
+/// 32-wide chunks of `k`.
+#[derive(CubeType, Clone, Copy)]
+struct Operands {
+    rows: usize,
+    x_row: usize,
+    w_row: usize,
+    n: usize,
+    chunks: usize,
+}
+
+/// This lane's `x` vector of chunk `c` in row `row` (zeros past the real rows).
+#[cube]
+fn x_vector<F: Float, N: Size>(
+    x: &Array<Vector<F, N>>,
+    at: &Operands,
+    row: usize,
+    c: usize,
+) -> Vector<F, N> {
+    let t = UNIT_POS_PLANE as usize % 4;
+    let mut v = Vector::<F, N>::new(F::new(0.0));
+    if row < at.rows {
+        v = x[row * at.x_row + c * 4 + t];
+    }
+    v
+}
+
+/// This lane's weight vector of chunk `c` in column tile `j` from column `col0` (zeros past
+/// `n`).
+#[cube]
+fn w_vector<F: Float, N: Size>(
+    w: &Array<Vector<F, N>>,
+    at: &Operands,
     col0: usize,
-    acc0: &cmma::Matrix<f32>,
-    acc1: &cmma::Matrix<f32>,
+    j: usize,
+    c: usize,
+) -> Vector<F, N> {
+    let lane = UNIT_POS_PLANE as usize;
+    let col = col0 + j * N8 + lane / 4;
+    let mut v = Vector::<F, N>::new(F::new(0.0));
+    if col < at.n {
+        v = w[col * at.w_row + c * 4 + lane % 4];
+    }
+    v
+}
+
+/// The products of chunk `c` for one row tile (rows `m0 + g`, `m0 + g + 8`) with the four
+/// column tiles' weight vectors.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn chunk_product<F: Float, N: Size>(
+    x: &Array<Vector<F, N>>,
+    at: &Operands,
+    m0: usize,
+    c: usize,
+    w: &Array<Vector<F, N>>,
+    acc0: &mut Array<Vector<f32, Const<2>>>,
+    acc1: &mut Array<Vector<f32, Const<2>>>,
+    acc2: &mut Array<Vector<f32, Const<2>>>,
+    acc3: &mut Array<Vector<f32, Const<2>>>,
+) {
+    let mma = mma_shape::<F>();
+    let g = UNIT_POS_PLANE as usize / 4;
+    let lo = x_vector(x, at, m0 + g, c);
+    let hi = x_vector(x, at, m0 + g + 8, c);
+    #[unroll]
+    for s in 0..2usize {
+        let a = a_fragment(lo, hi, s);
+        mma.execute_inplace(&a, &b_fragment(w[0usize], s), acc0);
+        mma.execute_inplace(&a, &b_fragment(w[1usize], s), acc1);
+        mma.execute_inplace(&a, &b_fragment(w[2usize], s), acc2);
+        mma.execute_inplace(&a, &b_fragment(w[3usize], s), acc3);
+    }
+}
+
+/// One warp's accumulators: four column tiles for each of two row tiles (the second used only
+/// with `m_tiles = 2`).
+#[derive(CubeType)]
+struct Accumulators {
+    r0c0: Array<Vector<f32, Const<2>>>,
+    r0c1: Array<Vector<f32, Const<2>>>,
+    r0c2: Array<Vector<f32, Const<2>>>,
+    r0c3: Array<Vector<f32, Const<2>>>,
+    r1c0: Array<Vector<f32, Const<2>>>,
+    r1c1: Array<Vector<f32, Const<2>>>,
+    r1c2: Array<Vector<f32, Const<2>>>,
+    r1c3: Array<Vector<f32, Const<2>>>,
+}
+
+#[cube]
+fn zero_accumulators() -> Accumulators {
+    Accumulators {
+        r0c0: zero_acc(),
+        r0c1: zero_acc(),
+        r0c2: zero_acc(),
+        r0c3: zero_acc(),
+        r1c0: zero_acc(),
+        r1c1: zero_acc(),
+        r1c2: zero_acc(),
+        r1c3: zero_acc(),
+    }
+}
+
+/// Chunk `c` into the accumulators: its four weight vectors loaded first, then each row tile's
+/// products.
+#[cube]
+fn chunk<F: Float, N: Size>(
+    x: &Array<Vector<F, N>>,
+    w: &Array<Vector<F, N>>,
+    at: &Operands,
+    col0: usize,
+    c: usize,
+    acc: &mut Accumulators,
     #[comptime] m_tiles: usize,
 ) {
-    let warp = UNIT_POS_Y as usize;
-    let steps = x.shape(1) / TILE;
-    let mut group = 0usize.runtime();
-    while group + UNROLL * WARPS <= steps {
-        let step = group + warp * UNROLL;
-        if m_tiles > 1 {
-            two_row_tiles(x, w, step, col0, acc0, acc1);
-        } else {
-            one_row_tile(x, w, step, col0, acc0);
-        }
-        group += UNROLL * WARPS;
+    let mut wv = Array::<Vector<F, N>>::new(COL_TILES);
+    #[unroll]
+    for j in 0..COL_TILES {
+        wv[j] = w_vector(w, at, col0, j, c);
     }
-    let mut step = group + warp;
-    while step < steps {
-        let b = weight_tile(w, step, col0);
-        let a0 = row_tile(x, 0, step);
-        cmma::execute::<F, F, f32, f32>(&a0, &b, acc0, acc0);
-        if m_tiles > 1 {
-            let a1 = row_tile(x, 1, step);
-            cmma::execute::<F, F, f32, f32>(&a1, &b, acc1, acc1);
-        }
-        step += WARPS;
-    }
-}
-
-/// [`UNROLL`] `k` steps of one row tile: every tile is loaded before the first product, so the
-/// loads (the weight's from memory, `x`'s from cache) are in flight together instead of each
-/// product waiting for its own.
-#[cube]
-fn one_row_tile<F: Float>(
-    x: &Tensor<F>,
-    w: &Tensor<F>,
-    step: usize,
-    col0: usize,
-    acc0: &cmma::Matrix<f32>,
-) {
-    let b0 = weight_tile(w, step, col0);
-    let b1 = weight_tile(w, step + 1, col0);
-    let b2 = weight_tile(w, step + 2, col0);
-    let b3 = weight_tile(w, step + 3, col0);
-    let a0 = row_tile(x, 0, step);
-    let a1 = row_tile(x, 0, step + 1);
-    let a2 = row_tile(x, 0, step + 2);
-    let a3 = row_tile(x, 0, step + 3);
-    cmma::execute::<F, F, f32, f32>(&a0, &b0, acc0, acc0);
-    cmma::execute::<F, F, f32, f32>(&a1, &b1, acc0, acc0);
-    cmma::execute::<F, F, f32, f32>(&a2, &b2, acc0, acc0);
-    cmma::execute::<F, F, f32, f32>(&a3, &b3, acc0, acc0);
-}
-
-/// [`one_row_tile`] for two row tiles (32 rows): each weight tile serves both.
-#[cube]
-fn two_row_tiles<F: Float>(
-    x: &Tensor<F>,
-    w: &Tensor<F>,
-    step: usize,
-    col0: usize,
-    acc0: &cmma::Matrix<f32>,
-    acc1: &cmma::Matrix<f32>,
-) {
-    let b0 = weight_tile(w, step, col0);
-    let b1 = weight_tile(w, step + 1, col0);
-    let b2 = weight_tile(w, step + 2, col0);
-    let b3 = weight_tile(w, step + 3, col0);
-    let a00 = row_tile(x, 0, step);
-    let a01 = row_tile(x, 0, step + 1);
-    let a02 = row_tile(x, 0, step + 2);
-    let a03 = row_tile(x, 0, step + 3);
-    let a10 = row_tile(x, 1, step);
-    let a11 = row_tile(x, 1, step + 1);
-    let a12 = row_tile(x, 1, step + 2);
-    let a13 = row_tile(x, 1, step + 3);
-    cmma::execute::<F, F, f32, f32>(&a00, &b0, acc0, acc0);
-    cmma::execute::<F, F, f32, f32>(&a10, &b0, acc1, acc1);
-    cmma::execute::<F, F, f32, f32>(&a01, &b1, acc0, acc0);
-    cmma::execute::<F, F, f32, f32>(&a11, &b1, acc1, acc1);
-    cmma::execute::<F, F, f32, f32>(&a02, &b2, acc0, acc0);
-    cmma::execute::<F, F, f32, f32>(&a12, &b2, acc1, acc1);
-    cmma::execute::<F, F, f32, f32>(&a03, &b3, acc0, acc0);
-    cmma::execute::<F, F, f32, f32>(&a13, &b3, acc1, acc1);
-}
-
-/// Parks this warp's accumulators in `partial` (one `m_tiles x 256` run per warp, row-major
-/// 16 x 16 tiles) at run `slot` of `slots` per warp.
-#[cube]
-fn park(
-    partial: &mut SharedMemory<f32>,
-    acc0: &cmma::Matrix<f32>,
-    acc1: &cmma::Matrix<f32>,
-    #[comptime] slot: usize,
-    #[comptime] slots: usize,
-    #[comptime] m_tiles: usize,
-) {
-    let warp = UNIT_POS_Y as usize;
-    let tile_len = TILE * TILE;
-    let start = ((warp * slots + slot) * m_tiles) * tile_len;
-    cmma::store(
-        &mut partial.slice_mut(start, start + tile_len),
-        acc0,
-        TILE as u32,
-        cmma::MatrixLayout::RowMajor,
+    chunk_product(
+        x,
+        at,
+        0usize,
+        c,
+        &wv,
+        &mut acc.r0c0,
+        &mut acc.r0c1,
+        &mut acc.r0c2,
+        &mut acc.r0c3,
     );
     if m_tiles > 1 {
-        cmma::store(
-            &mut partial.slice_mut(start + tile_len, start + 2 * tile_len),
-            acc1,
-            TILE as u32,
-            cmma::MatrixLayout::RowMajor,
+        chunk_product(
+            x,
+            at,
+            16usize,
+            c,
+            &wv,
+            &mut acc.r1c0,
+            &mut acc.r1c1,
+            &mut acc.r1c2,
+            &mut acc.r1c3,
         );
     }
 }
 
-/// Sum over the warps of element `e` (< `m_tiles * 256`) of run `slot`.
+/// This warp's share of `x · w[:, col0..col0 + COLS]`: the chunk pairs `2p, 2p + 1` for `p =
+/// warp, warp + WARPS, ...` (a 64-wide run of `k`), then a last odd chunk.
+#[cube]
+fn warp_product<F: Float, N: Size>(
+    x: &Array<Vector<F, N>>,
+    w: &Array<Vector<F, N>>,
+    at: &Operands,
+    col0: usize,
+    #[comptime] m_tiles: usize,
+) -> Accumulators {
+    let warp = UNIT_POS_Y as usize;
+    let mut acc = zero_accumulators();
+    let pairs = at.chunks / 2;
+    let mut p = warp;
+    while p < pairs {
+        chunk(x, w, at, col0, 2 * p, &mut acc, m_tiles);
+        chunk(x, w, at, col0, 2 * p + 1, &mut acc, m_tiles);
+        p += WARPS;
+    }
+    if at.chunks % 2 == 1 && warp == pairs % WARPS {
+        chunk(x, w, at, col0, at.chunks - 1, &mut acc, m_tiles);
+    }
+    acc
+}
+
+/// Parks one accumulator (row tile `m`, column tile `j`) of this warp in `partial` at run
+/// `slot`: the warp's `[32 rows, COLS]` fp32 block.
+#[cube]
+fn park_tile(
+    partial: &mut SharedMemory<f32>,
+    acc: &Array<Vector<f32, Const<2>>>,
+    #[comptime] m: usize,
+    #[comptime] j: usize,
+    #[comptime] slot: usize,
+    #[comptime] m_tiles: usize,
+) {
+    let lane = UNIT_POS_PLANE as usize;
+    let warp = UNIT_POS_Y as usize;
+    let base = (slot * WARPS + warp) * m_tiles * 16 * COLS;
+    let row = m * 16 + lane / 4;
+    let col = j * N8 + (lane % 4) * 2;
+    #[unroll]
+    for half in 0..2usize {
+        let at = base + (row + 8 * half) * COLS + col;
+        partial[at] = acc[half][0usize];
+        partial[at + 1usize] = acc[half][1usize];
+    }
+}
+
+#[cube]
+fn park(
+    partial: &mut SharedMemory<f32>,
+    acc: &Accumulators,
+    #[comptime] slot: usize,
+    #[comptime] m_tiles: usize,
+) {
+    park_tile(partial, &acc.r0c0, 0usize, 0usize, slot, m_tiles);
+    park_tile(partial, &acc.r0c1, 0usize, 1usize, slot, m_tiles);
+    park_tile(partial, &acc.r0c2, 0usize, 2usize, slot, m_tiles);
+    park_tile(partial, &acc.r0c3, 0usize, 3usize, slot, m_tiles);
+    if m_tiles > 1 {
+        park_tile(partial, &acc.r1c0, 1usize, 0usize, slot, m_tiles);
+        park_tile(partial, &acc.r1c1, 1usize, 1usize, slot, m_tiles);
+        park_tile(partial, &acc.r1c2, 1usize, 2usize, slot, m_tiles);
+        park_tile(partial, &acc.r1c3, 1usize, 3usize, slot, m_tiles);
+    }
+}
+
+/// Sum over the warps of element `e` (`row * COLS + col`) of run `slot`.
 #[cube]
 fn warp_sum(
     partial: &SharedMemory<f32>,
     e: usize,
     #[comptime] slot: usize,
-    #[comptime] slots: usize,
     #[comptime] m_tiles: usize,
 ) -> f32 {
-    let run = m_tiles * TILE * TILE;
     let mut sum = 0.0f32;
     #[unroll]
     for warp in 0..WARPS {
-        sum += partial[(warp * slots + slot) * run + e];
+        sum += partial[(slot * WARPS + warp) * m_tiles * 16 * COLS + e];
     }
     sum
 }
 
-/// `out = x · w` for the 16 columns at `col0`: the warps' products summed, rows past `rows`
-/// (the padding of `x`) dropped.
+/// `out[:, col0..col0 + COLS] = x · w[:, col0..]`, the warps' products summed.
 #[cube]
-fn tile_product<F: Float>(
-    x: &Tensor<F>,
-    w: &Tensor<F>,
-    out: &mut Tensor<F>,
+fn cube_product<F: Float, N: Size>(
+    x: &Array<Vector<F, N>>,
+    w: &Array<Vector<F, N>>,
+    out: &mut Array<F>,
+    at: &Operands,
     col0: usize,
     #[comptime] m_tiles: usize,
 ) {
-    let acc0 = accumulator();
-    let acc1 = accumulator();
-    warp_product(x, w, col0, &acc0, &acc1, m_tiles);
-    let mut partial = SharedMemory::<f32>::new(WARPS * m_tiles * TILE * TILE);
-    park(&mut partial, &acc0, &acc1, 0usize, 1usize, m_tiles);
+    let acc = warp_product(x, w, at, col0, m_tiles);
+    let mut partial = SharedMemory::<f32>::new(WARPS * m_tiles * 16 * COLS);
+    park(&mut partial, &acc, 0usize, m_tiles);
     sync_cube();
-    let (rows, n) = (out.shape(0), out.shape(1));
     let mut e = UNIT_POS as usize;
-    while e < m_tiles * TILE * TILE {
-        let row = e / TILE;
-        if row < rows {
-            out[row * n + col0 + e % TILE] =
-                F::cast_from(warp_sum(&partial, e, 0usize, 1usize, m_tiles));
+    while e < at.rows * COLS {
+        let col = col0 + e % COLS;
+        if col < at.n {
+            out[(e / COLS) * at.n + col] = F::cast_from(warp_sum(&partial, e, 0usize, m_tiles));
         }
         e += comptime!(WARPS * PLANE);
     }
 }
 
-/// `out_i = x · w_i` for up to three weights: cube `c` takes 16-column tile `c` of the weights'
-/// tiles laid end to end (`tiles0` of `w0`, then `tiles1` of `w1`, then `w2`'s). Unused slots
-/// repeat a weight and get no tiles.
+/// `out_i = x · w_i` for up to three weights: cube `c` takes column group `c` of the weights'
+/// groups laid end to end (`groups0` of `w0`, then `groups1` of `w1`, then `w2`'s). Unused
+/// slots repeat a weight and get no groups.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
-fn few_row_mma_kernel<F: Float>(
-    x: &Tensor<F>,
-    w0: &Tensor<F>,
-    w1: &Tensor<F>,
-    w2: &Tensor<F>,
-    out0: &mut Tensor<F>,
-    out1: &mut Tensor<F>,
-    out2: &mut Tensor<F>,
-    tiles0: usize,
-    tiles1: usize,
-    tiles: usize,
+fn few_row_mma_kernel<F: Float, N: Size>(
+    x: &Array<Vector<F, N>>,
+    w0: &Array<Vector<F, N>>,
+    w1: &Array<Vector<F, N>>,
+    w2: &Array<Vector<F, N>>,
+    out0: &mut Array<F>,
+    out1: &mut Array<F>,
+    out2: &mut Array<F>,
+    rows: usize,
+    k: usize,
+    w_row0: usize,
+    w_row1: usize,
+    w_row2: usize,
+    n0: usize,
+    n1: usize,
+    n2: usize,
+    groups0: usize,
+    groups1: usize,
+    groups: usize,
     #[comptime] m_tiles: usize,
     #[define(F)] _dtype: StorageType,
 ) {
-    let tile = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize;
-    if tile >= tiles {
+    let group = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize;
+    if group >= groups {
         terminate!();
     }
-    if tile < tiles0 {
-        tile_product(x, w0, out0, tile * TILE, m_tiles);
-    } else if tile < tiles0 + tiles1 {
-        tile_product(x, w1, out1, (tile - tiles0) * TILE, m_tiles);
+    let x_row = k / VEC;
+    let chunks = k / CHUNK;
+    if group < groups0 {
+        let at = Operands {
+            rows,
+            x_row,
+            w_row: w_row0,
+            n: n0,
+            chunks,
+        };
+        cube_product(x, w0, out0, &at, group * COLS, m_tiles);
+    } else if group < groups0 + groups1 {
+        let at = Operands {
+            rows,
+            x_row,
+            w_row: w_row1,
+            n: n1,
+            chunks,
+        };
+        cube_product(x, w1, out1, &at, (group - groups0) * COLS, m_tiles);
     } else {
-        tile_product(x, w2, out2, (tile - tiles0 - tiles1) * TILE, m_tiles);
+        let at = Operands {
+            rows,
+            x_row,
+            w_row: w_row2,
+            n: n2,
+            chunks,
+        };
+        cube_product(
+            x,
+            w2,
+            out2,
+            &at,
+            (group - groups0 - groups1) * COLS,
+            m_tiles,
+        );
     }
 }
 
-/// `out = silu(x · gate) * (x · up)` for the 16 columns of cube `c`: both products in one
-/// cube, each rounded to the input dtype before the gate as the unfused path rounds them.
+/// `out = silu(x · gate) * (x · up)` for the columns of cube `c`: both products in one cube,
+/// each rounded to the input dtype before the gate as the unfused path rounds them.
 #[cube(launch)]
-fn few_row_swiglu_kernel<F: Float>(
-    x: &Tensor<F>,
-    gate: &Tensor<F>,
-    up: &Tensor<F>,
-    out: &mut Tensor<F>,
+#[allow(clippy::too_many_arguments)]
+fn few_row_swiglu_kernel<F: Float, N: Size>(
+    x: &Array<Vector<F, N>>,
+    gate: &Array<Vector<F, N>>,
+    up: &Array<Vector<F, N>>,
+    out: &mut Array<F>,
+    rows: usize,
+    k: usize,
+    cols: usize,
+    gate_row: usize,
+    up_row: usize,
     #[comptime] m_tiles: usize,
     #[define(F)] _dtype: StorageType,
 ) {
-    let (rows, n) = (out.shape(0), out.shape(1));
-    let col0 = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize * TILE;
-    if col0 >= n {
+    let col0 = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize * COLS;
+    if col0 >= cols {
         terminate!();
     }
-    let g0 = accumulator();
-    let g1 = accumulator();
-    let u0 = accumulator();
-    let u1 = accumulator();
-    warp_product(x, gate, col0, &g0, &g1, m_tiles);
-    warp_product(x, up, col0, &u0, &u1, m_tiles);
-    let mut partial = SharedMemory::<f32>::new(2 * WARPS * m_tiles * TILE * TILE);
-    park(&mut partial, &g0, &g1, 0usize, 2usize, m_tiles);
-    park(&mut partial, &u0, &u1, 1usize, 2usize, m_tiles);
+    let x_row = k / VEC;
+    let chunks = k / CHUNK;
+    let at_gate = Operands {
+        rows,
+        x_row,
+        w_row: gate_row,
+        n: cols,
+        chunks,
+    };
+    let at_up = Operands {
+        rows,
+        x_row,
+        w_row: up_row,
+        n: cols,
+        chunks,
+    };
+    let mut partial = SharedMemory::<f32>::new(2 * WARPS * m_tiles * 16 * COLS);
+    let g = warp_product(x, gate, &at_gate, col0, m_tiles);
+    park(&mut partial, &g, 0usize, m_tiles);
+    let u = warp_product(x, up, &at_up, col0, m_tiles);
+    park(&mut partial, &u, 1usize, m_tiles);
     sync_cube();
     let mut e = UNIT_POS as usize;
-    while e < m_tiles * TILE * TILE {
-        let row = e / TILE;
-        if row < rows {
-            let g = f32::cast_from(F::cast_from(warp_sum(&partial, e, 0usize, 2usize, m_tiles)));
-            let u = f32::cast_from(F::cast_from(warp_sum(&partial, e, 1usize, 2usize, m_tiles)));
-            out[row * n + col0 + e % TILE] = F::cast_from(g / (1.0f32 + f32::exp(-g)) * u);
+    while e < rows * COLS {
+        let col = col0 + e % COLS;
+        if col < cols {
+            let g = f32::cast_from(F::cast_from(warp_sum(&partial, e, 0usize, m_tiles)));
+            let u = f32::cast_from(F::cast_from(warp_sum(&partial, e, 1usize, m_tiles)));
+            out[(e / COLS) * cols + col] = F::cast_from(g / (1.0f32 + f32::exp(-g)) * u);
         }
         e += comptime!(WARPS * PLANE);
     }
 }
 
 /// Widest output taken with two row tiles. At a vocabulary's width burn's matmul has columns
-/// enough to fill the card, and at 32 rows it was faster (H200, 4096 x 151,936 bf16: 789
-/// against 1032 µs; at 16 rows this kernel was, 707 against 789 µs;
-/// `bench/results/matmul-h200.json`).
+/// enough to fill the card, and at 32 rows it was faster than the `cmma` kernel this one
+/// replaced (H200, 4096 x 151,936 bf16: 789 against 1032 µs; `bench/results/matmul-h200.json`).
 const MAX_COLS_TWO_TILES: usize = 65_536;
 
+/// Whether the runtime runs PTX's `mma.m16n8k16` with fp32 accumulation on `dtype`, with
+/// 32-wide planes (CUDA): the fragment layout the kernels' loads are laid out for.
+fn has_manual_mma<R: CubeRuntime>(x: &CubeTensor<R>) -> bool {
+    let kind = match x.dtype {
+        DType::F16 => FloatKind::F16,
+        DType::BF16 => FloatKind::BF16,
+        _ => return false,
+    };
+    let input = ElemType::Float(kind).into();
+    x.client.features().matmul.mma.contains(&MmaConfig {
+        a_type: input,
+        b_type: input,
+        cd_type: ElemType::Float(FloatKind::F32).into(),
+        m: 16,
+        n: 8,
+        k: 16,
+    }) && {
+        let hardware = &x.client.properties().hardware;
+        hardware.plane_size_min == PLANE as u32 && hardware.plane_size_max == PLANE as u32
+    }
+}
+
 /// Whether the tensor-core kernels take `x [rows, k]` and every `w [k, n]`: f16 / bf16 with
-/// tensor cores, one dtype, at most [`MAX_ROWS`] rows, `k` and every `n` multiples of 16 (and
-/// at most [`MAX_COLS_TWO_TILES`] past 16 rows), each weight read along `k`.
+/// manual `mma`, one dtype, at most [`MAX_ROWS`] rows, `k` a multiple of 32 and every `n` of 8
+/// (and at most [`MAX_COLS_TWO_TILES`] past 16 rows), each weight read along `k` with its
+/// columns 16-byte aligned.
 pub(crate) fn takes<R: CubeRuntime>(x: &CubeTensor<R>, ws: &[&CubeTensor<R>]) -> bool {
     let [rows, k] = x.meta.shape().dims::<2>();
-    let widest = if rows > TILE {
+    let widest = if rows > 16 {
         MAX_COLS_TWO_TILES
     } else {
         usize::MAX
     };
     (1..=MAX_ROWS).contains(&rows)
-        && k.is_multiple_of(TILE)
+        && k.is_multiple_of(CHUNK)
         && (1..=MAX_WEIGHTS).contains(&ws.len())
         && ws.iter().all(|w| {
             let [wk, n] = w.meta.shape().dims::<2>();
             w.dtype == x.dtype
                 && wk == k
                 && (1..=widest).contains(&n)
-                && n.is_multiple_of(TILE)
+                && n.is_multiple_of(N8)
                 && w.meta.strides()[0] == 1
-                && w.meta.strides()[1].is_multiple_of(8)
+                && w.meta.strides()[1].is_multiple_of(VEC)
                 && aligned(w)
         })
         && aligned(x)
-        && has_tensor_cores(x)
+        && has_manual_mma(x)
 }
 
-/// Whether the tensor's data starts on a 32-byte boundary, as the tile loads need (a view's
+/// Whether the tensor's data starts on a 16-byte boundary, as the vector loads need (a view's
 /// byte offset; CUDA's 512-byte memory alignment keeps every burn view aligned, other runtimes
 /// may not).
 fn aligned<R: CubeRuntime>(t: &CubeTensor<R>) -> bool {
-    t.handle.offset_start.unwrap_or(0).is_multiple_of(32)
+    t.handle.offset_start.unwrap_or(0).is_multiple_of(16)
 }
 
-/// `x` contiguous with its rows padded with zeros to whole 16-row tiles (the tiles are read
-/// whole), and the tile count.
-fn padded_rows<R: CubeRuntime>(
-    x: CubeTensor<R>,
-    pad: impl FnOnce(CubeTensor<R>, usize) -> CubeTensor<R>,
-) -> (CubeTensor<R>, usize) {
-    let rows = x.meta.shape()[0];
-    let m_tiles = rows.div_ceil(TILE);
-    let x = if rows.is_multiple_of(TILE) {
-        into_contiguous(x)
-    } else {
-        into_contiguous(pad(x, m_tiles * TILE))
-    };
+/// `x` with rows of whole 16-byte vectors, and its row tiles.
+fn prepared<R: CubeRuntime>(x: CubeTensor<R>) -> (CubeTensor<R>, usize) {
+    let x = into_contiguous(x);
+    let m_tiles = x.meta.shape()[0].div_ceil(16);
     (x, m_tiles)
 }
 
-/// Launches the products of `x` (padded, `m_tiles` row tiles) with each of `ws` into `outs`.
+/// Launches the products of `x` with each of `ws` into `outs`.
 fn launch_products<R: CubeRuntime>(
     x: &CubeTensor<R>,
     ws: &[CubeTensor<R>],
     outs: &[CubeTensor<R>],
     m_tiles: usize,
 ) {
-    let tiles: Vec<usize> = ws.iter().map(|w| w.meta.shape()[1] / TILE).collect();
-    let total: usize = tiles.iter().sum();
-    // Slots past the last weight repeat it; they get no tiles.
+    let groups: Vec<usize> = ws
+        .iter()
+        .map(|w| w.meta.shape()[1].div_ceil(COLS))
+        .collect();
+    let total: usize = groups.iter().sum();
+    // Slots past the last weight repeat it; they get no groups.
     let slot = |i: usize| i.min(ws.len() - 1);
+    let w_row = |i: usize| ws[slot(i)].meta.strides()[1] / VEC;
+    let n = |i: usize| ws[slot(i)].meta.shape()[1];
     few_row_mma_kernel::launch::<R>(
         &x.client,
         super::cube_grid(total),
         CubeDim::new_2d(PLANE as u32, WARPS as u32),
-        x.clone().into_tensor_arg(),
-        ws[slot(0)].clone().into_tensor_arg(),
-        ws[slot(1)].clone().into_tensor_arg(),
-        ws[slot(2)].clone().into_tensor_arg(),
-        outs[slot(0)].clone().into_tensor_arg(),
-        outs[slot(1)].clone().into_tensor_arg(),
-        outs[slot(2)].clone().into_tensor_arg(),
-        tiles[0],
-        tiles.get(1).copied().unwrap_or(0),
+        VEC,
+        x.clone().into_array_arg(),
+        ws[slot(0)].clone().into_array_arg(),
+        ws[slot(1)].clone().into_array_arg(),
+        ws[slot(2)].clone().into_array_arg(),
+        outs[slot(0)].clone().into_array_arg(),
+        outs[slot(1)].clone().into_array_arg(),
+        outs[slot(2)].clone().into_array_arg(),
+        x.meta.shape()[0],
+        x.meta.shape()[1],
+        w_row(0),
+        w_row(1),
+        w_row(2),
+        n(0),
+        n(1),
+        n(2),
+        groups[0],
+        groups.get(1).copied().unwrap_or(0),
         total,
         m_tiles,
         x.dtype.into(),
     );
 }
 
-/// `x · w`; the caller checked [`takes`]. `pad(x, rows)` returns `x` with zero rows appended
-/// up to `rows`.
-pub(crate) fn few_row_matmul<R: CubeRuntime>(
-    x: CubeTensor<R>,
-    w: CubeTensor<R>,
-    pad: impl FnOnce(CubeTensor<R>, usize) -> CubeTensor<R>,
-) -> CubeTensor<R> {
-    let rows = x.meta.shape()[0];
-    let (x, m_tiles) = padded_rows(x, pad);
-    let out = alloc_like(&x, [rows, w.meta.shape()[1]], x.dtype);
+/// `x · w`; the caller checked [`takes`].
+pub(crate) fn few_row_matmul<R: CubeRuntime>(x: CubeTensor<R>, w: CubeTensor<R>) -> CubeTensor<R> {
+    let (x, m_tiles) = prepared(x);
+    let out = alloc_like(&x, [x.meta.shape()[0], w.meta.shape()[1]], x.dtype);
     launch_products(&x, &[w], std::slice::from_ref(&out), m_tiles);
     out
 }
@@ -409,10 +612,9 @@ pub(crate) fn few_row_matmul<R: CubeRuntime>(
 pub(crate) fn few_row_matmuls<R: CubeRuntime>(
     x: CubeTensor<R>,
     ws: Vec<CubeTensor<R>>,
-    pad: impl FnOnce(CubeTensor<R>, usize) -> CubeTensor<R>,
 ) -> Vec<CubeTensor<R>> {
+    let (x, m_tiles) = prepared(x);
     let rows = x.meta.shape()[0];
-    let (x, m_tiles) = padded_rows(x, pad);
     let outs: Vec<CubeTensor<R>> = ws
         .iter()
         .map(|w| alloc_like(&x, [rows, w.meta.shape()[1]], x.dtype))
@@ -427,20 +629,26 @@ pub(crate) fn few_row_swiglu<R: CubeRuntime>(
     x: CubeTensor<R>,
     gate: CubeTensor<R>,
     up: CubeTensor<R>,
-    pad: impl FnOnce(CubeTensor<R>, usize) -> CubeTensor<R>,
 ) -> CubeTensor<R> {
-    let rows = x.meta.shape()[0];
-    let (x, m_tiles) = padded_rows(x, pad);
+    let (x, m_tiles) = prepared(x);
+    let [rows, _] = x.meta.shape().dims::<2>();
     let n = gate.meta.shape()[1];
     let out = alloc_like(&x, [rows, n], x.dtype);
+    let (gate_row, up_row) = (gate.meta.strides()[1] / VEC, up.meta.strides()[1] / VEC);
     few_row_swiglu_kernel::launch::<R>(
         &x.client,
-        super::cube_grid(n / TILE),
+        super::cube_grid(n.div_ceil(COLS)),
         CubeDim::new_2d(PLANE as u32, WARPS as u32),
-        x.clone().into_tensor_arg(),
-        gate.into_tensor_arg(),
-        up.into_tensor_arg(),
-        out.clone().into_tensor_arg(),
+        VEC,
+        x.clone().into_array_arg(),
+        gate.into_array_arg(),
+        up.into_array_arg(),
+        out.clone().into_array_arg(),
+        rows,
+        x.meta.shape()[1],
+        n,
+        gate_row,
+        up_row,
         m_tiles,
         x.dtype.into(),
     );

@@ -29,11 +29,15 @@ const MAX_UNITS: usize = 256;
     clippy::too_many_arguments
 )]
 fn rms_norm_kernel<F: Float, N: Size>(
-    x: &Tensor<Vector<F, N>>,
-    delta: &Tensor<Vector<F, N>>,
-    weight: &Tensor<Vector<F, N>>,
-    sum: &mut Tensor<Vector<F, N>>,
-    out: &mut Tensor<Vector<F, N>>,
+    x: &Array<Vector<F, N>>,
+    delta: &Array<Vector<F, N>>,
+    weight: &Array<Vector<F, N>>,
+    sum: &mut Array<Vector<F, N>>,
+    out: &mut Array<Vector<F, N>>,
+    rows: usize,
+    dim: usize,
+    x_row: usize,
+    delta_row: usize,
     eps: f32,
     #[comptime] units: usize,
     #[comptime] add: bool,
@@ -42,12 +46,11 @@ fn rms_norm_kernel<F: Float, N: Size>(
     let width = x.vector_size();
     let row = CUBE_POS_X as usize + CUBE_POS_Y as usize * CUBE_COUNT_X as usize;
     let unit = UNIT_POS_X as usize;
-    let dim = out.shape(1);
     let vectors = dim / width;
     // Every unit of a cube past the last row still joins the barriers below.
-    let valid = row < out.shape(0);
-    let x_base = row * (x.stride(0) / width);
-    let delta_base = row * (delta.stride(0) / width);
+    let valid = row < rows;
+    let x_base = row * x_row;
+    let delta_base = row * delta_row;
     let out_base = row * vectors;
     let mut squares = 0.0f32.runtime();
     if valid {
@@ -80,8 +83,8 @@ fn rms_norm_kernel<F: Float, N: Size>(
 /// Vector `i` of the row: `x`, or `x + delta` rounded to the input dtype.
 #[cube]
 fn input_row<F: Float, N: Size>(
-    x: &Tensor<Vector<F, N>>,
-    delta: &Tensor<Vector<F, N>>,
+    x: &Array<Vector<F, N>>,
+    delta: &Array<Vector<F, N>>,
     x_base: usize,
     delta_base: usize,
     i: usize,
@@ -150,16 +153,21 @@ fn launch_norm<R: CubeRuntime>(
         Some((delta, sum)) => (delta, sum, true),
         None => (x.clone(), out.clone(), false),
     };
+    let (x_row, delta_row) = (x.meta.strides()[0] / width, delta.meta.strides()[0] / width);
     rms_norm_kernel::launch::<R>(
         &x.client,
         super::cube_grid(rows),
         CubeDim::new_1d(units as u32),
         width,
-        x.clone().into_tensor_arg(),
-        delta.into_tensor_arg(),
-        weight.into_tensor_arg(),
-        sum.into_tensor_arg(),
-        out.into_tensor_arg(),
+        x.clone().into_array_arg(),
+        delta.into_array_arg(),
+        weight.into_array_arg(),
+        sum.into_array_arg(),
+        out.into_array_arg(),
+        rows,
+        dim,
+        x_row,
+        delta_row,
         eps as f32,
         units,
         adding,
@@ -242,14 +250,15 @@ pub(crate) fn rope<R: CubeRuntime>(
 #[cube(launch)]
 #[allow(clippy::too_many_arguments, clippy::manual_div_ceil)]
 fn qk_rope_kernel<F: Float>(
-    q: &Tensor<F>,
-    k: &Tensor<F>,
-    q_weight: &Tensor<F>,
-    k_weight: &Tensor<F>,
-    cos: &Tensor<F>,
-    sin: &Tensor<F>,
-    q_out: &mut Tensor<F>,
-    k_out: &mut Tensor<F>,
+    q: &Array<F>,
+    k: &Array<F>,
+    q_weight: &Array<F>,
+    k_weight: &Array<F>,
+    cos: &Array<F>,
+    sin: &Array<F>,
+    q_out: &mut Array<F>,
+    k_out: &mut Array<F>,
+    at: HeadRows,
     eps: f32,
     #[comptime] units: usize,
     #[comptime] norm: bool,
@@ -257,13 +266,13 @@ fn qk_rope_kernel<F: Float>(
 ) {
     let row = CUBE_POS_X as usize + CUBE_POS_Y as usize * CUBE_COUNT_X as usize;
     let unit = UNIT_POS_X as usize;
-    let (s, d) = (q.shape(1), q.shape(3));
+    let (s, d) = (at.s, at.d);
     let half = d / 2;
-    let (hq, hkv) = (q.shape(2), k.shape(2));
-    let q_rows = q.shape(0) * s * hq;
+    let (hq, hkv) = (at.hq, at.hkv);
+    let q_rows = at.b * s * hq;
     let is_q = row < q_rows;
     // Every unit of a cube past the last row still joins the norm's barriers.
-    let valid = row < q_rows + k.shape(0) * s * hkv;
+    let valid = row < q_rows + at.b * s * hkv;
     let mut local = row;
     let mut heads = hq;
     if !is_q {
@@ -279,7 +288,7 @@ fn qk_rope_kernel<F: Float>(
         if valid {
             let mut i = unit;
             while i < d {
-                let v = head_value(q, k, is_q, bi, si, h, i);
+                let v = head_value(q, k, &at, is_q, bi, si, h, i);
                 squares += v * v;
                 i += units;
             }
@@ -289,12 +298,13 @@ fn qk_rope_kernel<F: Float>(
     }
     if valid {
         let out_base = ((bi * heads + h) * s + si) * d;
-        let t = si * cos.stride(0);
-        let t_sin = si * sin.stride(0);
+        // The tables are contiguous `[s, d]`.
+        let t = si * d;
+        let t_sin = si * d;
         let mut i = unit;
         while i < half {
-            let mut a = head_value(q, k, is_q, bi, si, h, i);
-            let mut b = head_value(q, k, is_q, bi, si, h, i + half);
+            let mut a = head_value(q, k, &at, is_q, bi, si, h, i);
+            let mut b = head_value(q, k, &at, is_q, bi, si, h, i + half);
             if norm {
                 let (mut wa, mut wb) = (
                     f32::cast_from(k_weight[i]),
@@ -322,12 +332,31 @@ fn qk_rope_kernel<F: Float>(
     }
 }
 
+/// The shapes of [`qk_rope_kernel`]'s `q` `[b, s, hq, d]` and `k` `[b, s, hkv, d]` and their
+/// strides over batch, position and head (kernel arguments, not tensor metadata: a launch with
+/// tensor metadata uploads it to the device first, which costs host time per launch).
+#[derive(CubeLaunch, CubeType, Clone, Copy)]
+struct HeadRows {
+    b: usize,
+    s: usize,
+    hq: usize,
+    hkv: usize,
+    d: usize,
+    q_b: usize,
+    q_s: usize,
+    q_h: usize,
+    k_b: usize,
+    k_s: usize,
+    k_h: usize,
+}
+
 /// Channel `i` of head `h` at position `si` of batch `bi`, of `q` or of `k`, as fp32.
 #[cube]
 #[allow(clippy::too_many_arguments, unused_assignments)]
 fn head_value<F: Float>(
-    q: &Tensor<F>,
-    k: &Tensor<F>,
+    q: &Array<F>,
+    k: &Array<F>,
+    at: &HeadRows,
     is_q: bool,
     bi: usize,
     si: usize,
@@ -336,9 +365,9 @@ fn head_value<F: Float>(
 ) -> f32 {
     let mut v = 0.0f32;
     if is_q {
-        v = f32::cast_from(q[bi * q.stride(0) + si * q.stride(1) + h * q.stride(2) + i]);
+        v = f32::cast_from(q[bi * at.q_b + si * at.q_s + h * at.q_h + i]);
     } else {
-        v = f32::cast_from(k[bi * k.stride(0) + si * k.stride(1) + h * k.stride(2) + i]);
+        v = f32::cast_from(k[bi * at.k_b + si * at.k_s + h * at.k_h + i]);
     }
     v
 }
@@ -366,18 +395,21 @@ pub(crate) fn qk_rope<R: CubeRuntime>(
         Some((wq, wk, eps)) => (into_contiguous(wq), into_contiguous(wk), eps),
         None => (cos.clone(), sin.clone(), 0.0),
     };
+    let (qs, ks) = (q.meta.strides(), k.meta.strides());
+    let at = HeadRowsLaunch::new(b, s, hq, hkv, d, qs[0], qs[1], qs[2], ks[0], ks[1], ks[2]);
     qk_rope_kernel::launch::<R>(
         &q.client,
         super::cube_grid(b * s * (hq + hkv)),
         CubeDim::new_1d(units as u32),
-        q.clone().into_tensor_arg(),
-        k.into_tensor_arg(),
-        wq.into_tensor_arg(),
-        wk.into_tensor_arg(),
-        cos.into_tensor_arg(),
-        sin.into_tensor_arg(),
-        q_out.clone().into_tensor_arg(),
-        k_out.clone().into_tensor_arg(),
+        q.clone().into_array_arg(),
+        k.into_array_arg(),
+        wq.into_array_arg(),
+        wk.into_array_arg(),
+        cos.into_array_arg(),
+        sin.into_array_arg(),
+        q_out.clone().into_array_arg(),
+        k_out.clone().into_array_arg(),
+        at,
         eps as f32,
         units,
         normed,
@@ -391,9 +423,9 @@ pub(crate) fn qk_rope<R: CubeRuntime>(
 /// vectorized: CUDA's generated code had no unary minus for a vector type.
 #[cube(launch)]
 fn swiglu_kernel<F: Float>(
-    gate: &Tensor<F>,
-    up: &Tensor<F>,
-    out: &mut Tensor<F>,
+    gate: &Array<F>,
+    up: &Array<F>,
+    out: &mut Array<F>,
     #[define(F)] _dtype: StorageType,
 ) {
     let pos = ABSOLUTE_POS;
@@ -418,9 +450,9 @@ pub(crate) fn swiglu<R: CubeRuntime>(gate: CubeTensor<R>, up: CubeTensor<R>) -> 
         &gate.client,
         count,
         dim,
-        gate.clone().into_tensor_arg(),
-        up.into_tensor_arg(),
-        out.clone().into_tensor_arg(),
+        gate.clone().into_array_arg(),
+        up.into_array_arg(),
+        out.clone().into_array_arg(),
         gate.dtype.into(),
     );
     out

@@ -458,7 +458,7 @@ where
 
     fn losa_few_row_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
         if few_rows_mma::takes(&x, &[&w]) {
-            return few_rows_mma::few_row_matmul(x, w, pad_rows::<R, F, I, BT>);
+            return few_rows_mma::few_row_matmul(x, w);
         }
         if !kernel_float(x.dtype) || w.dtype != x.dtype {
             fallback("few-row matmul", "dtypes the kernel does not take");
@@ -479,7 +479,7 @@ where
         ws: Vec<FloatTensor<Self>>,
     ) -> Vec<FloatTensor<Self>> {
         if few_rows_mma::takes(&x, &ws.iter().collect::<Vec<_>>()) {
-            return few_rows_mma::few_row_matmuls(x, ws, pad_rows::<R, F, I, BT>);
+            return few_rows_mma::few_row_matmuls(x, ws);
         }
         on_primitives::few_row_matmuls::<Self>(x, ws)
     }
@@ -490,7 +490,7 @@ where
         up: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
         if gate.meta.shape() == up.meta.shape() && few_rows_mma::takes(&x, &[&gate, &up]) {
-            return few_rows_mma::few_row_swiglu(x, gate, up, pad_rows::<R, F, I, BT>);
+            return few_rows_mma::few_row_swiglu(x, gate, up);
         }
         on_primitives::few_row_swiglu::<Self>(x, gate, up)
     }
@@ -567,24 +567,4 @@ where
         }
         layer_ops::swiglu(gate, up)
     }
-}
-
-/// `x [r, k]` with zero rows appended up to `rows` (the tensor-core kernels read whole 16-row
-/// tiles).
-fn pad_rows<R, F, I, BT>(x: CubeTensor<R>, rows: usize) -> CubeTensor<R>
-where
-    R: CubeRuntime,
-    F: FloatElement,
-    I: IntElement,
-    BT: BoolElement,
-{
-    use burn::tensor::{Shape, Slice, ops::FloatTensorOps};
-    let [r, k] = x.meta.shape().dims::<2>();
-    let zeros =
-        CubeBackend::<R, F, I, BT>::float_zeros(Shape::new([rows, k]), &x.device, x.dtype.into());
-    CubeBackend::<R, F, I, BT>::float_slice_assign(
-        zeros,
-        &[Slice::from(0..r), Slice::from(0..k)],
-        x,
-    )
 }

@@ -56,10 +56,11 @@ fn page_bounds_kernel<F: Float>(
     clippy::too_many_arguments
 )]
 fn page_scores_kernel<F: Float, N: Size>(
-    q: &Tensor<Vector<F, N>>,
-    lo: &Tensor<Vector<F, N>>,
-    hi: &Tensor<Vector<F, N>>,
-    scores: &mut Tensor<f32>,
+    q: &Array<Vector<F, N>>,
+    lo: &Array<Vector<F, N>>,
+    hi: &Array<Vector<F, N>>,
+    scores: &mut Array<f32>,
+    bounds: PageBounds,
     row_groups: usize,
     #[comptime] dv: usize,
     group_rows: usize,
@@ -74,8 +75,8 @@ fn page_scores_kernel<F: Float, N: Size>(
     let z = CUBE_POS_Z as usize;
     let bi = z / row_groups;
     let rg = z % row_groups;
-    let hkv = lo.shape(1);
-    let np = lo.shape(2);
+    let hkv = bounds.hkv;
+    let np = bounds.np;
     let first_row = (bi * hkv + kvh) * group_rows + rg * rows;
     let valid_rows = min(rows, group_rows - rg * rows);
 
@@ -91,8 +92,8 @@ fn page_scores_kernel<F: Float, N: Size>(
     }
     sync_cube();
     if page < np {
-        let lo_base = (bi * lo.stride(0) + kvh * lo.stride(1) + page * lo.stride(2)) / width;
-        let hi_base = (bi * hi.stride(0) + kvh * hi.stride(1) + page * hi.stride(2)) / width;
+        let lo_base = bi * bounds.lo_batch + kvh * bounds.lo_head + page * bounds.lo_page;
+        let hi_base = bi * bounds.hi_batch + kvh * bounds.hi_head + page * bounds.hi_page;
         let mut acc = Array::<f32>::new(rows);
         #[unroll]
         for r in 0..rows {
@@ -119,6 +120,20 @@ fn page_scores_kernel<F: Float, N: Size>(
     }
 }
 
+/// The page bounds' KV heads and pages and their strides over batch, KV head and page, in
+/// vectors (kernel arguments, not tensor metadata, which a launch would upload first).
+#[derive(CubeLaunch, CubeType, Clone, Copy)]
+struct PageBounds {
+    hkv: usize,
+    np: usize,
+    lo_batch: usize,
+    lo_head: usize,
+    lo_page: usize,
+    hi_batch: usize,
+    hi_head: usize,
+    hi_page: usize,
+}
+
 /// Units of the threshold kernel's cube (a power of two: the reductions halve it).
 const THRESHOLD_UNITS: usize = 128;
 
@@ -131,15 +146,15 @@ const THRESHOLD_UNITS: usize = 128;
 #[cube(launch)]
 #[allow(clippy::manual_div_ceil, clippy::manual_is_multiple_of)]
 fn threshold_kernel(
-    scores: &Tensor<f32>,
-    threshold: &mut Tensor<f32>,
+    scores: &Array<f32>,
+    threshold: &mut Array<f32>,
+    np: usize,
     k: usize,
     #[comptime] units: usize,
     #[comptime] planes: bool,
 ) {
     let row = CUBE_POS_X as usize + CUBE_POS_Y as usize * CUBE_COUNT_X as usize;
     let unit = UNIT_POS_X as usize;
-    let np = scores.shape(3);
     let rows = threshold.len();
     let valid_row = row < rows;
     let base = row * np;
@@ -232,9 +247,13 @@ fn threshold_kernel(
 #[cube(launch)]
 #[allow(clippy::manual_div_ceil, clippy::manual_is_multiple_of)]
 fn union_kernel<I: Int>(
-    scores: &Tensor<f32>,
-    threshold: &Tensor<f32>,
-    mask: &mut Tensor<I>,
+    scores: &Array<f32>,
+    threshold: &Array<f32>,
+    mask: &mut Array<I>,
+    np: usize,
+    s: usize,
+    hq: usize,
+    hkv: usize,
     keep_first: u32,
     keep_last: u32,
     #[define(I)] _dtype: StorageType,
@@ -243,10 +262,6 @@ fn union_kernel<I: Int>(
     if pos >= mask.len() {
         terminate!();
     }
-    let np = scores.shape(3);
-    let s = scores.shape(2);
-    let hq = scores.shape(1);
-    let hkv = mask.shape(1);
     let g = hq / hkv;
     let page = pos % np;
     let bk = pos / np;
@@ -336,6 +351,17 @@ pub(crate) fn page_scores<R: CubeRuntime>(
     let group_rows = (hq / hkv) * s;
     let rows = group_rows.min(score_rows(&q));
     let row_groups = group_rows.div_ceil(rows);
+    let (ls, hs) = (lo.meta.strides(), hi.meta.strides());
+    let bounds = PageBoundsLaunch::new(
+        hkv,
+        np,
+        ls[0] / width,
+        ls[1] / width,
+        ls[2] / width,
+        hs[0] / width,
+        hs[1] / width,
+        hs[2] / width,
+    );
     page_scores_kernel::launch::<R>(
         &q.client,
         CubeCount::Static(
@@ -345,10 +371,11 @@ pub(crate) fn page_scores<R: CubeRuntime>(
         ),
         CubeDim::new_1d(SCORE_UNITS as u32),
         width,
-        q.clone().into_tensor_arg(),
-        lo.into_tensor_arg(),
-        hi.into_tensor_arg(),
-        scores.clone().into_tensor_arg(),
+        q.clone().into_array_arg(),
+        lo.into_array_arg(),
+        hi.into_array_arg(),
+        scores.clone().into_array_arg(),
+        bounds,
         row_groups,
         d / width,
         group_rows,
@@ -389,8 +416,9 @@ pub(crate) fn select_pages<R: CubeRuntime>(
         &client,
         super::cube_grid(rows),
         CubeDim::new_1d(THRESHOLD_UNITS as u32),
-        scores.clone().into_tensor_arg(),
-        threshold.clone().into_tensor_arg(),
+        scores.clone().into_array_arg(),
+        threshold.clone().into_array_arg(),
+        np,
         pages_per_query,
         THRESHOLD_UNITS,
         planes,
@@ -406,9 +434,13 @@ pub(crate) fn select_pages<R: CubeRuntime>(
         &client,
         count,
         dim,
-        scores.into_tensor_arg(),
-        threshold.into_tensor_arg(),
-        mask.clone().into_tensor_arg(),
+        scores.into_array_arg(),
+        threshold.into_array_arg(),
+        mask.clone().into_array_arg(),
+        np,
+        s,
+        hq,
+        kv_heads,
         keep_first as u32,
         keep_last as u32,
         int_dtype.into(),

@@ -151,18 +151,20 @@ pub(crate) const MAX_PICK_ROWS: usize = 1024;
 #[cube(launch)]
 #[allow(clippy::manual_div_ceil, clippy::manual_is_multiple_of)]
 fn pick_active_rows_kernel<F: Float, I: Int>(
-    q: &Tensor<F>,
-    q_cached: &Tensor<F>,
-    rows: &mut Tensor<I>,
-    q_active: &mut Tensor<F>,
+    q: &Array<F>,
+    q_cached: &Array<F>,
+    rows: &mut Array<I>,
+    q_active: &mut Array<F>,
+    h: usize,
+    s: usize,
+    d: usize,
+    k: usize,
     #[comptime] units: usize,
     #[comptime] max_rows: usize,
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
     let b = CUBE_POS_X as usize;
     let unit = UNIT_POS_X as usize;
-    let (h, s, d) = (q.shape(1), q.shape(2), q.shape(3));
-    let k = rows.shape(1);
     let mut change = SharedMemory::<f32>::new(max_rows);
     let mut picked = SharedMemory::<u32>::new(max_rows);
     for i in 0..s {
@@ -214,17 +216,21 @@ pub(crate) fn pick_active_rows<R: CubeRuntime>(
     int_dtype: DType,
 ) -> (CubeTensor<R>, CubeTensor<R>) {
     let (q, q_cached) = (into_contiguous(q), into_contiguous(q_cached));
-    let [b, h, _, d] = q.meta.shape().dims::<4>();
+    let [b, h, s, d] = q.meta.shape().dims::<4>();
     let rows = alloc_like(&q, [b, k], int_dtype);
     let q_active = alloc_like(&q, [b, h, k, d], q.dtype);
     pick_active_rows_kernel::launch::<R>(
         &q.client,
         CubeCount::Static(b as u32, 1, 1),
         CubeDim::new_1d(CHANGE_UNITS as u32),
-        q.clone().into_tensor_arg(),
-        q_cached.into_tensor_arg(),
-        rows.clone().into_tensor_arg(),
-        q_active.clone().into_tensor_arg(),
+        q.clone().into_array_arg(),
+        q_cached.into_array_arg(),
+        rows.clone().into_array_arg(),
+        q_active.clone().into_array_arg(),
+        h,
+        s,
+        d,
+        k,
         CHANGE_UNITS,
         MAX_PICK_ROWS,
         [q.dtype.into(), int_dtype.into()],
