@@ -9,6 +9,8 @@
 //! bench-attention --out rows.json [--quick] [--keys clustered]
 //! ```
 //!
+//! On CUDA the backend is burn's CubeCL backend without burn-fusion (see `Dev`).
+//!
 //! Timing: each measurement runs a batch of iterations between two device synchronisations and
 //! reports the median per-iteration time over several batches, after warm-up; iterations rotate
 //! over several copies of the KV cache so that no copy stays in L2 between its uses.
@@ -23,8 +25,11 @@ use losa::losa_attention::{
 };
 use serde_json::json;
 
+// CUDA without burn-fusion: the attention steps are custom ops that fusion cannot merge, and its
+// per-op registration (every op, reshape and drop) is host time a step would pay on top of the
+// kernels (the 1K decode diag: 22.9 ms per dense step fused against 13.7 unfused, H100).
 #[cfg(feature = "cuda")]
-type Dev = burn::backend::Cuda<f32, i32>;
+type Dev = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>;
 #[cfg(all(feature = "wgpu", not(feature = "cuda")))]
 type Dev = burn::backend::Wgpu<f32, i32>;
 #[cfg(not(any(feature = "wgpu", feature = "cuda")))]

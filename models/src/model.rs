@@ -47,16 +47,39 @@ impl<B: LosaBackend> KvCache<B> {
     }
 }
 
-/// Per-layer LoSA states of the block being denoised.
+/// Per-layer LoSA states of the block being denoised, and the block's RoPE tables.
 #[derive(Debug, Clone)]
 pub struct BlockState<B: Backend> {
     layers: Vec<LayerState<B>>,
+    /// The tables of the last pass and its `(start, seq)`: every pass over a block has the same
+    /// positions, so the steps after the first reuse them (building them is host work and two
+    /// uploads per pass).
+    rope: Option<((usize, usize), RopeTables<B>)>,
 }
 
 impl<B: Backend> BlockState<B> {
     /// Resets every layer (the next step is step 0 of a new block).
     pub fn reset(&mut self) {
         self.layers.iter_mut().for_each(LayerState::reset);
+        self.rope = None;
+    }
+
+    /// The RoPE tables of positions `start..start + seq`, built by `build` unless the last pass
+    /// had the same positions.
+    fn rope_tables(
+        &mut self,
+        start: usize,
+        seq: usize,
+        build: impl FnOnce() -> RopeTables<B>,
+    ) -> RopeTables<B> {
+        match &self.rope {
+            Some((at, tables)) if *at == (start, seq) => tables.clone(),
+            _ => {
+                let tables = build();
+                self.rope = Some(((start, seq), tables.clone()));
+                tables
+            }
+        }
     }
 }
 
@@ -116,6 +139,7 @@ impl<B: LosaBackend> DlmModel<B> {
             layers: (0..self.config.num_layers)
                 .map(|_| LayerState::new())
                 .collect(),
+            rope: None,
         }
     }
 
@@ -262,15 +286,21 @@ impl<B: LosaBackend> DlmModel<B> {
         let device = embed.device();
         // Per pass, not per layer: the positions (and so the RoPE tables and the prefill mask)
         // are the same in every layer. A masked pass always starts right after its cache.
-        let rope = RopeTables::new(
-            start,
-            s,
-            c.head_dim,
-            c.rope_theta,
-            c.rope_scaling.as_ref(),
-            &device,
-            embed.dtype(),
-        );
+        let build = || {
+            RopeTables::new(
+                start,
+                s,
+                c.head_dim,
+                c.rope_theta,
+                c.rope_scaling.as_ref(),
+                &device,
+                embed.dtype(),
+            )
+        };
+        let rope = match &mut keys {
+            Keys::Step { state, .. } => state.rope_tables(start, s, build),
+            Keys::Masked(..) => build(),
+        };
         let hidden = match keys {
             Keys::Masked(..) => hidden_keys::<B>(start, s, start, self.mask_block(), &device),
             Keys::Step { .. } => None,

@@ -16,7 +16,7 @@
 //! same way for both operands, so the result is the product. That layout is PTX's, which
 //! `has_manual_mma` checks the runtime compiles to (CUDA).
 //!
-//! A cube's [`WARPS`] warps take the same [`COLS`] columns and split `k` in 64-wide runs (a
+//! A cube's warps ([`WARPS`], [`SWIGLU_WARPS`]) take the same [`COLS`] columns and split `k` in 64-wide runs (a
 //! 128-byte run of each weight row per warp, 1 KB per cube), and meet once in shared memory.
 //! One launch serves up to [`MAX_WEIGHTS`] weights that share `x` (q, k and v); a second
 //! kernel fuses the MLP's gate and up projections with the SwiGLU between them. Rows past
@@ -31,8 +31,12 @@ use cubecl::{
 
 use super::{PLANE, alloc_like};
 
-/// Warps per cube, splitting `k`.
-const WARPS: usize = 8;
+/// Warps per cube of the products, splitting `k`: enough weight loads in flight per
+/// multiprocessor when a weight has few column groups (4096 columns: 128 cubes).
+const WARPS: usize = 16;
+
+/// Warps per cube of the gated product, whose two products' partials share its shared memory.
+const SWIGLU_WARPS: usize = 8;
 
 /// Columns of one `mma` (its `n`), and of one lane group's weight rows.
 const N8: usize = 8;
@@ -263,6 +267,7 @@ fn warp_product<F: Float, N: Size>(
     at: &Operands,
     col0: usize,
     #[comptime] m_tiles: usize,
+    #[comptime] warps: usize,
 ) -> Accumulators {
     let warp = UNIT_POS_Y as usize;
     let mut acc = zero_accumulators();
@@ -271,9 +276,9 @@ fn warp_product<F: Float, N: Size>(
     while p < pairs {
         chunk(x, w, at, col0, 2 * p, &mut acc, m_tiles);
         chunk(x, w, at, col0, 2 * p + 1, &mut acc, m_tiles);
-        p += WARPS;
+        p += warps;
     }
-    if at.chunks % 2 == 1 && warp == pairs % WARPS {
+    if at.chunks % 2 == 1 && warp == pairs % warps {
         chunk(x, w, at, col0, at.chunks - 1, &mut acc, m_tiles);
     }
     acc
@@ -289,10 +294,11 @@ fn park_tile(
     #[comptime] j: usize,
     #[comptime] slot: usize,
     #[comptime] m_tiles: usize,
+    #[comptime] warps: usize,
 ) {
     let lane = UNIT_POS_PLANE as usize;
     let warp = UNIT_POS_Y as usize;
-    let base = (slot * WARPS + warp) * m_tiles * 16 * COLS;
+    let base = (slot * warps + warp) * m_tiles * 16 * COLS;
     let row = m * 16 + lane / 4;
     let col = j * N8 + (lane % 4) * 2;
     #[unroll]
@@ -309,16 +315,17 @@ fn park(
     acc: &Accumulators,
     #[comptime] slot: usize,
     #[comptime] m_tiles: usize,
+    #[comptime] warps: usize,
 ) {
-    park_tile(partial, &acc.r0c0, 0usize, 0usize, slot, m_tiles);
-    park_tile(partial, &acc.r0c1, 0usize, 1usize, slot, m_tiles);
-    park_tile(partial, &acc.r0c2, 0usize, 2usize, slot, m_tiles);
-    park_tile(partial, &acc.r0c3, 0usize, 3usize, slot, m_tiles);
+    park_tile(partial, &acc.r0c0, 0usize, 0usize, slot, m_tiles, warps);
+    park_tile(partial, &acc.r0c1, 0usize, 1usize, slot, m_tiles, warps);
+    park_tile(partial, &acc.r0c2, 0usize, 2usize, slot, m_tiles, warps);
+    park_tile(partial, &acc.r0c3, 0usize, 3usize, slot, m_tiles, warps);
     if m_tiles > 1 {
-        park_tile(partial, &acc.r1c0, 1usize, 0usize, slot, m_tiles);
-        park_tile(partial, &acc.r1c1, 1usize, 1usize, slot, m_tiles);
-        park_tile(partial, &acc.r1c2, 1usize, 2usize, slot, m_tiles);
-        park_tile(partial, &acc.r1c3, 1usize, 3usize, slot, m_tiles);
+        park_tile(partial, &acc.r1c0, 1usize, 0usize, slot, m_tiles, warps);
+        park_tile(partial, &acc.r1c1, 1usize, 1usize, slot, m_tiles, warps);
+        park_tile(partial, &acc.r1c2, 1usize, 2usize, slot, m_tiles, warps);
+        park_tile(partial, &acc.r1c3, 1usize, 3usize, slot, m_tiles, warps);
     }
 }
 
@@ -329,11 +336,12 @@ fn warp_sum(
     e: usize,
     #[comptime] slot: usize,
     #[comptime] m_tiles: usize,
+    #[comptime] warps: usize,
 ) -> f32 {
     let mut sum = 0.0f32;
     #[unroll]
-    for warp in 0..WARPS {
-        sum += partial[(slot * WARPS + warp) * m_tiles * 16 * COLS + e];
+    for warp in 0..warps {
+        sum += partial[(slot * warps + warp) * m_tiles * 16 * COLS + e];
     }
     sum
 }
@@ -348,15 +356,16 @@ fn cube_product<F: Float, N: Size>(
     col0: usize,
     #[comptime] m_tiles: usize,
 ) {
-    let acc = warp_product(x, w, at, col0, m_tiles);
+    let acc = warp_product(x, w, at, col0, m_tiles, WARPS);
     let mut partial = SharedMemory::<f32>::new(WARPS * m_tiles * 16 * COLS);
-    park(&mut partial, &acc, 0usize, m_tiles);
+    park(&mut partial, &acc, 0usize, m_tiles, WARPS);
     sync_cube();
     let mut e = UNIT_POS as usize;
     while e < at.rows * COLS {
         let col = col0 + e % COLS;
         if col < at.n {
-            out[(e / COLS) * at.n + col] = F::cast_from(warp_sum(&partial, e, 0usize, m_tiles));
+            out[(e / COLS) * at.n + col] =
+                F::cast_from(warp_sum(&partial, e, 0usize, m_tiles, WARPS));
         }
         e += comptime!(WARPS * PLANE);
     }
@@ -469,21 +478,33 @@ fn few_row_swiglu_kernel<F: Float, N: Size>(
         n: cols,
         chunks,
     };
-    let mut partial = SharedMemory::<f32>::new(2 * WARPS * m_tiles * 16 * COLS);
-    let g = warp_product(x, gate, &at_gate, col0, m_tiles);
-    park(&mut partial, &g, 0usize, m_tiles);
-    let u = warp_product(x, up, &at_up, col0, m_tiles);
-    park(&mut partial, &u, 1usize, m_tiles);
+    let mut partial = SharedMemory::<f32>::new(2 * SWIGLU_WARPS * m_tiles * 16 * COLS);
+    let g = warp_product(x, gate, &at_gate, col0, m_tiles, SWIGLU_WARPS);
+    park(&mut partial, &g, 0usize, m_tiles, SWIGLU_WARPS);
+    let u = warp_product(x, up, &at_up, col0, m_tiles, SWIGLU_WARPS);
+    park(&mut partial, &u, 1usize, m_tiles, SWIGLU_WARPS);
     sync_cube();
     let mut e = UNIT_POS as usize;
     while e < rows * COLS {
         let col = col0 + e % COLS;
         if col < cols {
-            let g = f32::cast_from(F::cast_from(warp_sum(&partial, e, 0usize, m_tiles)));
-            let u = f32::cast_from(F::cast_from(warp_sum(&partial, e, 1usize, m_tiles)));
+            let g = f32::cast_from(F::cast_from(warp_sum(
+                &partial,
+                e,
+                0usize,
+                m_tiles,
+                SWIGLU_WARPS,
+            )));
+            let u = f32::cast_from(F::cast_from(warp_sum(
+                &partial,
+                e,
+                1usize,
+                m_tiles,
+                SWIGLU_WARPS,
+            )));
             out[(e / COLS) * cols + col] = F::cast_from(g / (1.0f32 + f32::exp(-g)) * u);
         }
-        e += comptime!(WARPS * PLANE);
+        e += comptime!(SWIGLU_WARPS * PLANE);
     }
 }
 
@@ -638,7 +659,7 @@ pub(crate) fn few_row_swiglu<R: CubeRuntime>(
     few_row_swiglu_kernel::launch::<R>(
         &x.client,
         super::cube_grid(n.div_ceil(COLS)),
-        CubeDim::new_2d(PLANE as u32, WARPS as u32),
+        CubeDim::new_2d(PLANE as u32, SWIGLU_WARPS as u32),
         VEC,
         x.clone().into_array_arg(),
         gate.into_array_arg(),
