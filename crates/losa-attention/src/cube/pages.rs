@@ -137,6 +137,10 @@ struct PageBounds {
 /// Units of the threshold kernel's cube (a power of two: the reductions halve it).
 const THRESHOLD_UNITS: usize = 128;
 
+/// Most pages whose scores the threshold kernel stages in shared memory (32 KB: 128K keys at
+/// page 16); longer rows are read from memory on every pass.
+const MAX_STAGED: usize = 8192;
+
 /// One cube per (batch, head, row): the `k`-th largest score counted with multiplicity.
 ///
 /// Walks the distinct values from the top, adding their multiplicities until `k` are covered.
@@ -144,7 +148,11 @@ const THRESHOLD_UNITS: usize = 128;
 /// one, and how many equal the previous one) and one cube-wide (max, sum) reduction: with plane
 /// operations one barrier (the scratch alternates between two halves by pass), else a tree.
 #[cube(launch)]
-#[allow(clippy::manual_div_ceil, clippy::manual_is_multiple_of)]
+#[allow(
+    clippy::manual_div_ceil,
+    clippy::manual_is_multiple_of,
+    unused_assignments
+)]
 fn threshold_kernel(
     scores: &Array<f32>,
     threshold: &mut Array<f32>,
@@ -152,6 +160,7 @@ fn threshold_kernel(
     k: usize,
     #[comptime] units: usize,
     #[comptime] planes: bool,
+    #[comptime] staged: bool,
 ) {
     let row = CUBE_POS_X as usize + CUBE_POS_Y as usize * CUBE_COUNT_X as usize;
     let unit = UNIT_POS_X as usize;
@@ -166,13 +175,33 @@ fn threshold_kernel(
     let mut result = NEG_SENTINEL.runtime();
     let mut searching = true.runtime();
     let mut half = 0usize.runtime();
+    // With `staged`, the row's scores are read from memory once, into shared memory, and every
+    // pass reads them there.
+    let mut stage = SharedMemory::<f32>::new(comptime!(if staged { MAX_STAGED } else { 1 }));
+    if staged {
+        let mut p = unit;
+        while p < np {
+            let mut x = NEG_SENTINEL.runtime();
+            if valid_row {
+                x = scores[base + p];
+            }
+            stage[p] = x;
+            p += units;
+        }
+        sync_cube();
+    }
     while searching {
         let mut best = NEG_SENTINEL.runtime();
         let mut ties = 0u32.runtime();
         if valid_row {
             let mut p = unit;
             while p < np {
-                let x = scores[base + p];
+                let mut x = 0.0f32.runtime();
+                if staged {
+                    x = stage[p];
+                } else {
+                    x = scores[base + p];
+                }
                 if (!bounded || x < below) && x > best {
                     best = x;
                 }
@@ -315,8 +344,11 @@ pub(crate) fn page_bounds<R: CubeRuntime>(
 
 /// Pages one cube of the score kernel covers (one per unit).
 const SCORE_UNITS: usize = 128;
-/// Packed rows one cube of the score kernel serves (fp32 accumulators per unit).
-const SCORE_ROWS: usize = 32;
+/// Packed rows one cube of the score kernel serves (fp32 accumulators per unit). Few: a unit
+/// scores one page for each of them in a serial chain, and with 32 a LoSA step's 20 rows left
+/// one such chain per unit at 8 x 4,096 units in all (25 µs at 64K on the H100, ncu); a cube's
+/// bounds are re-read per group, from L2.
+const SCORE_ROWS: usize = 8;
 
 /// Packed rows per cube of the score kernel: [`SCORE_ROWS`], fewer where the rows' fp32 queries
 /// would not fit the runtime's shared memory.
@@ -422,6 +454,7 @@ pub(crate) fn select_pages<R: CubeRuntime>(
         pages_per_query,
         THRESHOLD_UNITS,
         planes,
+        np <= MAX_STAGED && client.properties().hardware.max_shared_memory_size >= 48 * 1024,
     );
     let mask = empty_device_contiguous_dtype::<R>(
         client.clone(),

@@ -145,19 +145,30 @@ pub(crate) fn active_rows<R: CubeRuntime>(
 /// Most rows [`pick_active_rows_kernel`] ranks (its shared memory holds one change per row).
 pub(crate) const MAX_PICK_ROWS: usize = 1024;
 
-/// One cube per batch element: each row's mean squared query change (the cube reducing one
-/// row at a time, as [`query_change_kernel`] does), each row's rank by it (as
+/// Units of the pick cube.
+const PICK_UNITS: usize = 256;
+
+/// One cube per batch element: each row's mean squared query change, each row's rank by it (as
 /// [`active_rows_kernel`] ranks), the `k` top rows' indices, and their queries gathered.
+///
+/// The rows' changes are computed side by side: a group of rows at a time (all of them up to
+/// the cube's units), each row's `segs` units reading its `heads x head_dim` values in vectors
+/// (adjacent units adjacent vectors), one shared-memory sum per row. The loads are independent,
+/// so a row costs one trip to memory, not one per value.
 #[cube(launch)]
-#[allow(clippy::manual_div_ceil, clippy::manual_is_multiple_of)]
-fn pick_active_rows_kernel<F: Float, I: Int>(
-    q: &Array<F>,
-    q_cached: &Array<F>,
+#[allow(
+    clippy::manual_div_ceil,
+    clippy::manual_is_multiple_of,
+    clippy::too_many_arguments
+)]
+fn pick_active_rows_kernel<F: Float, N: Size, I: Int>(
+    q: &Array<Vector<F, N>>,
+    q_cached: &Array<Vector<F, N>>,
     rows: &mut Array<I>,
-    q_active: &mut Array<F>,
+    q_active: &mut Array<Vector<F, N>>,
     h: usize,
     s: usize,
-    d: usize,
+    dv: usize,
     k: usize,
     #[comptime] units: usize,
     #[comptime] max_rows: usize,
@@ -165,22 +176,40 @@ fn pick_active_rows_kernel<F: Float, I: Int>(
 ) {
     let b = CUBE_POS_X as usize;
     let unit = UNIT_POS_X as usize;
+    let width = q.vector_size();
     let mut change = SharedMemory::<f32>::new(max_rows);
+    let mut partial = SharedMemory::<f32>::new(units);
     let mut picked = SharedMemory::<u32>::new(max_rows);
-    for i in 0..s {
-        let mut sum = 0.0f32;
-        let mut e = unit;
-        while e < h * d {
-            let at = ((b * h + e / d) * s + i) * d + e % d;
-            let x = f32::cast_from(q[at]) - f32::cast_from(q_cached[at]);
-            sum += x * x;
-            e += units;
+    let group = min(s, units);
+    let segs = units / group;
+    let (r, seg) = (unit / segs, unit % segs);
+    let vectors = h * dv;
+    let mut first = 0usize.runtime();
+    // Uniform over the cube: every unit joins both barriers of every group.
+    while first < s {
+        let row = first + r;
+        let mut sum = 0.0f32.runtime();
+        if r < group && row < s {
+            let mut v = seg;
+            while v < vectors {
+                let at = ((b * h + v / dv) * s + row) * dv + v % dv;
+                let x =
+                    Vector::<f32, N>::cast_from(q[at]) - Vector::<f32, N>::cast_from(q_cached[at]);
+                sum += x.dot(x);
+                v += segs;
+            }
         }
-        let total = cube_sum(sum, units);
-        if unit == 0 {
-            change[i] = ordered(total / f32::cast_from(h * d));
+        partial[unit] = sum;
+        sync_cube();
+        if unit < group && first + unit < s {
+            let mut total = 0.0f32;
+            for j in 0..segs {
+                total += partial[unit * segs + j];
+            }
+            change[first + unit] = ordered(total / f32::cast_from(vectors * width));
         }
         sync_cube();
+        first += group;
     }
     let mut i = unit;
     while i < s {
@@ -200,10 +229,10 @@ fn pick_active_rows_kernel<F: Float, I: Int>(
     }
     sync_cube();
     let mut e = unit;
-    while e < h * k * d {
-        let (head, j, c) = (e / (k * d), (e / d) % k, e % d);
-        q_active[((b * h + head) * k + j) * d + c] =
-            q[((b * h + head) * s + picked[j] as usize) * d + c];
+    while e < h * k * dv {
+        let (head, j, c) = (e / (k * dv), (e / dv) % k, e % dv);
+        q_active[((b * h + head) * k + j) * dv + c] =
+            q[((b * h + head) * s + picked[j] as usize) * dv + c];
         e += units;
     }
 }
@@ -219,19 +248,21 @@ pub(crate) fn pick_active_rows<R: CubeRuntime>(
     let [b, h, s, d] = q.meta.shape().dims::<4>();
     let rows = alloc_like(&q, [b, k], int_dtype);
     let q_active = alloc_like(&q, [b, h, k, d], q.dtype);
+    let width = super::channel_vector_width(&[&q, &q_cached]);
     pick_active_rows_kernel::launch::<R>(
         &q.client,
         CubeCount::Static(b as u32, 1, 1),
-        CubeDim::new_1d(CHANGE_UNITS as u32),
+        CubeDim::new_1d(PICK_UNITS as u32),
+        width,
         q.clone().into_array_arg(),
         q_cached.into_array_arg(),
         rows.clone().into_array_arg(),
         q_active.clone().into_array_arg(),
         h,
         s,
-        d,
+        d / width,
         k,
-        CHANGE_UNITS,
+        PICK_UNITS,
         MAX_PICK_ROWS,
         [q.dtype.into(), int_dtype.into()],
     );
