@@ -99,33 +99,15 @@ fn page_scores_kernel<F: Float, N: Size>(
         for r in 0..rows {
             acc[r] = 0.0f32;
         }
-        // `step` channel vectors of the bounds are loaded before any is used: their loads are
-        // in flight together (one at a time, the kernel waited on memory once per vector).
-        let step = comptime!(if dv % BOUNDS_IN_FLIGHT == 0 {
-            BOUNDS_IN_FLIGHT
-        } else {
-            1usize
-        });
-        let mut lv = Array::<Vector<F, N>>::new(step);
-        let mut hv = Array::<Vector<F, N>>::new(step);
-        for c0 in 0..comptime!(dv / step) {
-            let c = c0 * step;
+        for c in 0..dv {
+            let l = Vector::<f32, N>::cast_from(lo[lo_base + c]);
+            let h = Vector::<f32, N>::cast_from(hi[hi_base + c]);
             #[unroll]
-            for j in 0..step {
-                lv[j] = lo[lo_base + c + j];
-                hv[j] = hi[hi_base + c + j];
-            }
-            #[unroll]
-            for j in 0..step {
-                let l = Vector::<f32, N>::cast_from(lv[j]);
-                let h = Vector::<f32, N>::cast_from(hv[j]);
+            for r in 0..rows {
+                let qv = q_s[r * dv + c];
                 #[unroll]
-                for r in 0..rows {
-                    let qv = q_s[r * dv + c + j];
-                    #[unroll]
-                    for i in 0..width {
-                        acc[r] += max(qv[i] * l[i], qv[i] * h[i]);
-                    }
+                for i in 0..width {
+                    acc[r] += max(qv[i] * l[i], qv[i] * h[i]);
                 }
             }
         }
@@ -364,11 +346,9 @@ pub(crate) fn page_bounds<R: CubeRuntime>(
 const SCORE_UNITS: usize = 128;
 /// Packed rows one cube of the score kernel serves (fp32 accumulators per unit). Each row group
 /// re-reads the bounds: 8 rows per cube (3 groups for a LoSA step's 20 rows) took 29 µs against
-/// 25 at 32 (64K, H100, ncu).
+/// 25 at 32 (64K, H100, ncu). Loading four channel vectors of bounds ahead of their use left
+/// LoSA's 25 µs as it was and took Quest's 64 rows from 52 to 74 µs (registers); not kept.
 const SCORE_ROWS: usize = 32;
-
-/// Channel vectors of the page bounds each unit of the score kernel loads before using them.
-const BOUNDS_IN_FLIGHT: usize = 4;
 
 /// Packed rows per cube of the score kernel: [`SCORE_ROWS`], fewer where the rows' fp32 queries
 /// would not fit the runtime's shared memory.
