@@ -2,35 +2,35 @@
 
     python3 bench/readme_tables.py        (rewrites the sections between the README's markers)
 
-- attention-table: bench/results/attention-h200.json (`examples/bench-attention.rs` + `bench/attention_anchor.py`)
+- attention-table: bench/results/attention-h100.json (`examples/bench-attention.rs` + `bench/attention_anchor.py`)
 - eval-table: bench/results/eval-retrieval-dense.json (`losa eval --attention dense`, every length),
   bench/results/eval-retrieval.json (`losa eval --sweep`) and bench/results/eval-retrieval-static.json
   (`losa eval --sweep --policy low_confidence_static --steps 4`)
-- generate-table: bench/results/generate-h200.json (`losa bench generate` + `bench/generate_anchor.py`)
-- generate-unfused-table: bench/results/generate-h200-unfused.json (the same with `--device cuda-unfused`)
+- generate-table: bench/results/generate-h100.json (`losa bench generate` + `bench/generate_anchor.py`)
+- generate-unfused-table: bench/results/generate-h100-unfused.json (the same with `--device cuda-unfused`)
 - variants-table: bench/results/train-retrieval-variants.json (`bench/merge_evals.py` over `losa eval` results)
-- matmul-table: bench/results/matmul-h200.json (`losa bench matmul`, with the card and commit of its call added)
+- matmul-table: bench/results/matmul-h100.json (`losa bench matmul`, with the card and commit of its call added)
 """
 
 import json
 import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RESULT = os.path.join(ROOT, "bench", "results", "attention-h200.json")
+RESULT = os.path.join(ROOT, "bench", "results", "attention-h100.json")
 START, END = "<!-- attention-table:start -->", "<!-- attention-table:end -->"
 EVAL_RESULTS = [
     os.path.join(ROOT, "bench", "results", name)
     for name in ("eval-retrieval-dense.json", "eval-retrieval.json", "eval-retrieval-static.json")
 ]
 EVAL_START, EVAL_END = "<!-- eval-table:start -->", "<!-- eval-table:end -->"
-GEN_RESULT = os.path.join(ROOT, "bench", "results", "generate-h200.json")
+GEN_RESULT = os.path.join(ROOT, "bench", "results", "generate-h100.json")
 GEN_START, GEN_END = "<!-- generate-table:start -->", "<!-- generate-table:end -->"
-GEN_UNFUSED_RESULT = os.path.join(ROOT, "bench", "results", "generate-h200-unfused.json")
+GEN_UNFUSED_RESULT = os.path.join(ROOT, "bench", "results", "generate-h100-unfused.json")
 GEN_UNFUSED_START = "<!-- generate-unfused-table:start -->"
 GEN_UNFUSED_END = "<!-- generate-unfused-table:end -->"
 VARIANTS_RESULT = os.path.join(ROOT, "bench", "results", "train-retrieval-variants.json")
 VARIANTS_START, VARIANTS_END = "<!-- variants-table:start -->", "<!-- variants-table:end -->"
-MATMUL_RESULT = os.path.join(ROOT, "bench", "results", "matmul-h200.json")
+MATMUL_RESULT = os.path.join(ROOT, "bench", "results", "matmul-h100.json")
 MATMUL_START, MATMUL_END = "<!-- matmul-table:start -->", "<!-- matmul-table:end -->"
 
 

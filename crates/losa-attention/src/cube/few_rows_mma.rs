@@ -22,12 +22,8 @@
 //! kernel fuses the MLP's gate and up projections with the SwiGLU between them. Rows past
 //! `rows` read as zeros, so `x` needs no padding.
 
-use burn::tensor::DType;
 use burn_cubecl::{CubeRuntime, kernel::into_contiguous, tensor::CubeTensor};
-use cubecl::{
-    ir::{ElemType, FloatKind, features::MmaConfig},
-    prelude::*,
-};
+use cubecl::prelude::*;
 
 use super::{PLANE, alloc_like};
 
@@ -513,26 +509,10 @@ fn few_row_swiglu_kernel<F: Float, N: Size>(
 /// replaced (H200, 4096 x 151,936 bf16: 789 against 1032 µs; `bench/results/matmul-h200.json`).
 const MAX_COLS_TWO_TILES: usize = 65_536;
 
-/// Whether the runtime runs PTX's `mma.m16n8k16` with fp32 accumulation on `dtype`, with
+/// Whether the runtime runs PTX's `mma.m16n8k16` with fp32 accumulation on `x`'s dtype, with
 /// 32-wide planes (CUDA): the fragment layout the kernels' loads are laid out for.
 fn has_manual_mma<R: CubeRuntime>(x: &CubeTensor<R>) -> bool {
-    let kind = match x.dtype {
-        DType::F16 => FloatKind::F16,
-        DType::BF16 => FloatKind::BF16,
-        _ => return false,
-    };
-    let input = ElemType::Float(kind).into();
-    x.client.features().matmul.mma.contains(&MmaConfig {
-        a_type: input,
-        b_type: input,
-        cd_type: ElemType::Float(FloatKind::F32).into(),
-        m: 16,
-        n: 8,
-        k: 16,
-    }) && {
-        let hardware = &x.client.properties().hardware;
-        hardware.plane_size_min == PLANE as u32 && hardware.plane_size_max == PLANE as u32
-    }
+    super::runs_mma(x, true, (16, N8 as u32, 16))
 }
 
 /// Whether the tensor-core kernels take `x [rows, k]` and every `w [k, n]`: f16 / bf16 with

@@ -50,26 +50,43 @@ pub(crate) const TILE: usize = 16;
 /// for f16 / bf16 here). The tensor-core kernels take a cube's Y index as its warp.
 pub(crate) const PLANE: usize = 32;
 
-/// Whether the runtime multiplies `x`'s dtype in 16x16x16 tiles on tensor cores with fp32
-/// accumulators (f16 / bf16), with 32-wide planes.
-pub(crate) fn has_tensor_cores<R: CubeRuntime>(x: &CubeTensor<R>) -> bool {
+/// Whether the runtime multiplies `x`'s dtype (f16 / bf16) on tensor cores in `m x n x k` tiles
+/// with fp32 accumulators, as opaque `cmma` fragments or (`manual`) as registers the kernel
+/// lays out itself, with 32-wide planes.
+pub(crate) fn runs_mma<R: CubeRuntime>(
+    x: &CubeTensor<R>,
+    manual: bool,
+    (m, n, k): (u32, u32, u32),
+) -> bool {
     let kind = match x.dtype {
         DType::F16 => FloatKind::F16,
         DType::BF16 => FloatKind::BF16,
         _ => return false,
     };
     let input = ElemType::Float(kind).into();
-    x.client.features().matmul.cmma.contains(&MmaConfig {
+    let config = MmaConfig {
         a_type: input,
         b_type: input,
         cd_type: ElemType::Float(FloatKind::F32).into(),
-        m: TILE as u32,
-        k: TILE as u32,
-        n: TILE as u32,
-    }) && {
-        let hardware = &x.client.properties().hardware;
-        hardware.plane_size_min == PLANE as u32 && hardware.plane_size_max == PLANE as u32
-    }
+        m,
+        n,
+        k,
+    };
+    let matmul = &x.client.features().matmul;
+    let supported = if manual {
+        matmul.mma.contains(&config)
+    } else {
+        matmul.cmma.contains(&config)
+    };
+    let hardware = &x.client.properties().hardware;
+    supported
+        && hardware.plane_size_min == PLANE as u32
+        && hardware.plane_size_max == PLANE as u32
+}
+
+/// Whether the runtime multiplies `x`'s dtype in 16x16x16 `cmma` tiles (see [`runs_mma`]).
+pub(crate) fn has_tensor_cores<R: CubeRuntime>(x: &CubeTensor<R>) -> bool {
+    runs_mma(x, false, (TILE as u32, TILE as u32, TILE as u32))
 }
 
 /// A fresh fp32 tensor-core accumulator tile, zeroed.
