@@ -98,6 +98,11 @@ impl<B: Backend> RopeTables<B> {
         }
     }
 
+    /// Whether the tables are in `dtype` on `device`.
+    pub(crate) fn is_in(&self, dtype: burn::tensor::DType, device: &B::Device) -> bool {
+        self.cos.dtype() == dtype && self.cos.device() == *device
+    }
+
     /// The queries `[b, seq, heads, head_dim]` and keys `[b, seq, kv_heads, head_dim]`
     /// normalised per head by `norms` (when given), rotated and returned heads first, through
     /// [`ops::qk_rope`].

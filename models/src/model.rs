@@ -64,16 +64,21 @@ impl<B: Backend> BlockState<B> {
         self.rope = None;
     }
 
-    /// The RoPE tables of positions `start..start + seq`, built by `build` unless the last pass
-    /// had the same positions.
+    /// The RoPE tables of positions `start..start + seq` in `dtype` on `device`, built by `build`
+    /// unless the last pass had the same positions, dtype and device. (Tables also depend on the
+    /// model's head size and RoPE base: a state belongs to the model whose
+    /// [`DlmModel::new_block_state`] made it.)
     fn rope_tables(
         &mut self,
-        start: usize,
-        seq: usize,
+        (start, seq): (usize, usize),
+        dtype: burn::tensor::DType,
+        device: &B::Device,
         build: impl FnOnce() -> RopeTables<B>,
     ) -> RopeTables<B> {
         match &self.rope {
-            Some((at, tables)) if *at == (start, seq) => tables.clone(),
+            Some((at, tables)) if *at == (start, seq) && tables.is_in(dtype, device) => {
+                tables.clone()
+            }
             _ => {
                 let tables = build();
                 self.rope = Some(((start, seq), tables.clone()));
@@ -298,7 +303,9 @@ impl<B: LosaBackend> DlmModel<B> {
             )
         };
         let rope = match &mut keys {
-            Keys::Step { state, .. } => state.rope_tables(start, s, build),
+            Keys::Step { state, .. } => {
+                state.rope_tables((start, s), embed.dtype(), &device, build)
+            }
             Keys::Masked(..) => build(),
         };
         let hidden = match keys {

@@ -79,9 +79,7 @@ pub(crate) fn runs_mma<R: CubeRuntime>(
         matmul.cmma.contains(&config)
     };
     let hardware = &x.client.properties().hardware;
-    supported
-        && hardware.plane_size_min == PLANE as u32
-        && hardware.plane_size_max == PLANE as u32
+    supported && hardware.plane_size_min == PLANE as u32 && hardware.plane_size_max == PLANE as u32
 }
 
 /// Whether the runtime multiplies `x`'s dtype in 16x16x16 `cmma` tiles (see [`runs_mma`]).
