@@ -298,9 +298,8 @@ fn qk_rope_kernel<F: Float>(
     }
     if valid {
         let out_base = ((bi * heads + h) * s + si) * d;
-        // The tables are contiguous `[s, d]`.
+        // Both tables are contiguous `[s, d]`: one row offset serves both.
         let t = si * d;
-        let t_sin = si * d;
         let mut i = unit;
         while i < half {
             let mut a = head_value(q, k, &at, is_q, bi, si, h, i);
@@ -317,9 +316,9 @@ fn qk_rope_kernel<F: Float>(
                 a = f32::cast_from(F::cast_from(f32::cast_from(F::cast_from(a * inv)) * wa));
                 b = f32::cast_from(F::cast_from(f32::cast_from(F::cast_from(b * inv)) * wb));
             }
-            let first = a * f32::cast_from(cos[t + i]) - b * f32::cast_from(sin[t_sin + i]);
+            let first = a * f32::cast_from(cos[t + i]) - b * f32::cast_from(sin[t + i]);
             let second =
-                b * f32::cast_from(cos[t + i + half]) + a * f32::cast_from(sin[t_sin + i + half]);
+                b * f32::cast_from(cos[t + i + half]) + a * f32::cast_from(sin[t + i + half]);
             if is_q {
                 q_out[out_base + i] = F::cast_from(first);
                 q_out[out_base + i + half] = F::cast_from(second);
