@@ -16,12 +16,15 @@ use burn::tensor::DType;
 use burn_cubecl::{CubeRuntime, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
 
-use super::{NEG_SENTINEL, attention_mma, elemwise_count};
+use super::{NEG_SENTINEL, attention_frag, attention_mma, elemwise_count};
 
 /// Cubes the split over keys aims at per multiprocessor (several resident at once hide latency).
 const CUBES_PER_SM: usize = 4;
 /// Cubes the split aims at where the runtime does not report its multiprocessors.
 const DEFAULT_TARGET_CUBES: usize = 264;
+/// Fewest keys a chunk takes (where there are as many): a cube's fixed cost (loading its
+/// queries, writing its partial, the combine reading it) is worth a few tiles of keys.
+const MIN_CHUNK_KEYS: usize = 256;
 /// Units of the page-list compaction cube (a power of two: the scan doubles its stride).
 const COMPACT_UNITS: usize = 256;
 
@@ -124,11 +127,11 @@ pub(crate) struct KeyLayout {
     pub(crate) slots_end: usize,
     list_base: usize,
     page_size: usize,
-    keys: usize,
-    k_base: usize,
-    v_base: usize,
-    k_row: usize,
-    v_row: usize,
+    pub(crate) keys: usize,
+    pub(crate) k_base: usize,
+    pub(crate) v_base: usize,
+    pub(crate) k_row: usize,
+    pub(crate) v_row: usize,
 }
 
 /// The key behind slot `slot` of a chunk: the slot itself (dense) or its page-list entry's
@@ -179,7 +182,12 @@ pub(crate) fn chunk_keys(
     let np = (keys + page_size - 1) / page_size;
     if listed {
         let total = count[bi * hkv + kvh] as usize;
-        let per = (total + num_chunks - 1) / num_chunks;
+        // At least `MIN_CHUNK_KEYS` keys a chunk: a short list leaves the last chunks empty
+        // (cheap partials the combine skips) rather than spreading a tile over many cubes.
+        let per = max(
+            (total + num_chunks - 1) / num_chunks,
+            (MIN_CHUNK_KEYS + page_size - 1) / page_size,
+        );
         let e0 = min(chunk * per, total);
         slots_begin = e0 * page_size;
         slots_end = min(e0 + per, total) * page_size;
@@ -573,9 +581,14 @@ fn merge_parts(
     let mut acc = 0.0f32;
     for ch in 0..parts {
         let part = row * parts + ch;
-        let w = (m_part[part] - top).exp();
-        sum += l_part[part] * w;
-        acc += o_part[part * d + c] * w;
+        let l = l_part[part];
+        // A chunk that saw no key has `O = 0`: skip reading it (a NaN sum is kept, so that NaN
+        // inputs give NaN as the reference does).
+        if l != 0.0f32 {
+            let w = (m_part[part] - top).exp();
+            sum += l * w;
+            acc += o_part[part * d + c] * w;
+        }
     }
     if extra {
         // `-inf` (no keys) weighs 0: `top` is finite.
@@ -750,6 +763,9 @@ impl Layout {
 /// The partial kernel that serves an attention call, with its layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kernel {
+    /// Tensor cores with register fragments (`attention_frag.rs`): one 16-row tile of packed
+    /// rows per warp.
+    Fragments(attention_frag::FragLayout),
     /// Tensor cores (`attention_mma.rs`): 16-byte channel vectors of `width`, `row_tiles`
     /// 16-row tiles of packed rows per cube.
     TensorCores { width: usize, row_tiles: usize },
@@ -761,6 +777,7 @@ impl Kernel {
     /// Packed query rows per cube.
     fn rows(&self) -> usize {
         match self {
+            Kernel::Fragments(layout) => layout.warps * super::TILE,
             Kernel::TensorCores { row_tiles, .. } => row_tiles * super::TILE,
             Kernel::Simt(layout) => layout.rows,
         }
@@ -769,6 +786,7 @@ impl Kernel {
     /// Keys per tile, the granularity of a dense chunk.
     fn tile(&self) -> usize {
         match self {
+            Kernel::Fragments(layout) => layout.tile,
             Kernel::TensorCores { .. } => attention_mma::KEYS,
             Kernel::Simt(layout) => layout.tile,
         }
@@ -777,25 +795,56 @@ impl Kernel {
     /// Cubes the split over keys aims at per multiprocessor.
     fn cubes_per_sm(&self) -> usize {
         match self {
+            Kernel::Fragments(layout) => layout.cubes_per_sm(),
             Kernel::TensorCores { .. } => attention_mma::CUBES_PER_SM,
             Kernel::Simt(_) => CUBES_PER_SM,
         }
     }
 }
 
-/// The kernel for these inputs (`q` `[b, hq, s, d]`, `k`/`v` `[b, hkv, n, d]`): tensor cores
-/// where the runtime and shapes allow, else the SIMT kernel's layout; `None` when neither fits
-/// the runtime (a very wide head on a small shared memory).
+/// Which partial kernels [`kernel_for`] may choose: all (the default), or, with
+/// `LOSA_ATTENTION_KERNEL=cmma` / `simt`, only the older ones, so that a benchmark can time
+/// them against the default on the same card in the same run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KernelChoice {
+    Any,
+    Cmma,
+    Simt,
+}
+
+fn kernel_choice() -> KernelChoice {
+    static CHOICE: std::sync::OnceLock<KernelChoice> = std::sync::OnceLock::new();
+    *CHOICE.get_or_init(|| match std::env::var("LOSA_ATTENTION_KERNEL").as_deref() {
+        Ok("cmma") => KernelChoice::Cmma,
+        Ok("simt") => KernelChoice::Simt,
+        _ => KernelChoice::Any,
+    })
+}
+
+/// The kernel for these inputs (`q` `[b, hq, s, d]`, `k`/`v` `[b, hkv, n, d]`, all keys or a
+/// page list of them with `listed`): tensor cores where the runtime and shapes allow, else the
+/// SIMT kernel's layout; `None` when neither fits the runtime (a very wide head on a small
+/// shared memory).
 pub(crate) fn kernel_for<R: CubeRuntime>(
     q: &CubeTensor<R>,
     k: &CubeTensor<R>,
     v: &CubeTensor<R>,
+    listed: bool,
 ) -> Option<Kernel> {
     let [_, hq, s, d] = q.meta.shape().dims::<4>();
     let hkv = k.meta.shape()[1];
     let width = super::channel_vector_width(&[q, k, v]);
     let hardware = &q.client.properties().hardware;
-    if let Some(row_tiles) = attention_mma::row_tiles_for(q, k, width)
+    let choice = kernel_choice();
+    if choice == KernelChoice::Any
+        && let Some(layout) = attention_frag::layout_for(q, k, v, width)
+        && attention_frag::shared_bytes(layout, d) <= hardware.max_shared_memory_size
+        && attention_frag::pays(layout, k.meta.shape()[2], listed)
+    {
+        return Some(Kernel::Fragments(layout));
+    }
+    if choice != KernelChoice::Simt
+        && let Some(row_tiles) = attention_mma::row_tiles_for(q, k, width)
         && attention_mma::shared_bytes(row_tiles, d, width) <= hardware.max_shared_memory_size
     {
         return Some(Kernel::TensorCores { width, row_tiles });
@@ -889,15 +938,16 @@ fn plan<R: CubeRuntime>(q: &CubeTensor<R>, source: KeySource<R>) -> Planned<R> {
         ),
     };
     let most_chunks = if listed {
-        n.div_ceil(page_size)
+        n.div_ceil(page_size.max(MIN_CHUNK_KEYS))
     } else {
-        n.div_ceil(kernel.tile())
+        n.div_ceil(kernel.tile().max(MIN_CHUNK_KEYS))
     };
     let base_cubes = b * hkv * row_groups;
     let split = Split {
         keys: n,
         page_size,
-        num_chunks: target_cubes.div_ceil(base_cubes).clamp(1, most_chunks),
+        // Whole waves: a last partial wave of cubes would leave most multiprocessors idle.
+        num_chunks: (target_cubes / base_cubes).clamp(1, most_chunks),
         row_groups,
         group_rows,
         part_base: 0,
@@ -997,6 +1047,17 @@ fn launch_partials<R: CubeRuntime>(
             (b * split.row_groups) as u32,
         );
         match p.kernel {
+            Kernel::Fragments(layout) => attention_frag::launch_partial(
+                q,
+                p.k,
+                p.v,
+                p.pages,
+                p.count,
+                (&o_part, &m_part, &l_part),
+                split,
+                scale,
+                (layout, p.listed),
+            ),
             Kernel::TensorCores { width, row_tiles } => attention_mma::launch_partial(
                 grid,
                 q,

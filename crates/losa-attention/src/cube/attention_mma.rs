@@ -26,7 +26,7 @@ use burn_cubecl::{CubeRuntime, tensor::CubeTensor};
 use cubecl::prelude::*;
 
 use super::attention::{KvStrides, Split, chunk_keys, fetch_tile, key_of, kv_strides};
-use super::{NEG_SENTINEL, PLANE, TILE, accumulator, has_tensor_cores};
+use super::{NEG_SENTINEL, PLANE, RESCALE_MARGIN, TILE, accumulator, has_tensor_cores};
 
 /// Key slots per tile (four 16-key tensor-core tiles).
 pub(crate) const KEYS: usize = 64;
@@ -46,11 +46,6 @@ pub(crate) const MAX_ROW_TILES: usize = UNITS / ROW_UNITS / TILE;
 /// Most `O` accumulator fragments per warp (registers): a cube holds
 /// `row tiles x d / 16 <= WARPS * MAX_FRAGMENTS` of them.
 const MAX_FRAGMENTS: usize = 4;
-
-/// How far (natural log) a tile's score may exceed a row's reference max before the row's
-/// `O` is rescaled: exponentials stay below `e^8 ≈ 2981`, in range for fp32 sums and for f16 /
-/// bf16 `P`.
-const RESCALE_MARGIN: f32 = 8.0;
 
 /// Resident cubes the split aims at per multiprocessor (shared memory fits two).
 pub(crate) const CUBES_PER_SM: usize = 2;

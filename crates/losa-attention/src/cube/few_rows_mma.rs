@@ -6,18 +6,11 @@
 //! on the CUDA cores and reached 150-610 GB/s on the H100 (`bench/results/matmul-h100.json`);
 //! `cmma` tiles read through `wmma.load` reached 1.0-1.4 TB/s on the H200
 //! (`bench/results/matmul-h200.json`, before this kernel). Here each lane loads its weight
-//! fragments itself, 16 bytes at a time, and feeds PTX `mma.m16n8k16` with them:
+//! fragments itself, 16 bytes at a time in the permuted `k` order of `mma_fragments.rs`, and
+//! feeds PTX `mma.m16n8k16` with them.
 //!
-//! The sum over `k` does not care in which order `k` is visited, as long as `x` and `w` are
-//! visited in the same one. In a 32-wide chunk of `k`, lane `l` (`t = l % 4`) loads the eight
-//! contiguous elements `8t..8t + 8` of its weight row and of its `x` rows, and the two 16-deep
-//! products of the chunk use them as if they were the `k` indices that PTX's fragment layout
-//! gives the lane (`2t, 2t + 1, 2t + 8, 2t + 9` of each 16): the chunk's `k` is permuted, the
-//! same way for both operands, so the result is the product. That layout is PTX's, which
-//! `has_manual_mma` checks the runtime compiles to (CUDA).
-//!
-//! A cube's warps ([`WARPS`], [`SWIGLU_WARPS`]) take the same [`COLS`] columns and split `k` in 64-wide runs (a
-//! 128-byte run of each weight row per warp, 1 KB per cube), and meet once in shared memory.
+//! A cube's warps ([`WARPS`], [`SWIGLU_WARPS`]) take the same [`COLS`] columns and split `k`
+//! in 64-wide runs (a 128-byte run of each weight row per warp, 1 KB per cube), and meet once in shared memory.
 //! One launch serves up to [`MAX_WEIGHTS`] weights that share `x` (q, k and v); a second
 //! kernel fuses the MLP's gate and up projections with the SwiGLU between them. Rows past
 //! `rows` read as zeros, so `x` needs no padding.
@@ -25,6 +18,9 @@
 use burn_cubecl::{CubeRuntime, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
 
+use super::mma_fragments::{
+    N8, a_fragment, aligned, b_fragment, has_manual_mma, mma_shape, zero_acc,
+};
 use super::{PLANE, alloc_like};
 
 /// Warps per cube of the products, splitting `k`: enough weight loads in flight per
@@ -33,9 +29,6 @@ const WARPS: usize = 16;
 
 /// Warps per cube of the gated product, whose two products' partials share its shared memory.
 const SWIGLU_WARPS: usize = 8;
-
-/// Columns of one `mma` (its `n`), and of one lane group's weight rows.
-const N8: usize = 8;
 
 /// `n8` column tiles per warp: each `x` fragment serves this many weight fragments.
 const COL_TILES: usize = 4;
@@ -54,58 +47,6 @@ pub(crate) const MAX_ROWS: usize = 32;
 
 /// Most weights one launch takes.
 pub(crate) const MAX_WEIGHTS: usize = 3;
-
-/// The `mma.m16n8k16` shape with fp32 accumulation.
-#[cube]
-fn mma_shape<F: Float>() -> cmma::MmaDefinition<F, F, f32> {
-    cmma::MmaDefinition::<F, F, f32>::new(16usize, 8usize, 16usize)
-}
-
-/// A zeroed accumulator fragment: rows `g`, `g + 8` x columns `2t, 2t + 1` of an n8 tile.
-#[cube]
-fn zero_acc() -> Array<Vector<f32, Const<2>>> {
-    let mut acc = Array::<Vector<f32, Const<2>>>::new(2usize);
-    acc[0usize] = Vector::new(0.0f32);
-    acc[1usize] = Vector::new(0.0f32);
-    acc
-}
-
-/// Two elements as one fragment register.
-#[cube]
-fn pair<F: Float, N: Size>(v: Vector<F, N>, #[comptime] at: usize) -> Vector<F, Const<2>> {
-    let mut r = Vector::<F, Const<2>>::empty();
-    r[0usize] = v[at];
-    r[1usize] = v[at + 1usize];
-    r
-}
-
-/// The `A` fragment of step `s` (0 or 1) of a chunk from this lane's two rows (`g`, `g + 8`),
-/// eight permuted `k` each.
-#[cube]
-fn a_fragment<F: Float, N: Size>(
-    lo: Vector<F, N>,
-    hi: Vector<F, N>,
-    #[comptime] s: usize,
-) -> Array<Vector<F, Const<2>>> {
-    let mut a = Array::<Vector<F, Const<2>>>::new(4usize);
-    a[0usize] = pair(lo, 4 * s);
-    a[1usize] = pair(hi, 4 * s);
-    a[2usize] = pair(lo, 4 * s + 2);
-    a[3usize] = pair(hi, 4 * s + 2);
-    a
-}
-
-/// The `B` fragment of step `s` of a chunk from this lane's weight row.
-#[cube]
-fn b_fragment<F: Float, N: Size>(
-    w: Vector<F, N>,
-    #[comptime] s: usize,
-) -> Array<Vector<F, Const<2>>> {
-    let mut b = Array::<Vector<F, Const<2>>>::new(2usize);
-    b[0usize] = pair(w, 4usize * s);
-    b[1usize] = pair(w, 4usize * s + 2usize);
-    b
-}
 
 /// Where a product's operands are, in 16-byte vectors: `x` rows of `x_row` vectors, `rows` of
 /// them real; the weight's rows (output columns) `w_row` vectors apart, `n` of them; `chunks`
@@ -509,12 +450,6 @@ fn few_row_swiglu_kernel<F: Float, N: Size>(
 /// replaced (H200, 4096 x 151,936 bf16: 789 against 1032 µs; `bench/results/matmul-h200.json`).
 const MAX_COLS_TWO_TILES: usize = 65_536;
 
-/// Whether the runtime runs PTX's `mma.m16n8k16` with fp32 accumulation on `x`'s dtype, with
-/// 32-wide planes (CUDA): the fragment layout the kernels' loads are laid out for.
-fn has_manual_mma<R: CubeRuntime>(x: &CubeTensor<R>) -> bool {
-    super::runs_mma(x, true, (16, N8 as u32, 16))
-}
-
 /// Whether the tensor-core kernels take `x [rows, k]` and every `w [k, n]`: f16 / bf16 with
 /// manual `mma`, one dtype, at most [`MAX_ROWS`] rows, `k` a multiple of 32 and every `n` of 8
 /// (and at most [`MAX_COLS_TWO_TILES`] past 16 rows), each weight read along `k` with its
@@ -541,13 +476,6 @@ pub(crate) fn takes<R: CubeRuntime>(x: &CubeTensor<R>, ws: &[&CubeTensor<R>]) ->
         })
         && aligned(x)
         && has_manual_mma(x)
-}
-
-/// Whether the tensor's data starts on a 16-byte boundary, as the vector loads need (a view's
-/// byte offset; CUDA's 512-byte memory alignment keeps every burn view aligned, other runtimes
-/// may not).
-fn aligned<R: CubeRuntime>(t: &CubeTensor<R>) -> bool {
-    t.handle.offset_start.unwrap_or(0).is_multiple_of(16)
 }
 
 /// `x` with rows of whole 16-byte vectors, and its row tiles.

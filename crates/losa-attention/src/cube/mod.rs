@@ -6,12 +6,15 @@
 //! wrong answer.
 
 mod attention;
+mod attention_frag;
 mod attention_mma;
 mod few_rows;
 mod few_rows_mma;
 mod layer_ops;
 mod merge;
+mod mma_fragments;
 mod pages;
+mod pages_mma;
 mod rows;
 mod sampling;
 
@@ -35,6 +38,11 @@ use crate::backend::{
 /// Lowest finite fp32: the running max before any key is seen. Kernels avoid `-inf` literals
 /// (WGSL rejects them); a true `-inf` is passed in as a runtime scalar where an output needs it.
 pub(crate) const NEG_SENTINEL: f32 = f32::MIN;
+
+/// How far (natural log) a score may pass its row's reference max before the tensor-core
+/// attention kernels rescale the row: exponentials stay below `e^8 ≈ 2981`, in range for fp32
+/// sums and f16 / bf16 `P`, and a partial is exact for whichever max it carries.
+pub(crate) const RESCALE_MARGIN: f32 = 8.0;
 
 /// `cubes` cubes over two grid dimensions (each holds at most 65,535); a kernel finds its index
 /// as `CUBE_POS_X + CUBE_POS_Y * CUBE_COUNT_X` and skips indices past `cubes`.
@@ -197,7 +205,7 @@ fn key_source<R: CubeRuntime>(
     if !kernel_float(q.dtype) || k.dtype != q.dtype || v.dtype != q.dtype {
         return Err("dtypes the kernel does not take");
     }
-    let kernel = attention::kernel_for(q, &k, &v)
+    let kernel = attention::kernel_for(q, &k, &v, mask.is_some())
         .ok_or("no tile layout fits the shared memory and cube size")?;
     Ok(attention::KeySource { k, v, mask, kernel })
 }
@@ -359,6 +367,9 @@ where
         let pages = lo.meta.shape()[2];
         if b * hq * s * pages == 0 {
             return alloc_like(&q, [b, hq, s, pages], DType::F32);
+        }
+        if pages_mma::takes(&q, &lo, &hi) {
+            return pages_mma::page_scores(q, lo, hi);
         }
         if !pages::scores_fit(&q) {
             fallback("page scores", "a head too wide for shared memory");

@@ -123,15 +123,35 @@ fn page_scores_kernel<F: Float, N: Size>(
 /// The page bounds' KV heads and pages and their strides over batch, KV head and page, in
 /// vectors (kernel arguments, not tensor metadata, which a launch would upload first).
 #[derive(CubeLaunch, CubeType, Clone, Copy)]
-struct PageBounds {
-    hkv: usize,
-    np: usize,
-    lo_batch: usize,
-    lo_head: usize,
-    lo_page: usize,
-    hi_batch: usize,
-    hi_head: usize,
-    hi_page: usize,
+pub(crate) struct PageBounds {
+    pub(crate) hkv: usize,
+    pub(crate) np: usize,
+    pub(crate) lo_batch: usize,
+    pub(crate) lo_head: usize,
+    pub(crate) lo_page: usize,
+    pub(crate) hi_batch: usize,
+    pub(crate) hi_head: usize,
+    pub(crate) hi_page: usize,
+}
+
+/// [`PageBounds`] of `lo`, `hi` `[b, hkv, np, d]` read in vectors of `width`.
+pub(crate) fn page_bounds_arg<R: CubeRuntime>(
+    lo: &CubeTensor<R>,
+    hi: &CubeTensor<R>,
+    width: usize,
+) -> PageBoundsLaunch<R> {
+    let [_, hkv, np, _] = lo.meta.shape().dims::<4>();
+    let (ls, hs) = (lo.meta.strides(), hi.meta.strides());
+    PageBoundsLaunch::new(
+        hkv,
+        np,
+        ls[0] / width,
+        ls[1] / width,
+        ls[2] / width,
+        hs[0] / width,
+        hs[1] / width,
+        hs[2] / width,
+    )
 }
 
 /// Units of the threshold kernel's cube (a power of two: the reductions halve it).
@@ -383,17 +403,7 @@ pub(crate) fn page_scores<R: CubeRuntime>(
     let group_rows = (hq / hkv) * s;
     let rows = group_rows.min(score_rows(&q));
     let row_groups = group_rows.div_ceil(rows);
-    let (ls, hs) = (lo.meta.strides(), hi.meta.strides());
-    let bounds = PageBoundsLaunch::new(
-        hkv,
-        np,
-        ls[0] / width,
-        ls[1] / width,
-        ls[2] / width,
-        hs[0] / width,
-        hs[1] / width,
-        hs[2] / width,
-    );
+    let bounds = page_bounds_arg(&lo, &hi, width);
     page_scores_kernel::launch::<R>(
         &q.client,
         CubeCount::Static(
