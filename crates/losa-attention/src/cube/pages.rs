@@ -291,6 +291,133 @@ fn threshold_kernel(
     }
 }
 
+/// Units (and histogram bins) of the radix-select threshold kernel.
+const RADIX_UNITS: usize = 256;
+
+/// An order-preserving `u32` key of a score: larger scores get larger keys. NaN and scores at
+/// or below the sentinel, which a selection never counts, get 0, below every other key.
+#[cube]
+fn score_key(x: f32) -> u32 {
+    let bits = u32::reinterpret(x);
+    let mut key = 0u32.runtime();
+    if x > NEG_SENTINEL {
+        if bits >= 0x8000_0000u32 {
+            key = !bits;
+        } else {
+            key = bits | 0x8000_0000u32;
+        }
+    }
+    key
+}
+
+/// The score of a non-zero [`score_key`].
+#[cube]
+fn key_score(key: u32) -> f32 {
+    let mut bits = !key;
+    if key >= 0x8000_0000u32 {
+        bits = key & 0x7FFF_FFFFu32;
+    }
+    f32::reinterpret(bits)
+}
+
+/// [`threshold_kernel`]'s result by radix select, where the runtime has plane operations and
+/// the row fits shared memory (CUDA): the row's scores are staged as order-preserving keys, and
+/// four passes each histogram one byte of the keys that match the bytes chosen so far (shared
+/// atomics), then find the byte of the `k`-th largest by one scan over the 256 bins. Four
+/// passes and a dozen barriers whatever `k` and the ties, where the walk over distinct values
+/// takes one pass per value above the threshold.
+#[cube(launch)]
+#[allow(clippy::manual_div_ceil, unused_assignments)]
+fn threshold_radix_kernel(scores: &Array<f32>, threshold: &mut Array<f32>, np: usize, k: usize) {
+    let row = CUBE_POS_X as usize + CUBE_POS_Y as usize * CUBE_COUNT_X as usize;
+    let unit = UNIT_POS_X as usize;
+    let lane = UNIT_POS_PLANE as usize;
+    let plane = unit / PLANE_DIM as usize;
+    let rows = threshold.len();
+    let valid_row = row < rows;
+    let base = row * np;
+    let mut stage = SharedMemory::<u32>::new(MAX_STAGED);
+    let hist = SharedMemory::<Atomic<u32>>::new(RADIX_UNITS);
+    let live_s = SharedMemory::<Atomic<u32>>::new(1usize);
+    let mut plane_s = SharedMemory::<u32>::new(RADIX_UNITS);
+    let mut pick_s = SharedMemory::<u32>::new(2usize);
+
+    hist[unit].store(0u32);
+    if unit == 0 {
+        live_s[0usize].store(0u32);
+    }
+    sync_cube();
+    let mut live = 0u32.runtime();
+    let mut p = unit;
+    while p < np {
+        let mut key = 0u32.runtime();
+        if valid_row {
+            key = score_key(scores[base + p]);
+        }
+        stage[p] = key;
+        if key > 0u32 {
+            live += 1u32;
+        }
+        p += RADIX_UNITS;
+    }
+    let live_plane = plane_sum(live);
+    if lane == 0 {
+        live_s[0usize].fetch_add(live_plane);
+    }
+    sync_cube();
+    // Fewer than `k` live scores: the smallest of them.
+    let want = min(k as u32, live_s[0usize].load());
+    let mut prefix = 0u32.runtime();
+    let mut remaining = want;
+    if want > 0u32 {
+        #[unroll]
+        for pass in 0..4u32 {
+            let shift = comptime!(24 - 8 * pass);
+            let mut p = unit;
+            while p < np {
+                let key = stage[p];
+                let mut matches = true.runtime();
+                if comptime!(pass > 0) {
+                    matches = (key >> (shift + 8)) == (prefix >> (shift + 8));
+                }
+                if matches {
+                    hist[((key >> shift) & 255u32) as usize].fetch_add(1u32);
+                }
+                p += RADIX_UNITS;
+            }
+            sync_cube();
+            // Unit `u` takes bin `255 - u`: an inclusive sum over the units counts the keys in
+            // that bin and every bin above it.
+            let count = hist[RADIX_UNITS - 1 - unit].load();
+            let within = plane_inclusive_sum(count);
+            if lane == PLANE_DIM as usize - 1 {
+                plane_s[plane] = within;
+            }
+            sync_cube();
+            let mut above = within;
+            for w in 0..plane {
+                above += plane_s[w];
+            }
+            if above >= remaining && above - count < remaining {
+                pick_s[0usize] = (RADIX_UNITS - 1 - unit) as u32;
+                pick_s[1usize] = remaining - (above - count);
+            }
+            sync_cube();
+            prefix |= pick_s[0usize] << shift;
+            remaining = pick_s[1usize];
+            hist[unit].store(0u32);
+            sync_cube();
+        }
+    }
+    if valid_row && unit == 0 {
+        let mut result = NEG_SENTINEL.runtime();
+        if want > 0u32 {
+            result = key_score(prefix);
+        }
+        threshold[row] = result;
+    }
+}
+
 /// One unit per (batch, KV head, page): is the page at or above the threshold of any packed row
 /// of this KV head, or always kept?
 #[cube(launch)]
@@ -454,18 +581,34 @@ pub(crate) fn select_pages<R: CubeRuntime>(
         .features
         .plane
         .contains(cubecl::ir::features::Plane::Ops);
-    threshold_kernel::launch::<R>(
-        &client,
-        super::cube_grid(rows),
-        CubeDim::new_1d(THRESHOLD_UNITS as u32),
-        scores.clone().into_array_arg(),
-        threshold.clone().into_array_arg(),
-        np,
-        pages_per_query,
-        THRESHOLD_UNITS,
-        planes,
-        np <= MAX_STAGED && client.properties().hardware.max_shared_memory_size >= 48 * 1024,
-    );
+    let staged =
+        np <= MAX_STAGED && client.properties().hardware.max_shared_memory_size >= 48 * 1024;
+    // Radix select needs 32-wide planes for its scan (CUDA); lavapipe reports no plane
+    // operations and takes the walk over distinct values.
+    if planes && staged && client.properties().hardware.plane_size_max == 32 {
+        threshold_radix_kernel::launch::<R>(
+            &client,
+            super::cube_grid(rows),
+            CubeDim::new_1d(RADIX_UNITS as u32),
+            scores.clone().into_array_arg(),
+            threshold.clone().into_array_arg(),
+            np,
+            pages_per_query,
+        );
+    } else {
+        threshold_kernel::launch::<R>(
+            &client,
+            super::cube_grid(rows),
+            CubeDim::new_1d(THRESHOLD_UNITS as u32),
+            scores.clone().into_array_arg(),
+            threshold.clone().into_array_arg(),
+            np,
+            pages_per_query,
+            THRESHOLD_UNITS,
+            planes,
+            staged,
+        );
+    }
     let mask = empty_device_contiguous_dtype::<R>(
         client.clone(),
         device,
