@@ -17,8 +17,8 @@
 //! A row's reference max moves only when a score passes it by more than [`RESCALE_MARGIN`], and
 //! a warp votes before rescaling: most tiles rescale nothing.
 //!
-//! H100, SDAR-8B, 64K prefix: 182 µs at B = 16 against the `cmma` kernel's 338 and SDPA flash's
-//! 230 (session 10's variants; the README's table has the committed run).
+//! H100, SDAR-8B, 64K prefix, B = 16: 191 µs against SDPA flash's 224
+//! (`bench/results/attention-h100.json`); the `cmma` kernel took 338-349 µs in same-binary runs.
 //!
 //! Two free permutations make every shared-memory read a 16-byte vector:
 //! - Which key an `S` column stands for is the kernel's choice, so column `c` of n8 tile
@@ -110,10 +110,9 @@ fn v_lane_offsets(#[comptime] d: usize) -> Array<usize> {
     at
 }
 
-/// Stages tile `s0` into buffer `buf` (zeros past the keys) and its keys' slots into `key_s`.
-/// With `async_copy` each unit issues `cp.async` copies and arrives on the buffer's barrier;
-/// else it stores the vectors `k_next`/`v_next` it fetched a tile earlier, and fetches this
-/// call's tile for the next one.
+/// Stages tile `s0` into buffer `buf`: each unit issues its share of the tile's `cp.async`
+/// copies (zero-filled past the keys; the caller commits them on the buffer's barrier), and
+/// the tile's keys' slots go to `key_s`.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn stage_tile<F: Float, N: Size>(
@@ -489,23 +488,31 @@ fn attention_partial_frag<F: Float, N: Size>(
     }
 }
 
-/// A tuning constant, overridden by a positive integer in the environment variable `name`
-/// (read once per name): a benchmark can try other values on the card without a rebuild.
-fn tuning(name: &'static str, default: usize) -> usize {
-    static SEEN: std::sync::Mutex<Vec<(&'static str, usize)>> = std::sync::Mutex::new(Vec::new());
-    let Ok(mut seen) = SEEN.lock() else {
-        return default;
-    };
-    if let Some(&(_, value)) = seen.iter().find(|(n, _)| *n == name) {
-        return value;
-    }
-    let value = std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|&v| v > 0)
-        .unwrap_or(default);
-    seen.push((name, value));
-    value
+/// The kernel's tuning constants, each overridden by a positive integer in its environment
+/// variable (`LOSA_FRAG_TILE`, `LOSA_FRAG_WARPS_PER_SM`, `LOSA_FRAG_MAX_WARPS`), read once per
+/// process: a benchmark can try other values on the card without a rebuild.
+struct Tuning {
+    tile: usize,
+    warps_per_sm: usize,
+    max_warps: usize,
+}
+
+fn tuning() -> &'static Tuning {
+    static TUNING: std::sync::OnceLock<Tuning> = std::sync::OnceLock::new();
+    TUNING.get_or_init(|| {
+        let read = |name: &str, default: usize| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok())
+                .filter(|&v| v > 0)
+                .unwrap_or(default)
+        };
+        Tuning {
+            tile: read("LOSA_FRAG_TILE", TILE_KEYS),
+            warps_per_sm: read("LOSA_FRAG_WARPS_PER_SM", WARPS_PER_SM),
+            max_warps: read("LOSA_FRAG_MAX_WARPS", MAX_WARPS),
+        }
+    })
 }
 
 /// How the kernel is laid out for one call: warps (16-row tiles) per cube and keys per tile.
@@ -518,7 +525,7 @@ pub(crate) struct FragLayout {
 impl FragLayout {
     /// Cubes the split over keys aims at per multiprocessor.
     pub(crate) fn cubes_per_sm(&self) -> usize {
-        (tuning("LOSA_FRAG_WARPS_PER_SM", WARPS_PER_SM) / self.warps).max(1)
+        (tuning().warps_per_sm / self.warps).max(1)
     }
 }
 
@@ -543,11 +550,11 @@ pub(crate) fn layout_for<R: CubeRuntime>(
     if !takes {
         return None;
     }
-    let most = tuning("LOSA_FRAG_MAX_WARPS", MAX_WARPS).min(MAX_WARPS);
+    let most = tuning().max_warps.min(MAX_WARPS);
     let warps = ((hq / hkv) * s).div_ceil(ROWS_PER_WARP).clamp(1, most);
     Some(FragLayout {
         warps,
-        tile: tuning("LOSA_FRAG_TILE", TILE_KEYS).next_multiple_of(16),
+        tile: tuning().tile.next_multiple_of(16),
     })
 }
 
