@@ -23,6 +23,18 @@ use losa::losa_attention::{
     attend, ops,
 };
 
+/// No call so far ran the reference instead of its kernel (which would pass a comparison with
+/// itself). The count is the process's (the fused backend runs the kernels on its own
+/// thread), so no test here may feed inputs that the kernels decline.
+#[track_caller]
+fn assert_on_kernels() {
+    assert_eq!(
+        losa::losa_attention::reference_fallbacks(),
+        0,
+        "a call ran the reference instead of its kernel (RUST_LOG=debug names it)"
+    );
+}
+
 /// The dtype under test and its (atol, rtol) on attention outputs.
 fn dut_dtype() -> (FloatDType, f64, f64) {
     match test_dtype() {
@@ -101,6 +113,9 @@ fn shapes() -> Vec<(&'static str, Shape)> {
             "gqa8-b1-d64-block16-p16-two-groups",
             sh(1, 8, 1, 16, 500, 64, 16),
         ),
+        // A block longer than the combine attends to itself (64 keys): a partial kernel
+        // serves its keys.
+        ("gqa2-b1-d64-block72-p16", sh(1, 2, 1, 72, 130, 64, 16)),
     ]
 }
 
@@ -170,6 +185,7 @@ fn attention_dense_and_sparse_match_reference() {
             rtol,
         );
     }
+    assert_on_kernels();
 }
 
 /// LoSA's row picking in one op against the reference's query change, top-k and gather: every
@@ -209,6 +225,7 @@ fn pick_active_rows_matches_reference() {
         ops::pick_active_rows(q.clone(), q, 5).is_err(),
         "more active rows than the block has"
     );
+    assert_on_kernels();
 }
 
 /// A denoising step's attention in one call: the block's keys with the prefix (dense, or
@@ -286,6 +303,7 @@ fn block_attention_matches_reference() {
             );
         }
     }
+    assert_on_kernels();
 }
 
 /// LoSA's sparse step in one op (the active rows' sparse prefix attention written into the
@@ -359,6 +377,7 @@ fn sparse_step_matches_reference() {
             0.0,
         );
     }
+    assert_on_kernels();
 }
 
 /// Scores that grow along the keys (K scaled by a ramp up to 40x: the first keys' scores are
@@ -392,6 +411,7 @@ fn attention_follows_scores_that_grow_along_the_keys() {
     );
     assert_close("growing scores O", &host(&od), &host(&or), atol, rtol);
     assert_close("growing scores LSE", &host(&ld), &lse, atol, rtol);
+    assert_on_kernels();
 }
 
 #[test]
@@ -461,6 +481,7 @@ fn merge_matches_reference_including_empty_sides() {
         host(&lz).iter().all(|x| *x == f64::NEG_INFINITY),
         "both sides empty: LSE = -inf"
     );
+    assert_on_kernels();
 }
 
 #[test]
@@ -499,6 +520,7 @@ fn page_bounds_scores_and_selection_match_reference() {
             }
         }
     }
+    assert_on_kernels();
 }
 
 #[test]
@@ -517,6 +539,7 @@ fn query_change_matches_reference() {
             rtol,
         );
     }
+    assert_on_kernels();
 }
 
 /// The top-k active rows of change scores (with ties, which go to the lower index) and the
@@ -607,6 +630,7 @@ fn active_rows_and_scatter_match_reference() {
         ops::refresh_rows((x.clone(), lse(3), x), rows, (two.clone(), lse(2), two)).is_err(),
         "lse must match o"
     );
+    assert_on_kernels();
 }
 
 /// Degenerate inputs take the reference rather than a launch with no cubes, and NaN change
@@ -645,6 +669,7 @@ fn empty_and_nan_inputs_keep_the_row_and_page_kernels_sound() {
         (0..6).contains(&rows[4]) && !rows[..4].contains(&rows[4]),
         "{rows:?}"
     );
+    assert_on_kernels();
 }
 
 /// The RMSNorm kernel against the reference: rows of 4096 (a hidden state), 128 (a q/k head),
@@ -725,6 +750,7 @@ fn rms_norm_matches_reference() {
         .is_err()
     );
     assert!(ops::add_rms_norm(x, d, w.reshape([8]), -1.0).is_err());
+    assert_on_kernels();
 }
 
 /// The rotary-embedding kernel against the reference: the model's layout (heads swapped in
@@ -769,6 +795,7 @@ fn rope_matches_reference() {
         ops::rope(x, t.clone(), t).is_err(),
         "table of other positions"
     );
+    assert_on_kernels();
 }
 
 /// The queries' and keys' per-head norms and rotations in one call against the reference's
@@ -843,6 +870,7 @@ fn qk_rope_matches_reference() {
         ops::qk_rope(q, no_heads, None, t.clone(), t).is_err(),
         "keys without heads beside queries with some"
     );
+    assert_on_kernels();
 }
 
 /// The SwiGLU kernel against the reference: a projection-sized block and ragged sizes.
@@ -865,6 +893,7 @@ fn swiglu_matches_reference() {
     let (g, _) = pair2(93, 2, 3);
     let (u, _) = pair2(94, 3, 2);
     assert!(ops::swiglu(g, u).is_err());
+    assert_on_kernels();
 }
 
 /// A seeded `[rows, cols]` matrix: the device tensor in the dtype under test, and the reference's.
@@ -939,6 +968,7 @@ fn few_row_matmul_matches_reference() {
         atol * 8.0,
         rtol,
     );
+    assert_on_kernels();
 }
 
 /// Products sharing their input (q, k, v: one launch on the tensor-core path) and the MLP's
@@ -999,6 +1029,7 @@ fn few_row_matmuls_and_swiglu_match_reference() {
             rtol,
         );
     }
+    assert_on_kernels();
 }
 
 #[test]
@@ -1026,6 +1057,7 @@ fn few_row_matmuls_and_swiglu_reject_bad_shapes() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("up against gate"), "{err}");
+    assert_on_kernels();
 }
 
 /// The sampler's greedy reduction (argmax with the mask column excluded, its probability, the
@@ -1084,6 +1116,7 @@ fn greedy_predictions_match_reference() {
         ops::greedy_predictions(l, Some(0)).is_err(),
         "no column left"
     );
+    assert_on_kernels();
 }
 
 #[test]
@@ -1095,6 +1128,7 @@ fn few_row_matmul_rejects_bad_shapes() {
     let empty = Tensor::<Dut, 2>::zeros([32, 0], &ddev());
     let err = ops::few_row_matmul(x, empty).unwrap_err().to_string();
     assert!(err.contains("empty"), "{err}");
+    assert_on_kernels();
 }
 
 fn run_modes<B: losa::losa_attention::LosaBackend>(
@@ -1217,6 +1251,7 @@ fn attention_modes_match_reference_end_to_end() {
             }
         }
     }
+    assert_on_kernels();
 }
 
 #[test]
@@ -1246,4 +1281,5 @@ fn permuted_and_sliced_inputs_match_contiguous_ones() {
     let s = ops::page_scores(qp, lo.clone(), hi.clone()).unwrap();
     let sc = ops::page_scores(qpc, lo, hi).unwrap();
     assert_eq!(host(&s), host(&sc));
+    assert_on_kernels();
 }

@@ -34,6 +34,8 @@ mod util;
 
 pub use backend::LosaBackend;
 pub use config::{ActiveRows, AttentionMode, LosaConfig, PageSelectionConfig, QuestConfig};
+#[doc(hidden)]
+pub use cube::reference_fallbacks;
 pub use error::{LosaError, Result};
 pub use prefix::PrefixKv;
 pub use state::{LayerState, StepStats, attend};

@@ -5,18 +5,21 @@
 //! (chunk, KV head, batch x row group); a cube serves the packed query rows of one KV head (all
 //! `g` query heads x all block rows: GQA packing, so each K/V byte is read once per KV head).
 //! Chunk `c` takes a contiguous run of the page list (of the keys when dense). Each cube keeps
-//! an online-softmax partial `(acc, m, l)` in fp32 and writes it; the combine kernel reduces
-//! the chunks per (row, channel) and writes `O` in the input dtype and `LSE` in fp32. A row that
-//! saw no key gets `O = 0`, `LSE = -inf`.
+//! an online-softmax partial `(acc, m, l)` in fp32 and writes it; the combine (`combine.rs`,
+//! one cube per row) reduces a row's chunks, attends to the block's own keys, and writes `O`
+//! in the input dtype and `LSE` in fp32. A row that saw no key gets `O = 0`, `LSE = -inf`.
 //!
-//! Dense attention is the same kernel without a list: one code path for dense prefix, block and
-//! sparse attention.
+//! Dense attention is the same kernel without a list: one code path for dense prefix, long
+//! blocks and sparse attention.
 
 use burn::tensor::DType;
 use burn_cubecl::{CubeRuntime, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
 
-use super::{NEG_SENTINEL, attention_frag, attention_mma, elemwise_count};
+use super::{
+    NEG_SENTINEL, attention_frag, attention_mma,
+    combine::{self, BlockKeys, CombineLayout},
+};
 
 /// Cubes the split over keys aims at per multiprocessor (several resident at once hide latency).
 const CUBES_PER_SM: usize = 4;
@@ -499,195 +502,6 @@ fn attention_partial<F: Float, N: Size>(
     }
 }
 
-/// Per (row, channel): the softmax-weighted sum of the row's `parts` partials and, with
-/// `extra`, of one more normalised result `(o_x, lse_x)` (a partial with `m = lse_x`, `l = 1`);
-/// writes `O` in the input dtype (`[b, hq, s, d]`, or `[b, s, hq, d]` with `heads_last`) and
-/// `LSE` in fp32.
-#[cube(launch)]
-#[allow(clippy::too_many_arguments)]
-fn attention_combine<F: Float>(
-    o_part: &Array<f32>,
-    m_part: &Array<f32>,
-    l_part: &Array<f32>,
-    o_x: &Array<F>,
-    lse_x: &Array<f32>,
-    o: &mut Array<F>,
-    lse: &mut Array<f32>,
-    parts: usize,
-    neg_inf: f32,
-    heads: usize,
-    block: usize,
-    #[comptime] d: usize,
-    #[comptime] extra: bool,
-    #[comptime] heads_last: bool,
-    #[define(F)] _dtype: StorageType,
-) {
-    let pos = ABSOLUTE_POS;
-    if pos >= o.len() {
-        terminate!();
-    }
-    let row = pos / d;
-    let c = pos % d;
-    let mut out = pos;
-    if heads_last {
-        // Row `(b, h, s)` goes to `[b, s, h]`.
-        let (bh, si) = (row / block, row % block);
-        let (bi, h) = (bh / heads, bh % heads);
-        out = ((bi * block + si) * heads + h) * d + c;
-    }
-    let mut x_o = 0.0f32.runtime();
-    let mut x_l = neg_inf;
-    if extra {
-        x_o = f32::cast_from(o_x[pos]);
-        x_l = lse_x[row];
-    }
-    let (value, l) = merge_parts(
-        o_part, m_part, l_part, row, parts, c, d, x_o, x_l, extra, neg_inf,
-    );
-    o[out] = F::cast_from(value);
-    if c == 0 {
-        lse[row] = l;
-    }
-}
-
-/// Channel `c` of packed row `row`: the softmax-weighted sum of the row's `parts` partials
-/// and, with `extra`, of one normalised result `(x_o, x_lse)` (a partial with `m = x_lse`,
-/// `l = 1`) -> `(O, LSE)` in fp32; `(0, neg_inf)` where no key was seen.
-#[cube]
-#[allow(clippy::too_many_arguments)]
-fn merge_parts(
-    o_part: &Array<f32>,
-    m_part: &Array<f32>,
-    l_part: &Array<f32>,
-    row: usize,
-    parts: usize,
-    c: usize,
-    #[comptime] d: usize,
-    x_o: f32,
-    x_lse: f32,
-    #[comptime] extra: bool,
-    neg_inf: f32,
-) -> (f32, f32) {
-    let mut top = NEG_SENTINEL.runtime();
-    for ch in 0..parts {
-        top = max(top, m_part[row * parts + ch]);
-    }
-    if extra {
-        top = max(top, x_lse);
-    }
-    let mut sum = 0.0f32;
-    let mut acc = 0.0f32;
-    for ch in 0..parts {
-        let part = row * parts + ch;
-        let l = l_part[part];
-        // A chunk that saw no key has `O = 0`: skip reading it (a NaN sum is kept, so that NaN
-        // inputs give NaN as the reference does).
-        if l != 0.0f32 {
-            let w = (m_part[part] - top).exp();
-            sum += l * w;
-            acc += o_part[part * d + c] * w;
-        }
-    }
-    if extra {
-        // `-inf` (no keys) weighs 0: `top` is finite.
-        let w = (x_lse - top).exp();
-        sum += w;
-        acc += x_o * w;
-    }
-    let mut value = 0.0f32;
-    let mut lse = neg_inf;
-    if sum > 0.0f32 {
-        value = acc / sum;
-        lse = top + sum.ln();
-    }
-    (value, lse)
-}
-
-/// LoSA's sparse step, per (row, channel) of the block `[b, h, s, d]`: the row's prefix result
-/// is its active slot's sparse partials merged (`rows` `[b, k]` lists the active rows, their
-/// partials are rows `(b, h, slot)` of the `_a` buffers) or its cached one; it is written to the
-/// refreshed cache (`o_new`, `lse_new`, and `q_new` from `q_a` or `q_c`), rounded to the dtype
-/// as a separate attention would round it, and merged with the block's partials into `O`
-/// (heads last) and `LSE`.
-#[cube(launch)]
-#[allow(clippy::too_many_arguments)]
-fn sparse_step_combine<F: Float, I: Int>(
-    o_part: &Array<f32>,
-    m_part: &Array<f32>,
-    l_part: &Array<f32>,
-    o_part_a: &Array<f32>,
-    m_part_a: &Array<f32>,
-    l_part_a: &Array<f32>,
-    o_c: &Array<F>,
-    lse_c: &Array<f32>,
-    q_c: &Array<F>,
-    rows: &Array<I>,
-    q_a: &Array<F>,
-    o: &mut Array<F>,
-    lse: &mut Array<f32>,
-    o_new: &mut Array<F>,
-    lse_new: &mut Array<f32>,
-    q_new: &mut Array<F>,
-    k: usize,
-    parts: usize,
-    parts_a: usize,
-    neg_inf: f32,
-    heads: usize,
-    block: usize,
-    #[comptime] d: usize,
-    #[define(F, I)] _dtypes: [StorageType; 2],
-) {
-    let pos = ABSOLUTE_POS;
-    if pos >= o.len() {
-        terminate!();
-    }
-    let row = pos / d;
-    let c = pos % d;
-    let (bh, si) = (row / block, row % block);
-    let (bi, h) = (bh / heads, bh % heads);
-    let mut slot = k;
-    for j in 0..k {
-        if rows[bi * k + j] == I::cast_from(si) {
-            slot = j;
-        }
-    }
-    let mut prefix_o = f32::cast_from(o_c[pos]);
-    let mut prefix_lse = lse_c[row];
-    if slot < k {
-        let row_a = bh * k + slot;
-        let (value, l) = merge_parts(
-            o_part_a, m_part_a, l_part_a, row_a, parts_a, c, d, 0.0f32, neg_inf, false, neg_inf,
-        );
-        prefix_o = value;
-        prefix_lse = l;
-        q_new[pos] = q_a[row_a * d + c];
-    } else {
-        q_new[pos] = q_c[pos];
-    }
-    let rounded = F::cast_from(prefix_o);
-    o_new[pos] = rounded;
-    if c == 0 {
-        lse_new[row] = prefix_lse;
-    }
-    let (value, l) = merge_parts(
-        o_part,
-        m_part,
-        l_part,
-        row,
-        parts,
-        c,
-        d,
-        f32::cast_from(rounded),
-        prefix_lse,
-        true,
-        neg_inf,
-    );
-    o[((bi * block + si) * heads + h) * d + c] = F::cast_from(value);
-    if c == 0 {
-        lse[row] = l;
-    }
-}
-
 /// How one cube of [`attention_partial`] is laid out for a head dimension and dtype.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Layout {
@@ -963,64 +777,28 @@ fn plan<R: CubeRuntime>(q: &CubeTensor<R>, source: KeySource<R>) -> Planned<R> {
 }
 
 /// Host side: validates nothing (the public ops did). Attention of `q` `[b, hq, s, d]` over
-/// the union of `sources` (each non-empty, `s > 0`) and, with `extra`, merged with a
-/// normalised result `(O [b, hq, s, d], LSE [b, hq, s])` over other keys: every source's
-/// partial kernel writes its chunks' partials side by side and one combine reduces them all.
+/// the union of `sources` and of the `block`'s keys (attended inside the combine), merged,
+/// with `extra`, with a normalised result `(O [b, hq, s, d], LSE [b, hq, s])` over other keys:
+/// every source's partial kernel writes its chunks' partials side by side and one combine
+/// reduces them all. `layout` is [`CombineLayout::for_queries`] of `q`; `s > 0`, and at least
+/// one source or a block.
 ///
 /// With `heads_last`, `O` is stored `[b, s, hq, d]` and returned as its `[b, hq, s, d]` view:
 /// the layout the output projection reads, which then needs no copy.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn attention<R: CubeRuntime>(
     q: CubeTensor<R>,
+    layout: CombineLayout,
     sources: Vec<KeySource<R>>,
+    block: Option<BlockKeys<R>>,
     extra: Option<(CubeTensor<R>, CubeTensor<R>)>,
     scale: f32,
     heads_last: bool,
 ) -> (CubeTensor<R>, CubeTensor<R>) {
     let q = into_contiguous(q);
-    let [b, hq, s, d] = q.meta.shape().dims::<4>();
-    let rows = b * hq * s;
     let (planned, parts) = plan_all(&q, sources);
     let partials = launch_partials(&q, planned, parts, scale);
-    let o = if heads_last {
-        super::alloc_like(&q, [b, s, hq, d], q.dtype)
-    } else {
-        super::alloc_like(&q, [b, hq, s, d], q.dtype)
-    };
-    let lse = super::alloc_like(&q, [b, hq, s], DType::F32);
-    let has_extra = extra.is_some();
-    // Without an extra result the kernel reads neither; any tensors of the right types do.
-    let (o_x, lse_x) = match extra {
-        Some((o_x, lse_x)) => (into_contiguous(o_x), into_contiguous(lse_x)),
-        None => (o.clone(), lse.clone()),
-    };
-    let (count, dim) = elemwise_count(&q.client, rows * d);
-    let [o_part, m_part, l_part] = partials;
-    attention_combine::launch::<R>(
-        &q.client,
-        count,
-        dim,
-        o_part.into_array_arg(),
-        m_part.into_array_arg(),
-        l_part.into_array_arg(),
-        o_x.into_array_arg(),
-        lse_x.into_array_arg(),
-        o.clone().into_array_arg(),
-        lse.clone().into_array_arg(),
-        parts,
-        f32::NEG_INFINITY,
-        hq,
-        s,
-        d,
-        has_extra,
-        heads_last,
-        q.dtype.into(),
-    );
-    let o = if heads_last {
-        burn_cubecl::ops::permute(o, &[0, 2, 1, 3])
-    } else {
-        o
-    };
-    (o, lse)
+    combine::combine_rows(&q, layout, partials, parts, block, extra, scale, heads_last)
 }
 
 /// Launches the partial kernels of `planned` (the sources of `q`'s rows, `part_base` and
@@ -1031,11 +809,8 @@ fn launch_partials<R: CubeRuntime>(
     parts: usize,
     scale: f32,
 ) -> [CubeTensor<R>; 3] {
-    let [b, hq, s, d] = q.meta.shape().dims::<4>();
-    let rows = b * hq * s;
-    let o_part = super::alloc_like(q, [rows * parts * d], DType::F32);
-    let m_part = super::alloc_like(q, [rows * parts], DType::F32);
-    let l_part = super::alloc_like(q, [rows * parts], DType::F32);
+    let [b, _, _, d] = q.meta.shape().dims::<4>();
+    let [o_part, m_part, l_part] = combine::alloc_partials(q, parts);
     for p in planned {
         let [_, hkv, _, _] = p.k.meta.shape().dims::<4>();
         let split = p.split;
@@ -1127,13 +902,14 @@ fn plan_all<R: CubeRuntime>(
 
 /// Host side of LoSA's sparse step (the public op validated the inputs): the active rows'
 /// queries `q_a` `[b, hq, k, d]` over the prefix `sparse` source, the block's queries `q`
-/// `[b, hq, s, d]` over the `block` source, and one combine that refreshes the cached rows
-/// `(o_c, lse_c, q_c)` at `rows` `[b, k]` and merges them with the block. Returns `(O` heads
-/// last`, LSE)` and the refreshed `(o, lse, q)`.
-#[allow(clippy::type_complexity)]
+/// `[b, hq, s, d]` over the block's keys (attended inside the combine, or a `block_source`),
+/// and one combine that refreshes the cached rows `(o_c, lse_c, q_c)` at `rows` `[b, k]` and
+/// merges them with the block. Returns `(O` heads last`, LSE)` and the refreshed `(o, lse, q)`.
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
 pub(crate) fn sparse_step<R: CubeRuntime>(
     q: CubeTensor<R>,
-    block: KeySource<R>,
+    layout: CombineLayout,
+    block: Result<BlockKeys<R>, KeySource<R>>,
     q_a: CubeTensor<R>,
     sparse: KeySource<R>,
     (o_c, lse_c, q_c): (CubeTensor<R>, CubeTensor<R>, CubeTensor<R>),
@@ -1145,50 +921,25 @@ pub(crate) fn sparse_step<R: CubeRuntime>(
 ) {
     let (q, q_a) = (into_contiguous(q), into_contiguous(q_a));
     let [o_c, lse_c, q_c, rows] = [o_c, lse_c, q_c, rows].map(into_contiguous);
-    let [b, hq, s, d] = q.meta.shape().dims::<4>();
     let (planned_a, parts_a) = plan_all(&q_a, vec![sparse]);
     let partials_a = launch_partials(&q_a, planned_a, parts_a, scale);
-    let (planned, parts) = plan_all(&q, vec![block]);
+    let (block, block_sources) = match block {
+        Ok(keys) => (Some(keys), vec![]),
+        Err(source) => (None, vec![source]),
+    };
+    let (planned, parts) = plan_all(&q, block_sources);
     let partials = launch_partials(&q, planned, parts, scale);
-    let o = super::alloc_like(&q, [b, s, hq, d], q.dtype);
-    let lse = super::alloc_like(&q, [b, hq, s], DType::F32);
-    let alloc =
-        |like: &CubeTensor<R>| super::alloc_like(like, like.meta.shape().clone(), like.dtype);
-    let (o_new, lse_new, q_new) = (alloc(&o_c), alloc(&lse_c), alloc(&q_c));
-    let (count, dim) = elemwise_count(&q.client, b * hq * s * d);
-    let [o_part, m_part, l_part] = partials;
-    let [o_part_a, m_part_a, l_part_a] = partials_a;
-    sparse_step_combine::launch::<R>(
-        &q.client,
-        count,
-        dim,
-        o_part.into_array_arg(),
-        m_part.into_array_arg(),
-        l_part.into_array_arg(),
-        o_part_a.into_array_arg(),
-        m_part_a.into_array_arg(),
-        l_part_a.into_array_arg(),
-        o_c.into_array_arg(),
-        lse_c.into_array_arg(),
-        q_c.into_array_arg(),
-        rows.clone().into_array_arg(),
-        q_a.into_array_arg(),
-        o.clone().into_array_arg(),
-        lse.clone().into_array_arg(),
-        o_new.clone().into_array_arg(),
-        lse_new.clone().into_array_arg(),
-        q_new.clone().into_array_arg(),
-        rows.meta.shape()[1],
-        parts,
-        parts_a,
-        f32::NEG_INFINITY,
-        hq,
-        s,
-        d,
-        [q.dtype.into(), rows.dtype.into()],
-    );
-    let o = burn_cubecl::ops::permute(o, &[0, 2, 1, 3]);
-    ((o, lse), (o_new, lse_new, q_new))
+    combine::sparse_step_rows(
+        &q,
+        layout,
+        (partials, parts),
+        block,
+        (partials_a, parts_a),
+        (o_c, lse_c, q_c),
+        rows,
+        q_a,
+        scale,
+    )
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 mod attention;
 mod attention_frag;
 mod attention_mma;
+mod combine;
 mod few_rows;
 mod few_rows_mma;
 mod layer_ops;
@@ -30,6 +31,8 @@ use cubecl::{
     ir::{ElemType, FloatKind, features::MmaConfig},
     prelude::*,
 };
+
+use combine::{BlockKeys, CombineLayout};
 
 use crate::backend::{
     LosaBackend, OutLse, PagedKeys, PrefixKeys, QkNormWeights, RowState, on_primitives,
@@ -210,12 +213,45 @@ fn key_source<R: CubeRuntime>(
     Ok(attention::KeySource { k, v, mask, kernel })
 }
 
+/// A block's keys for `q`'s rows: attended inside the combine where they are few (`Ok(Ok)`),
+/// else a source for a partial kernel (`Ok(Err)`), or why the kernels do not take them.
+#[allow(clippy::type_complexity)]
+fn block_keys<R: CubeRuntime>(
+    q: &CubeTensor<R>,
+    k: CubeTensor<R>,
+    v: CubeTensor<R>,
+) -> Result<Result<BlockKeys<R>, attention::KeySource<R>>, &'static str> {
+    if kernel_float(q.dtype)
+        && q.meta.shape()[2] > 0
+        && let Some(keys) = BlockKeys::inline(q, &k, &v)
+    {
+        return Ok(Ok(keys));
+    }
+    key_source(q, k, v, None).map(Err)
+}
+
+/// Why an attention call runs the reference: no combine layout covers the head dimension.
+const NO_COMBINE: &str = "a head dimension wider than the combine covers";
+
 fn kernel_float(dtype: DType) -> bool {
     matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
 }
 
+/// Calls that ran the reference instead of a kernel, in this process.
+static FALLBACKS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 fn fallback(op: &str, why: &str) {
+    FALLBACKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     tracing::debug!("losa {op}: {why}; running the reference");
+}
+
+/// How many calls in this process ran the reference instead of a kernel (inputs the kernels
+/// do not take; the fused backend runs them on its own thread). The conformance tests read it,
+/// so that a kernel path that quietly stopped being taken fails them instead of passing on the
+/// reference.
+#[doc(hidden)]
+pub fn reference_fallbacks() -> usize {
+    FALLBACKS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 impl<R, F, I, BT> LosaBackend for CubeBackend<R, F, I, BT>
@@ -239,7 +275,11 @@ where
                 return on_primitives::attention::<Self>(q, k, v, page_mask, scale);
             }
         };
-        attention::attention(q, vec![source], None, scale, false)
+        let Some(layout) = CombineLayout::for_queries(&q) else {
+            fallback("attention", NO_COMBINE);
+            return on_primitives::attention::<Self>(q, k, v, page_mask, scale);
+        };
+        attention::attention(q, layout, vec![source], None, None, scale, false)
     }
 
     fn losa_block_attention(
@@ -261,8 +301,13 @@ where
                 scale,
             )
         };
-        let mut sources = match key_source(&q, k_block.clone(), v_block.clone(), None) {
-            Ok(block) => vec![block],
+        let Some(layout) = CombineLayout::for_queries(&q) else {
+            return fall_back(NO_COMBINE);
+        };
+        // A block's few keys are attended inside the combine; more take a partial kernel.
+        let (block, mut sources) = match block_keys(&q, k_block.clone(), v_block.clone()) {
+            Ok(Ok(keys)) => (Some(keys), vec![]),
+            Ok(Err(source)) => (None, vec![source]),
             Err(why) => return fall_back(why),
         };
         // An empty prefix adds nothing to the softmax.
@@ -280,7 +325,7 @@ where
             return fall_back("a partial result of another dtype");
         }
         // The result goes to the output projection, which reads it heads last.
-        attention::attention(q, sources, partial, scale, true)
+        attention::attention(q, layout, sources, block, partial, scale, true)
     }
 
     fn losa_sparse_step(
@@ -317,7 +362,10 @@ where
         if rows.meta.shape()[1] == 0 {
             return fall_back("no active rows");
         }
-        let block = match key_source(&q, k_block.clone(), v_block.clone(), None) {
+        let Some(layout) = CombineLayout::for_queries(&q) else {
+            return fall_back(NO_COMBINE);
+        };
+        let block = match block_keys(&q, k_block.clone(), v_block.clone()) {
             Ok(block) => block,
             Err(why) => return fall_back(why),
         };
@@ -326,7 +374,7 @@ where
             Ok(sparse) => sparse,
             Err(why) => return fall_back(why),
         };
-        attention::sparse_step(q, block, q_active, sparse, cached, rows, scale)
+        attention::sparse_step(q, layout, block, q_active, sparse, cached, rows, scale)
     }
 
     fn losa_merge(
@@ -491,9 +539,10 @@ where
             return on_primitives::few_row_matmul::<Self>(x, w);
         }
         if !few_rows::takes(&x, &w) {
-            fallback(
-                "few-row matmul",
-                "mismatched k, too many rows or columns, or a weight not read along k",
+            // burn's own matmul is the kernel for these (not a stand-in): not counted.
+            tracing::debug!(
+                "losa few-row matmul: more rows or columns than it serves, or a weight not read \
+                 along k; burn's matmul runs"
             );
             return on_primitives::few_row_matmul::<Self>(x, w);
         }
