@@ -705,6 +705,18 @@ struct Planned<R: CubeRuntime> {
     split: Split,
 }
 
+/// A tuning override for same-run comparisons: `LOSA_LISTED_CUBES_PER_SM` sets the cubes per
+/// multiprocessor that a page list's split aims at (the kernel's own figure otherwise).
+fn listed_cubes_per_sm() -> Option<usize> {
+    static PER_SM: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    *PER_SM.get_or_init(|| {
+        std::env::var("LOSA_LISTED_CUBES_PER_SM")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n: &usize| n > 0)
+    })
+}
+
 /// Compacts `source`'s mask into a page list and splits its keys into chunks for the card.
 fn plan<R: CubeRuntime>(q: &CubeTensor<R>, source: KeySource<R>) -> Planned<R> {
     let [b, hq, s, _] = q.meta.shape().dims::<4>();
@@ -715,13 +727,15 @@ fn plan<R: CubeRuntime>(q: &CubeTensor<R>, source: KeySource<R>) -> Planned<R> {
     let group_rows = (hq / hkv) * s;
     let row_groups = group_rows.div_ceil(kernel.rows());
     let client = &q.client;
+    let cubes_per_sm = match listed_cubes_per_sm() {
+        Some(per_sm) if source.mask.is_some() => per_sm,
+        _ => kernel.cubes_per_sm(),
+    };
     let target_cubes = client
         .properties()
         .hardware
         .num_streaming_multiprocessors
-        .map_or(DEFAULT_TARGET_CUBES, |sms| {
-            sms as usize * kernel.cubes_per_sm()
-        });
+        .map_or(DEFAULT_TARGET_CUBES, |sms| sms as usize * cubes_per_sm);
     let (listed, page_size, pages, count) = match source.mask {
         Some((mask, page_size)) => {
             let mask = into_contiguous(mask);

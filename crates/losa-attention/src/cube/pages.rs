@@ -421,7 +421,11 @@ fn threshold_radix_kernel(scores: &Array<f32>, threshold: &mut Array<f32>, np: u
 /// One unit per (batch, KV head, page): is the page at or above the threshold of any packed row
 /// of this KV head, or always kept?
 #[cube(launch)]
-#[allow(clippy::manual_div_ceil, clippy::manual_is_multiple_of)]
+#[allow(
+    clippy::manual_div_ceil,
+    clippy::manual_is_multiple_of,
+    clippy::collapsible_if
+)]
 fn union_kernel<I: Int>(
     scores: &Array<f32>,
     threshold: &Array<f32>,
@@ -451,10 +455,20 @@ fn union_kernel<I: Int>(
         hit = 1u32;
     }
     let row0 = (b * hq + kvh * g) * s;
-    for r in 0..g * s {
-        if scores[(row0 + r) * np + page] >= threshold[row0 + r] {
-            hit = 1u32;
+    let rows = g * s;
+    let mut r = 0usize.runtime();
+    // Four rows' loads in flight at a time: a loop of one waited for each load in turn.
+    while r < rows {
+        #[unroll]
+        for j in 0..4usize {
+            let row = r + j;
+            if row < rows {
+                if scores[(row0 + row) * np + page] >= threshold[row0 + row] {
+                    hit = 1u32;
+                }
+            }
         }
+        r += 4;
     }
     mask[pos] = I::cast_from(hit);
 }

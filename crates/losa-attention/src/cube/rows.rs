@@ -220,12 +220,17 @@ fn pick_active_rows_kernel<F: Float, N: Size, I: Int>(
         }
         partial[unit] = sum;
         sync_cube();
-        if unit < group && first + unit < s {
-            let mut total = 0.0f32;
-            for j in 0..segs {
-                total += partial[unit * segs + j];
+        // A tree over each row's segments (a unit summing 64 of them in turn took ~1 µs).
+        let mut stride = half_pow2(segs);
+        while stride > 0 {
+            if seg < stride && seg + stride < segs {
+                partial[unit] += partial[unit + stride];
             }
-            change[first + unit] = ordered(total / f32::cast_from(vectors * width));
+            sync_cube();
+            stride /= 2;
+        }
+        if unit < group && first + unit < s {
+            change[first + unit] = ordered(partial[unit * segs] / f32::cast_from(vectors * width));
         }
         sync_cube();
         first += group;
@@ -247,13 +252,40 @@ fn pick_active_rows_kernel<F: Float, N: Size, I: Int>(
         i += units;
     }
     sync_cube();
+    // The gather, four vectors' loads in flight per unit.
+    let total = h * k * dv;
     let mut e = unit;
-    while e < h * k * dv {
-        let (head, j, c) = (e / (k * dv), (e / dv) % k, e % dv);
-        q_active[((b * h + head) * k + j) * dv + c] =
-            q[((b * h + head) * s + picked[j] as usize) * dv + c];
-        e += units;
+    while e < total {
+        let mut x = Array::<Vector<F, N>>::new(4usize);
+        #[unroll]
+        for i in 0..4usize {
+            let at = e + i * units;
+            if at < total {
+                let (head, j, c) = (at / (k * dv), (at / dv) % k, at % dv);
+                x[i] = q[((b * h + head) * s + picked[j] as usize) * dv + c];
+            }
+        }
+        #[unroll]
+        for i in 0..4usize {
+            let at = e + i * units;
+            if at < total {
+                let (head, j, c) = (at / (k * dv), (at / dv) % k, at % dv);
+                q_active[((b * h + head) * k + j) * dv + c] = x[i];
+            }
+        }
+        e += 4 * units;
     }
+}
+
+/// Half the power of two at or above `n` (0 for `n <= 1`): the first stride of a tree over `n`
+/// values.
+#[cube]
+fn half_pow2(n: usize) -> usize {
+    let mut p = 1usize.runtime();
+    while p < n {
+        p *= 2;
+    }
+    p / 2
 }
 
 /// `q`, `q_cached` `[b, h, s, d]` of one float dtype, `0 < k <= s <= MAX_PICK_ROWS`.
