@@ -223,7 +223,8 @@ fn pick_active_rows_kernel<F: Float, N: Size, I: Int>(
         // A tree over each row's segments (a unit summing 64 of them in turn took ~1 µs).
         let mut stride = half_pow2(segs);
         while stride > 0 {
-            if seg < stride && seg + stride < segs {
+            // Units past the group's rows (`r >= group`) hold no segment.
+            if r < group && seg < stride && seg + stride < segs {
                 partial[unit] += partial[unit + stride];
             }
             sync_cube();
