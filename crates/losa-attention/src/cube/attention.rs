@@ -705,6 +705,18 @@ struct Planned<R: CubeRuntime> {
     split: Split,
 }
 
+/// [`MIN_CHUNK_KEYS`], or the tuning override `LOSA_MIN_CHUNK_KEYS` (same-run comparisons).
+fn min_chunk_keys() -> usize {
+    static KEYS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *KEYS.get_or_init(|| {
+        std::env::var("LOSA_MIN_CHUNK_KEYS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n: &usize| n > 0)
+            .unwrap_or(MIN_CHUNK_KEYS)
+    })
+}
+
 /// A tuning override for same-run comparisons: `LOSA_LISTED_CUBES_PER_SM` sets the cubes per
 /// multiprocessor that a page list's split aims at (the kernel's own figure otherwise).
 fn listed_cubes_per_sm() -> Option<usize> {
@@ -766,7 +778,7 @@ fn plan<R: CubeRuntime>(q: &CubeTensor<R>, source: KeySource<R>) -> Planned<R> {
     let most_chunks = if listed {
         n.div_ceil(page_size)
     } else {
-        n.div_ceil(kernel.tile().max(MIN_CHUNK_KEYS))
+        n.div_ceil(kernel.tile().max(min_chunk_keys()))
     };
     let base_cubes = b * hkv * row_groups;
     let split = Split {

@@ -396,6 +396,12 @@ fn sparse_step_rows_kernel<F: Float, N: Size, I: Int>(
     }
     let is_active = slot < k;
     let row_a = bh * k + min(slot, k - 1);
+    // Both candidates of the row's cached state, loaded before the merge so that their loads
+    // overlap it.
+    let cached_o = o_c[row * dv + cv];
+    let cached_lse = lse_c[row];
+    let cached_q = q_c[row * dv + cv];
+    let fresh_q = q_a[row_a * dv + cv];
     // Inactive rows merge no partials, so every cube runs the same barriers.
     let mut parts_here = 0usize.runtime();
     if is_active {
@@ -420,13 +426,13 @@ fn sparse_step_rows_kernel<F: Float, N: Size, I: Int>(
         false,
         0usize,
     );
-    let mut prefix = o_c[row * dv + cv];
-    let mut prefix_lse = lse_c[row];
-    let mut q_row = q_c[row * dv + cv];
+    let mut prefix = cached_o;
+    let mut prefix_lse = cached_lse;
+    let mut q_row = cached_q;
     if is_active {
         prefix = Vector::<F, N>::cast_from(fresh);
         prefix_lse = fresh_lse;
-        q_row = q_a[row_a * dv + cv];
+        q_row = fresh_q;
     }
     if valid && g == 0 {
         o_new[row * dv + cv] = prefix;
