@@ -96,46 +96,120 @@ fn cube_stats(m: f32, s: f32, #[comptime] units: usize, #[comptime] tree: usize)
     (ms[0], ss[0])
 }
 
-/// Scores `scale * q · k_j` of the row at `q_base` against the `keys` block keys from
-/// `k_base`, into `scores`: `units / keys` units per key, each a stride of channel vectors,
+/// A combine cube's row and its unit's place in it.
+#[derive(CubeType, Clone, Copy)]
+struct RowAt {
+    /// The packed row `(b, h, s)`: `(bi * hq + h) * s + si`.
+    row: usize,
+    /// False for cubes past the last row: they redo it (every unit joins the barriers) and
+    /// write nothing.
+    valid: bool,
+    bi: usize,
+    h: usize,
+    si: usize,
+    /// The unit's channel vector and group.
+    cv: usize,
+    g: usize,
+    /// The first block key of the row's KV head, in vectors.
+    kv_base: usize,
+}
+
+/// The cube's row of `rows` (`hq` query heads, `s` rows a block, `group` query heads per KV
+/// head) and the unit's place in it.
+#[cube]
+fn row_at(
+    rows: usize,
+    hq: usize,
+    s: usize,
+    group: usize,
+    #[comptime] dv: usize,
+    #[comptime] keys: usize,
+) -> RowAt {
+    let cube = CUBE_POS_X as usize + CUBE_POS_Y as usize * CUBE_COUNT_X as usize;
+    let row = min(cube, rows - 1);
+    let unit = UNIT_POS_X as usize;
+    let (bh, si) = (row / s, row % s);
+    let (bi, h) = (bh / hq, bh % hq);
+    RowAt {
+        row,
+        valid: cube < rows,
+        bi,
+        h,
+        si,
+        cv: unit % dv,
+        g: unit / dv,
+        kv_base: (bi * (hq / group) + h / group) * keys * dv,
+    }
+}
+
+/// Writes the row's `O` (channel vector `cv`, from group 0's units; `[b, s, hq, d]` with
+/// `heads_last`, else `[b, hq, s, d]`) and `LSE`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn write_row<F: Float, N: Size>(
+    o: &mut Array<Vector<F, N>>,
+    lse: &mut Array<f32>,
+    at: &RowAt,
+    value: Vector<f32, N>,
+    l: f32,
+    hq: usize,
+    s: usize,
+    #[comptime] dv: usize,
+    #[comptime] heads_last: bool,
+) {
+    if at.valid && at.g == 0 {
+        let mut out = at.row * dv + at.cv;
+        if heads_last {
+            out = ((at.bi * s + at.si) * hq + at.h) * dv + at.cv;
+        }
+        o[out] = Vector::cast_from(value);
+        if at.cv == 0 {
+            lse[at.row] = l;
+        }
+    }
+}
+
+/// Scores `scale * q · k_j` of the row against its KV head's `keys` block keys, into `scores`
+/// (nothing without keys): `units / keys` units per key, each a stride of channel vectors,
 /// summed in shared memory. Every unit must call it: it holds barriers.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn block_scores<F: Float, N: Size>(
     q: &Array<Vector<F, N>>,
     k_blk: &Array<Vector<F, N>>,
-    q_base: usize,
-    k_base: usize,
+    at: &RowAt,
     scores: &mut SharedMemory<f32>,
     scale: f32,
     #[comptime] dv: usize,
     #[comptime] units: usize,
     #[comptime] keys: usize,
 ) {
-    let unit = UNIT_POS_X as usize;
-    let segs = comptime!(units / keys);
-    let mut dots = SharedMemory::<f32>::new(units);
-    let (j, seg) = (unit / segs, unit % segs);
-    let mut dot = 0.0f32.runtime();
-    if j < keys {
-        let mut c = seg;
-        while c < dv {
-            let x = Vector::<f32, N>::cast_from(q[q_base + c]);
-            let y = Vector::<f32, N>::cast_from(k_blk[k_base + j * dv + c]);
-            dot += x.dot(y);
-            c += segs;
+    if comptime!(keys > 0) {
+        let unit = UNIT_POS_X as usize;
+        let segs = comptime!(units / keys);
+        let mut dots = SharedMemory::<f32>::new(units);
+        let (j, seg) = (unit / segs, unit % segs);
+        let mut dot = 0.0f32.runtime();
+        if j < keys {
+            let mut c = seg;
+            while c < dv {
+                let x = Vector::<f32, N>::cast_from(q[at.row * dv + c]);
+                let y = Vector::<f32, N>::cast_from(k_blk[at.kv_base + j * dv + c]);
+                dot += x.dot(y);
+                c += segs;
+            }
         }
-    }
-    dots[unit] = dot;
-    sync_cube();
-    if unit < keys {
-        let mut total = 0.0f32;
-        for i in 0..segs {
-            total += dots[unit * segs + i];
+        dots[unit] = dot;
+        sync_cube();
+        if unit < keys {
+            let mut total = 0.0f32;
+            for i in 0..segs {
+                total += dots[unit * segs + i];
+            }
+            scores[unit] = total * scale;
         }
-        scores[unit] = total * scale;
+        sync_cube();
     }
-    sync_cube();
 }
 
 /// One row's softmax-weighted merge of: its `parts` partials from index `first`, with `extra`
@@ -279,33 +353,23 @@ fn combine_rows_kernel<F: Float, N: Size>(
     #[comptime] heads_last: bool,
     #[define(F)] _dtype: StorageType,
 ) {
-    let cube = CUBE_POS_X as usize + CUBE_POS_Y as usize * CUBE_COUNT_X as usize;
-    // Cubes past the last row redo it (every unit joins the barriers) and write nothing.
-    let valid = cube < rows;
-    let row = min(cube, rows - 1);
-    let unit = UNIT_POS_X as usize;
-    let (cv, g) = (unit % dv, unit / dv);
-    let (bh, si) = (row / s, row % s);
-    let (bi, h) = (bh / hq, bh % hq);
-    let kv_base = (bi * (hq / group) + h / group) * keys * dv;
+    let at = row_at(rows, hq, s, group, dv, keys);
+    let row = at.row;
     let mut scores = SharedMemory::<f32>::new(comptime!(keys.max(1)));
-    if comptime!(keys > 0) {
-        block_scores(
-            q,
-            k_blk,
-            row * dv,
-            kv_base,
-            &mut scores,
-            scale,
-            dv,
-            comptime!(dv * groups),
-            keys,
-        );
-    }
+    block_scores(
+        q,
+        k_blk,
+        &at,
+        &mut scores,
+        scale,
+        dv,
+        comptime!(dv * groups),
+        keys,
+    );
     let mut x_o = Vector::<f32, N>::new(0.0f32);
     let mut x_lse = neg_inf;
     if extra {
-        x_o = Vector::cast_from(o_x[row * dv + cv]);
+        x_o = Vector::cast_from(o_x[row * dv + at.cv]);
         x_lse = lse_x[row];
     }
     let (value, l) = merge_row(
@@ -318,7 +382,7 @@ fn combine_rows_kernel<F: Float, N: Size>(
         x_lse,
         &scores,
         v_blk,
-        kv_base,
+        at.kv_base,
         neg_inf,
         dv,
         groups,
@@ -326,16 +390,7 @@ fn combine_rows_kernel<F: Float, N: Size>(
         extra,
         keys,
     );
-    if valid && g == 0 {
-        let mut at = row * dv + cv;
-        if heads_last {
-            at = ((bi * s + si) * hq + h) * dv + cv;
-        }
-        o[at] = Vector::cast_from(value);
-        if cv == 0 {
-            lse[row] = l;
-        }
-    }
+    write_row(o, lse, &at, value, l, hq, s, dv, heads_last);
 }
 
 /// LoSA's sparse step, per row `(b, h, s)` of the block (one cube each): the row's prefix
@@ -381,21 +436,17 @@ fn sparse_step_rows_kernel<F: Float, N: Size, I: Int>(
     #[comptime] keys: usize,
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
-    let cube = CUBE_POS_X as usize + CUBE_POS_Y as usize * CUBE_COUNT_X as usize;
-    let valid = cube < rows;
-    let row = min(cube, rows - 1);
-    let unit = UNIT_POS_X as usize;
-    let (cv, g) = (unit % dv, unit / dv);
-    let (bh, si) = (row / s, row % s);
-    let (bi, h) = (bh / hq, bh % hq);
+    let at = row_at(rows, hq, s, group, dv, keys);
+    let (row, cv) = (at.row, at.cv);
     let mut slot = k;
     for j in 0..k {
-        if active[bi * k + j] == I::cast_from(si) {
+        if active[at.bi * k + j] == I::cast_from(at.si) {
             slot = j;
         }
     }
     let is_active = slot < k;
-    let row_a = bh * k + min(slot, k - 1);
+    // The row's slot among the active rows' partials (rows `(b, h, slot)`).
+    let row_a = (row / s) * k + min(slot, k - 1);
     // Both candidates of the row's cached state, loaded before the merge so that their loads
     // overlap it.
     let cached_o = o_c[row * dv + cv];
@@ -434,27 +485,30 @@ fn sparse_step_rows_kernel<F: Float, N: Size, I: Int>(
         prefix_lse = fresh_lse;
         q_row = fresh_q;
     }
-    if valid && g == 0 {
-        o_new[row * dv + cv] = prefix;
+    if at.valid && at.g == 0 {
         q_new[row * dv + cv] = q_row;
-        if cv == 0 {
-            lse_new[row] = prefix_lse;
-        }
     }
-    let kv_base = (bi * (hq / group) + h / group) * keys * dv;
-    if comptime!(keys > 0) {
-        block_scores(
-            q,
-            k_blk,
-            row * dv,
-            kv_base,
-            &mut scores,
-            scale,
-            dv,
-            comptime!(dv * groups),
-            keys,
-        );
-    }
+    write_row(
+        o_new,
+        lse_new,
+        &at,
+        Vector::<f32, N>::cast_from(prefix),
+        prefix_lse,
+        hq,
+        s,
+        dv,
+        false,
+    );
+    block_scores(
+        q,
+        k_blk,
+        &at,
+        &mut scores,
+        scale,
+        dv,
+        comptime!(dv * groups),
+        keys,
+    );
     let (value, l) = merge_row(
         o_part,
         m_part,
@@ -465,7 +519,7 @@ fn sparse_step_rows_kernel<F: Float, N: Size, I: Int>(
         prefix_lse,
         &scores,
         v_blk,
-        kv_base,
+        at.kv_base,
         neg_inf,
         dv,
         groups,
@@ -473,12 +527,7 @@ fn sparse_step_rows_kernel<F: Float, N: Size, I: Int>(
         true,
         keys,
     );
-    if valid && g == 0 {
-        o[((bi * s + si) * hq + h) * dv + cv] = Vector::cast_from(value);
-        if cv == 0 {
-            lse[row] = l;
-        }
-    }
+    write_row(o, lse, &at, value, l, hq, s, dv, true);
 }
 
 /// A block's own keys and values `[b, hkv, n, d]` (`n` at most [`MAX_INLINE_KEYS`]), attended
@@ -504,8 +553,19 @@ impl<R: CubeRuntime> BlockKeys<R> {
         })
     }
 
-    fn keys(&self) -> usize {
-        self.k.meta.shape()[2]
+    /// `(keys, KV heads, k, v)` of `block` for a launch; without a block, no keys and `q`
+    /// standing in for the unread `k` and `v`.
+    fn bind(
+        block: Option<Self>,
+        q: &CubeTensor<R>,
+    ) -> (usize, usize, CubeTensor<R>, CubeTensor<R>) {
+        match block {
+            Some(blk) => {
+                let [_, hkv, n, _] = blk.k.meta.shape().dims::<4>();
+                (n, hkv, blk.k, blk.v)
+            }
+            None => (0, q.meta.shape()[1], q.clone(), q.clone()),
+        }
     }
 }
 
@@ -559,15 +619,7 @@ pub(crate) fn combine_rows<R: CubeRuntime>(
         Some((o_x, lse_x)) => (into_contiguous(o_x), into_contiguous(lse_x)),
         None => (o.clone(), lse.clone()),
     };
-    let (keys, hkv, k_blk, v_blk) = match &block {
-        Some(blk) => (
-            blk.keys(),
-            blk.k.meta.shape()[1],
-            blk.k.clone(),
-            blk.v.clone(),
-        ),
-        None => (0, hq, q.clone(), q.clone()),
-    };
+    let (keys, hkv, k_blk, v_blk) = BlockKeys::bind(block, q);
     combine_rows_kernel::launch::<R>(
         &q.client,
         cube_grid(rows),
@@ -636,15 +688,7 @@ pub(crate) fn sparse_step_rows<R: CubeRuntime>(
         let o = burn_cubecl::ops::permute(o, &[0, 2, 1, 3]);
         return ((o, lse), (o_new, lse_new, q_new));
     }
-    let (keys, hkv, k_blk, v_blk) = match &block {
-        Some(blk) => (
-            blk.keys(),
-            blk.k.meta.shape()[1],
-            blk.k.clone(),
-            blk.v.clone(),
-        ),
-        None => (0, hq, q.clone(), q.clone()),
-    };
+    let (keys, hkv, k_blk, v_blk) = BlockKeys::bind(block, q);
     let [o_part, m_part, l_part] = block_partials;
     let [o_part_a, m_part_a, l_part_a] = active_partials;
     sparse_step_rows_kernel::launch::<R>(
