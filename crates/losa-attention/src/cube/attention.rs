@@ -708,25 +708,14 @@ struct Planned<R: CubeRuntime> {
 /// [`MIN_CHUNK_KEYS`], or the tuning override `LOSA_MIN_CHUNK_KEYS` (same-run comparisons).
 fn min_chunk_keys() -> usize {
     static KEYS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *KEYS.get_or_init(|| {
-        std::env::var("LOSA_MIN_CHUNK_KEYS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .filter(|&n: &usize| n > 0)
-            .unwrap_or(MIN_CHUNK_KEYS)
-    })
+    *KEYS.get_or_init(|| super::env_override("LOSA_MIN_CHUNK_KEYS").unwrap_or(MIN_CHUNK_KEYS))
 }
 
 /// A tuning override for same-run comparisons: `LOSA_LISTED_CUBES_PER_SM` sets the cubes per
 /// multiprocessor that a page list's split aims at (the kernel's own figure otherwise).
 fn listed_cubes_per_sm() -> Option<usize> {
     static PER_SM: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
-    *PER_SM.get_or_init(|| {
-        std::env::var("LOSA_LISTED_CUBES_PER_SM")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .filter(|&n: &usize| n > 0)
-    })
+    *PER_SM.get_or_init(|| super::env_override("LOSA_LISTED_CUBES_PER_SM"))
 }
 
 /// Compacts `source`'s mask into a page list and splits its keys into chunks for the card.

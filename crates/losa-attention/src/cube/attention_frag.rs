@@ -500,13 +500,7 @@ struct Tuning {
 fn tuning() -> &'static Tuning {
     static TUNING: std::sync::OnceLock<Tuning> = std::sync::OnceLock::new();
     TUNING.get_or_init(|| {
-        let read = |name: &str, default: usize| {
-            std::env::var(name)
-                .ok()
-                .and_then(|v| v.parse::<usize>().ok())
-                .filter(|&v| v > 0)
-                .unwrap_or(default)
-        };
+        let read = |name: &str, default: usize| super::env_override(name).unwrap_or(default);
         Tuning {
             tile: read("LOSA_FRAG_TILE", TILE_KEYS),
             warps_per_sm: read("LOSA_FRAG_WARPS_PER_SM", WARPS_PER_SM),

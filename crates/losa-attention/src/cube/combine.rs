@@ -538,15 +538,21 @@ pub(crate) struct BlockKeys<R: CubeRuntime> {
 }
 
 impl<R: CubeRuntime> BlockKeys<R> {
-    /// `k`/`v` as keys the combine of `q`'s rows attends to itself, or `None` where a partial
-    /// kernel serves them (more keys than [`MAX_INLINE_KEYS`], other dtypes, no keys).
-    pub(crate) fn inline(q: &CubeTensor<R>, k: &CubeTensor<R>, v: &CubeTensor<R>) -> Option<Self> {
+    /// `k`/`v` as keys the combine of `q`'s rows (laid out by `layout`) attends to itself, or
+    /// `None` where a partial kernel serves them (more keys than [`MAX_INLINE_KEYS`], other
+    /// dtypes, no keys).
+    pub(crate) fn inline(
+        q: &CubeTensor<R>,
+        layout: CombineLayout,
+        k: &CubeTensor<R>,
+        v: &CubeTensor<R>,
+    ) -> Option<Self> {
         let n = k.meta.shape()[2];
         // Each key takes at least one unit of the cube for its score.
         let fits = (1..=MAX_INLINE_KEYS).contains(&n)
             && k.dtype == q.dtype
             && v.dtype == q.dtype
-            && CombineLayout::for_queries(q).is_some_and(|l| n <= l.units());
+            && n <= layout.units();
         fits.then(|| Self {
             k: into_contiguous(k.clone()),
             v: into_contiguous(v.clone()),

@@ -54,6 +54,15 @@ pub(crate) fn cube_grid(cubes: usize) -> CubeCount {
     CubeCount::Static(x as u32, y as u32, 1)
 }
 
+/// A tuning override: the positive integer in environment variable `name`, if any (callers
+/// read it once per process, so that a benchmark can try other values without a rebuild).
+pub(crate) fn env_override(name: &str) -> Option<usize> {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n: &usize| n > 0)
+}
+
 /// Side of a tensor-core tile (m = n = k = 16).
 pub(crate) const TILE: usize = 16;
 
@@ -218,12 +227,13 @@ fn key_source<R: CubeRuntime>(
 #[allow(clippy::type_complexity)]
 fn block_keys<R: CubeRuntime>(
     q: &CubeTensor<R>,
+    layout: CombineLayout,
     k: CubeTensor<R>,
     v: CubeTensor<R>,
 ) -> Result<Result<BlockKeys<R>, attention::KeySource<R>>, &'static str> {
     if kernel_float(q.dtype)
         && q.meta.shape()[2] > 0
-        && let Some(keys) = BlockKeys::inline(q, &k, &v)
+        && let Some(keys) = BlockKeys::inline(q, layout, &k, &v)
     {
         return Ok(Ok(keys));
     }
@@ -305,7 +315,7 @@ where
             return fall_back(NO_COMBINE);
         };
         // A block's few keys are attended inside the combine; more take a partial kernel.
-        let (block, mut sources) = match block_keys(&q, k_block.clone(), v_block.clone()) {
+        let (block, mut sources) = match block_keys(&q, layout, k_block.clone(), v_block.clone()) {
             Ok(Ok(keys)) => (Some(keys), vec![]),
             Ok(Err(source)) => (None, vec![source]),
             Err(why) => return fall_back(why),
@@ -365,7 +375,7 @@ where
         let Some(layout) = CombineLayout::for_queries(&q) else {
             return fall_back(NO_COMBINE);
         };
-        let block = match block_keys(&q, k_block.clone(), v_block.clone()) {
+        let block = match block_keys(&q, layout, k_block.clone(), v_block.clone()) {
             Ok(block) => block,
             Err(why) => return fall_back(why),
         };
