@@ -12,7 +12,7 @@
 //! Dense attention is the same kernel without a list: one code path for dense prefix, long
 //! blocks and sparse attention.
 
-use burn::tensor::DType;
+use burn::tensor::{DType, Shape};
 use burn_cubecl::{CubeRuntime, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
 
@@ -694,15 +694,32 @@ pub(crate) struct Split {
     pub(crate) parts: usize,
 }
 
-/// A source after page-list compaction, with its split (`part_base` and `parts` set later).
+/// A source with its split (`part_base` and `parts` set later) and, for a page list, the mask
+/// to compact first.
 struct Planned<R: CubeRuntime> {
     k: CubeTensor<R>,
     v: CubeTensor<R>,
-    pages: CubeTensor<R>,
-    count: CubeTensor<R>,
-    listed: bool,
+    mask: Option<CubeTensor<R>>,
     kernel: Kernel,
     split: Split,
+}
+
+impl<R: CubeRuntime> Planned<R> {
+    /// The shapes of the page list `[b * hkv * pages]` and its counts `[b * hkv]`; a dense
+    /// source's kernels read neither, one word each stands in.
+    fn list_specs(&self) -> [(Shape, DType); 2] {
+        let [b, hkv, _, _] = self.k.meta.shape().dims::<4>();
+        match self.mask {
+            Some(_) => {
+                let np = self.split.keys.div_ceil(self.split.page_size);
+                [
+                    (Shape::new([b * hkv * np]), DType::U32),
+                    (Shape::new([b * hkv]), DType::U32),
+                ]
+            }
+            None => [(Shape::new([1]), DType::U32), (Shape::new([1]), DType::U32)],
+        }
+    }
 }
 
 /// [`MIN_CHUNK_KEYS`], or the tuning override `LOSA_MIN_CHUNK_KEYS` (same-run comparisons).
@@ -718,7 +735,7 @@ fn listed_cubes_per_sm() -> Option<usize> {
     *PER_SM.get_or_init(|| super::env_override("LOSA_LISTED_CUBES_PER_SM"))
 }
 
-/// Compacts `source`'s mask into a page list and splits its keys into chunks for the card.
+/// Splits `source`'s keys (its pages, for a page list) into chunks for the card.
 fn plan<R: CubeRuntime>(q: &CubeTensor<R>, source: KeySource<R>) -> Planned<R> {
     let [b, hq, s, _] = q.meta.shape().dims::<4>();
     let k = super::channel_contiguous(source.k);
@@ -727,44 +744,22 @@ fn plan<R: CubeRuntime>(q: &CubeTensor<R>, source: KeySource<R>) -> Planned<R> {
     let kernel = source.kernel;
     let group_rows = (hq / hkv) * s;
     let row_groups = group_rows.div_ceil(kernel.rows());
-    let client = &q.client;
     let cubes_per_sm = match listed_cubes_per_sm() {
         Some(per_sm) if source.mask.is_some() => per_sm,
         _ => kernel.cubes_per_sm(),
     };
-    let target_cubes = client
+    let target_cubes = q
+        .client
         .properties()
         .hardware
         .num_streaming_multiprocessors
         .map_or(DEFAULT_TARGET_CUBES, |sms| sms as usize * cubes_per_sm);
-    let (listed, page_size, pages, count) = match source.mask {
-        Some((mask, page_size)) => {
-            let mask = into_contiguous(mask);
-            let np = n.div_ceil(page_size);
-            let pages = super::alloc_like(q, [b * hkv * np], DType::U32);
-            let count = super::alloc_like(q, [b * hkv], DType::U32);
-            compact_pages::launch::<R>(
-                client,
-                super::cube_grid(b * hkv),
-                CubeDim::new_1d(COMPACT_UNITS as u32),
-                mask.clone().into_array_arg(),
-                pages.clone().into_array_arg(),
-                count.clone().into_array_arg(),
-                np,
-                COMPACT_UNITS,
-                mask.dtype.into(),
-            );
-            (true, page_size, pages, count)
-        }
-        // Dense: the chunks split the keys themselves.
-        None => (
-            false,
-            1,
-            super::alloc_like(q, [1], DType::U32),
-            super::alloc_like(q, [1], DType::U32),
-        ),
+    // Dense: the chunks split the keys themselves.
+    let (mask, page_size) = match source.mask {
+        Some((mask, page_size)) => (Some(into_contiguous(mask)), page_size),
+        None => (None, 1),
     };
-    let most_chunks = if listed {
+    let most_chunks = if mask.is_some() {
         n.div_ceil(page_size)
     } else {
         n.div_ceil(kernel.tile().max(min_chunk_keys()))
@@ -783,12 +778,22 @@ fn plan<R: CubeRuntime>(q: &CubeTensor<R>, source: KeySource<R>) -> Planned<R> {
     Planned {
         k,
         v,
-        pages,
-        count,
-        listed,
+        mask,
         kernel,
         split,
     }
+}
+
+/// The shapes of the scratch that [`launch_partials`] takes from its group for `planned`, in
+/// the order it takes them: the partials, then each source's page list and counts.
+fn scratch_specs<R: CubeRuntime>(
+    q: &CubeTensor<R>,
+    planned: &[Planned<R>],
+    parts: usize,
+) -> Vec<(Shape, DType)> {
+    let mut specs = combine::partial_specs(q, parts).to_vec();
+    specs.extend(planned.iter().flat_map(Planned::list_specs));
+    specs
 }
 
 /// Host side: validates nothing (the public ops did). Attention of `q` `[b, hq, s, d]` over
@@ -812,22 +817,38 @@ pub(crate) fn attention<R: CubeRuntime>(
 ) -> (CubeTensor<R>, CubeTensor<R>) {
     let q = into_contiguous(q);
     let (planned, parts) = plan_all(&q, sources);
-    let partials = launch_partials(&q, planned, parts, scale);
+    let mut scratch = super::alloc_group(&q, scratch_specs(&q, &planned, parts));
+    let partials = launch_partials(&q, planned, &mut scratch, scale);
     combine::combine_rows(&q, layout, partials, parts, block, extra, scale, heads_last)
 }
 
-/// Launches the partial kernels of `planned` (the sources of `q`'s rows, `part_base` and
-/// `parts` set) into fresh partial buffers `[o, m, l]` of `parts` partials per row.
+/// Launches the page-list compaction and the partial kernels of `planned` (the sources of
+/// `q`'s rows, `part_base` and `parts` set) into partial buffers `[o, m, l]`, taking its buffers from `scratch` in the order of [`scratch_specs`].
 fn launch_partials<R: CubeRuntime>(
     q: &CubeTensor<R>,
     planned: Vec<Planned<R>>,
-    parts: usize,
+    scratch: &mut std::vec::IntoIter<CubeTensor<R>>,
     scale: f32,
 ) -> [CubeTensor<R>; 3] {
     let [b, _, _, d] = q.meta.shape().dims::<4>();
-    let [o_part, m_part, l_part] = combine::alloc_partials(q, parts);
+    let [o_part, m_part, l_part] = [(); 3].map(|_| super::next_buffer(scratch));
     for p in planned {
         let [_, hkv, _, _] = p.k.meta.shape().dims::<4>();
+        let (pages, count) = (super::next_buffer(scratch), super::next_buffer(scratch));
+        let listed = p.mask.is_some();
+        if let Some(mask) = p.mask {
+            compact_pages::launch::<R>(
+                &q.client,
+                super::cube_grid(b * hkv),
+                CubeDim::new_1d(COMPACT_UNITS as u32),
+                mask.clone().into_array_arg(),
+                pages.clone().into_array_arg(),
+                count.clone().into_array_arg(),
+                p.split.keys.div_ceil(p.split.page_size),
+                COMPACT_UNITS,
+                mask.dtype.into(),
+            );
+        }
         let split = p.split;
         let grid = CubeCount::Static(
             split.num_chunks as u32,
@@ -839,24 +860,24 @@ fn launch_partials<R: CubeRuntime>(
                 q,
                 p.k,
                 p.v,
-                p.pages,
-                p.count,
+                pages,
+                count,
                 (&o_part, &m_part, &l_part),
                 split,
                 scale,
-                (layout, p.listed),
+                (layout, listed),
             ),
             Kernel::TensorCores { width, row_tiles } => attention_mma::launch_partial(
                 grid,
                 q,
                 p.k,
                 p.v,
-                p.pages,
-                p.count,
+                pages,
+                count,
                 (&o_part, &m_part, &l_part),
                 split,
                 scale,
-                (width, row_tiles, p.listed),
+                (width, row_tiles, listed),
             ),
             Kernel::Simt(layout) => {
                 let kv = kv_strides(&p.k, &p.v, layout.width);
@@ -870,8 +891,8 @@ fn launch_partials<R: CubeRuntime>(
                     q.clone().into_array_arg(),
                     p.k.into_array_arg(),
                     p.v.into_array_arg(),
-                    p.pages.into_array_arg(),
-                    p.count.into_array_arg(),
+                    pages.into_array_arg(),
+                    count.into_array_arg(),
                     o_part.clone().into_array_arg(),
                     m_part.clone().into_array_arg(),
                     l_part.clone().into_array_arg(),
@@ -889,7 +910,7 @@ fn launch_partials<R: CubeRuntime>(
                     layout.tile,
                     layout.cv,
                     layout.units,
-                    p.listed,
+                    listed,
                     q.dtype.into(),
                 );
             }
@@ -936,14 +957,18 @@ pub(crate) fn sparse_step<R: CubeRuntime>(
 ) {
     let (q, q_a) = (into_contiguous(q), into_contiguous(q_a));
     let [o_c, lse_c, q_c, rows] = [o_c, lse_c, q_c, rows].map(into_contiguous);
-    let (planned_a, parts_a) = plan_all(&q_a, vec![sparse]);
-    let partials_a = launch_partials(&q_a, planned_a, parts_a, scale);
     let (block, block_sources) = match block {
         Ok(keys) => (Some(keys), vec![]),
         Err(source) => (None, vec![source]),
     };
+    let (planned_a, parts_a) = plan_all(&q_a, vec![sparse]);
     let (planned, parts) = plan_all(&q, block_sources);
-    let partials = launch_partials(&q, planned, parts, scale);
+    // The active rows' scratch and the block's (stand-ins, with its keys inline) together.
+    let mut specs = scratch_specs(&q_a, &planned_a, parts_a);
+    specs.extend(scratch_specs(&q, &planned, parts));
+    let mut scratch = super::alloc_group(&q, specs);
+    let partials_a = launch_partials(&q_a, planned_a, &mut scratch, scale);
+    let partials = launch_partials(&q, planned, &mut scratch, scale);
     combine::sparse_step_rows(
         &q,
         layout,

@@ -13,11 +13,11 @@
 //! read. A row's scores against them are a few thousand multiply-adds, done by the cube that
 //! already holds the row's softmax state. Longer blocks go through a partial kernel as before.
 
-use burn::tensor::DType;
+use burn::tensor::{DType, Shape};
 use burn_cubecl::{CubeRuntime, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
 
-use super::{NEG_SENTINEL, alloc_like, cube_grid};
+use super::{NEG_SENTINEL, alloc_array, cube_grid};
 
 /// Units a combine cube aims at: groups of `d / width` units, each group a stride of chunks.
 const COMBINE_UNITS: usize = 256;
@@ -575,18 +575,19 @@ impl<R: CubeRuntime> BlockKeys<R> {
     }
 }
 
-/// The `[o, m, l]` partial buffers of `parts` partials per row of `q` `[b, hq, s, d]` (at
-/// least one vector each, so that a call without partials still binds them).
-pub(crate) fn alloc_partials<R: CubeRuntime>(
+/// The shapes of the `[o, m, l]` partial buffers of `parts` partials per row of `q`
+/// `[b, hq, s, d]` (at least one vector each, so that a call without partials still binds
+/// them).
+pub(crate) fn partial_specs<R: CubeRuntime>(
     q: &CubeTensor<R>,
     parts: usize,
-) -> [CubeTensor<R>; 3] {
+) -> [(Shape, DType); 3] {
     let [b, hq, s, d] = q.meta.shape().dims::<4>();
     let rows = b * hq * s;
     [
-        alloc_like(q, [(rows * parts * d).max(4)], DType::F32),
-        alloc_like(q, [(rows * parts).max(1)], DType::F32),
-        alloc_like(q, [(rows * parts).max(1)], DType::F32),
+        (Shape::new([(rows * parts * d).max(4)]), DType::F32),
+        (Shape::new([(rows * parts).max(1)]), DType::F32),
+        (Shape::new([(rows * parts).max(1)]), DType::F32),
     ]
 }
 
@@ -607,18 +608,25 @@ pub(crate) fn combine_rows<R: CubeRuntime>(
 ) -> (CubeTensor<R>, CubeTensor<R>) {
     let [b, hq, s, d] = q.meta.shape().dims::<4>();
     let rows = b * hq * s;
-    if rows == 0 {
-        return (
-            alloc_like(q, [b, hq, s, d], q.dtype),
-            alloc_like(q, [b, hq, s], DType::F32),
-        );
-    }
-    let o = if heads_last {
-        alloc_like(q, [b, s, hq, d], q.dtype)
+    let o_shape = if heads_last {
+        Shape::new([b, s, hq, d])
     } else {
-        alloc_like(q, [b, hq, s, d], q.dtype)
+        Shape::new([b, hq, s, d])
     };
-    let lse = alloc_like(q, [b, hq, s], DType::F32);
+    let [o, lse] = alloc_array(
+        q,
+        [(o_shape, q.dtype), (Shape::new([b, hq, s]), DType::F32)],
+    );
+    let o_view = |o| {
+        if heads_last {
+            burn_cubecl::ops::permute(o, &[0, 2, 1, 3])
+        } else {
+            o
+        }
+    };
+    if rows == 0 {
+        return (o_view(o), lse);
+    }
     let has_extra = extra.is_some();
     // Inputs a call does not have are never read; any tensors of the right types stand in.
     let (o_x, lse_x) = match extra {
@@ -656,12 +664,7 @@ pub(crate) fn combine_rows<R: CubeRuntime>(
         heads_last,
         q.dtype.into(),
     );
-    let o = if heads_last {
-        burn_cubecl::ops::permute(o, &[0, 2, 1, 3])
-    } else {
-        o
-    };
-    (o, lse)
+    (o_view(o), lse)
 }
 
 /// The partials of one set of rows: `[o, m, l]` and partials per row.
@@ -686,10 +689,17 @@ pub(crate) fn sparse_step_rows<R: CubeRuntime>(
     (CubeTensor<R>, CubeTensor<R>, CubeTensor<R>),
 ) {
     let [b, hq, s, d] = q.meta.shape().dims::<4>();
-    let o = alloc_like(q, [b, s, hq, d], q.dtype);
-    let lse = alloc_like(q, [b, hq, s], DType::F32);
-    let alloc = |like: &CubeTensor<R>| alloc_like(like, like.meta.shape().clone(), like.dtype);
-    let (o_new, lse_new, q_new) = (alloc(&o_c), alloc(&lse_c), alloc(&q_c));
+    let like = |t: &CubeTensor<R>| (t.meta.shape().clone(), t.dtype);
+    let [o, lse, o_new, lse_new, q_new] = alloc_array(
+        q,
+        [
+            (Shape::new([b, s, hq, d]), q.dtype),
+            (Shape::new([b, hq, s]), DType::F32),
+            like(&o_c),
+            like(&lse_c),
+            like(&q_c),
+        ],
+    );
     if b * hq * s == 0 {
         let o = burn_cubecl::ops::permute(o, &[0, 2, 1, 3]);
         return ((o, lse), (o_new, lse_new, q_new));

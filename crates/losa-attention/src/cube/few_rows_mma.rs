@@ -15,6 +15,7 @@
 //! kernel fuses the MLP's gate and up projections with the SwiGLU between them. Rows past
 //! `rows` read as zeros, so `x` needs no padding.
 
+use burn::tensor::Shape;
 use burn_cubecl::{CubeRuntime, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
 
@@ -544,10 +545,13 @@ pub(crate) fn few_row_matmuls<R: CubeRuntime>(
 ) -> Vec<CubeTensor<R>> {
     let (x, m_tiles) = prepared(x);
     let rows = x.meta.shape()[0];
-    let outs: Vec<CubeTensor<R>> = ws
-        .iter()
-        .map(|w| alloc_like(&x, [rows, w.meta.shape()[1]], x.dtype))
-        .collect();
+    let outs: Vec<CubeTensor<R>> = super::alloc_group(
+        &x,
+        ws.iter()
+            .map(|w| (Shape::new([rows, w.meta.shape()[1]]), x.dtype))
+            .collect(),
+    )
+    .collect();
     launch_products(&x, &ws, &outs, m_tiles);
     outs
 }

@@ -11,6 +11,7 @@
 //!   either, in one launch.
 //! - SwiGLU: one unit per element.
 
+use burn::tensor::Shape;
 use burn_cubecl::{CubeRuntime, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
 
@@ -121,10 +122,8 @@ pub(crate) fn add_rms_norm<R: CubeRuntime>(
     eps: f64,
 ) -> (CubeTensor<R>, CubeTensor<R>) {
     let (x, delta) = (channel_contiguous(x), channel_contiguous(delta));
-    let (sum, out) = (
-        alloc_like(&x, x.meta.shape().clone(), x.dtype),
-        alloc_like(&x, x.meta.shape().clone(), x.dtype),
-    );
+    let spec = (x.meta.shape().clone(), x.dtype);
+    let [sum, out] = super::alloc_array(&x, [spec.clone(), spec]);
     launch_norm(x, Some((delta, sum.clone())), weight, out.clone(), eps);
     (sum, out)
 }
@@ -385,8 +384,13 @@ pub(crate) fn qk_rope<R: CubeRuntime>(
     let (cos, sin) = (into_contiguous(cos), into_contiguous(sin));
     let [b, s, hq, d] = q.meta.shape().dims::<4>();
     let hkv = k.meta.shape()[2];
-    let q_out = alloc_like(&q, [b, hq, s, d], q.dtype);
-    let k_out = alloc_like(&q, [b, hkv, s, d], q.dtype);
+    let [q_out, k_out] = super::alloc_array(
+        &q,
+        [
+            (Shape::new([b, hq, s, d]), q.dtype),
+            (Shape::new([b, hkv, s, d]), q.dtype),
+        ],
+    );
     let units = (d / 2).next_power_of_two().clamp(1, MAX_UNITS);
     let normed = norm.is_some();
     // Without norms, the tables stand in for the unused weights.

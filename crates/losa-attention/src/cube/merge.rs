@@ -1,10 +1,7 @@
 //! The fp32 LSE merge of two attention results, one unit per output element.
 
 use burn::tensor::{DType, Shape};
-use burn_cubecl::{
-    CubeRuntime, kernel::into_contiguous, ops::numeric::empty_device_contiguous_dtype,
-    tensor::CubeTensor,
-};
+use burn_cubecl::{CubeRuntime, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
 
 use super::{NEG_SENTINEL, elemwise_count};
@@ -71,12 +68,9 @@ pub(crate) fn merge<R: CubeRuntime>(
     let shape = o1.meta.shape().clone();
     let [b, h, s, d] = shape.dims::<4>();
     let client = o1.client.clone();
-    let o = empty_device_contiguous_dtype::<R>(client.clone(), o1.device.clone(), shape, o1.dtype);
-    let lse = empty_device_contiguous_dtype::<R>(
-        client.clone(),
-        o1.device.clone(),
-        Shape::new([b, h, s]),
-        DType::F32,
+    let [o, lse] = super::alloc_array(
+        &o1,
+        [(shape, o1.dtype), (Shape::new([b, h, s]), DType::F32)],
     );
     let (count, dim) = elemwise_count(&client, b * h * s * d);
     merge_kernel::launch::<R>(

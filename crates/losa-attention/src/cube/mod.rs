@@ -150,6 +150,70 @@ pub(crate) fn alloc_like<R: CubeRuntime>(
     )
 }
 
+/// Groups of buffers up to this size share one allocation (see [`alloc_group`]); larger
+/// ones are allocated one by one, so that each is freed as soon as it is dropped.
+const GROUP_BYTES: usize = 16 << 20;
+
+/// Contiguous, uninitialised tensors of the given shapes and dtypes on `like`'s device, in
+/// order. cubecl hands every allocation to its device thread as a task, as it does every
+/// launch, and a call of a few small kernels (a denoising step's) is bound by those tasks
+/// rather than by its kernels; so buffers that total at most [`GROUP_BYTES`] are carved out of
+/// one allocation. They are then freed together: callers group scratch apart from results
+/// that outlive the call.
+pub(crate) fn alloc_group<R: CubeRuntime>(
+    like: &CubeTensor<R>,
+    specs: Vec<(burn::tensor::Shape, DType)>,
+) -> std::vec::IntoIter<CubeTensor<R>> {
+    let descriptor = |(shape, dtype): &(burn::tensor::Shape, DType)| {
+        cubecl::server::MemoryLayoutDescriptor::contiguous(shape.clone(), dtype.size())
+    };
+    let bytes: usize = specs
+        .iter()
+        .map(|(shape, dtype)| shape.num_elements() * dtype.size())
+        .sum();
+    let layouts = if bytes <= GROUP_BYTES {
+        like.client
+            .empty_tensors(specs.iter().map(descriptor).collect())
+    } else {
+        specs
+            .iter()
+            .flat_map(|spec| like.client.empty_tensors(vec![descriptor(spec)]))
+            .collect()
+    };
+    specs
+        .into_iter()
+        .zip(layouts)
+        .map(|((shape, dtype), layout)| {
+            CubeTensor::new_contiguous(
+                like.client.clone(),
+                like.device.clone(),
+                shape,
+                layout.memory,
+                dtype,
+            )
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+}
+
+/// [`alloc_group`] of a fixed number of buffers.
+pub(crate) fn alloc_array<R: CubeRuntime, const N: usize>(
+    like: &CubeTensor<R>,
+    specs: [(burn::tensor::Shape, DType); N],
+) -> [CubeTensor<R>; N] {
+    let mut group = alloc_group(like, specs.to_vec());
+    [(); N].map(|_| next_buffer(&mut group))
+}
+
+/// The next buffer of an [`alloc_group`] (asked for by the same code, so always there).
+pub(crate) fn next_buffer<R: CubeRuntime>(
+    group: &mut std::vec::IntoIter<CubeTensor<R>>,
+) -> CubeTensor<R> {
+    group
+        .next()
+        .expect("alloc_group returns one buffer per shape asked for")
+}
+
 /// The sum of `value` over the cube's `units` units (a power of two, all of the cube's X
 /// units), through a shared-memory tree; every unit gets it. Every unit must call it: it holds
 /// barriers.

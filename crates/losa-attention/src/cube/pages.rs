@@ -480,15 +480,7 @@ pub(crate) fn page_bounds<R: CubeRuntime>(
     let k = channel_contiguous(k);
     let [b, hkv, n, d] = k.meta.shape().dims::<4>();
     let shape = Shape::new([b, hkv, n.div_ceil(page_size), d]);
-    let alloc = || {
-        empty_device_contiguous_dtype::<R>(
-            k.client.clone(),
-            k.device.clone(),
-            shape.clone(),
-            k.dtype,
-        )
-    };
-    let (lo, hi) = (alloc(), alloc());
+    let [lo, hi] = super::alloc_array(&k, [(shape.clone(), k.dtype), (shape.clone(), k.dtype)]);
     let (count, dim) = elemwise_count(&k.client, shape.num_elements());
     page_bounds_kernel::launch::<R>(
         &k.client,
@@ -579,12 +571,12 @@ pub(crate) fn select_pages<R: CubeRuntime>(
     let scores = into_contiguous(scores);
     let [b, hq, s, np] = scores.meta.shape().dims::<4>();
     let client = scores.client.clone();
-    let device = scores.device.clone();
-    let threshold = empty_device_contiguous_dtype::<R>(
-        client.clone(),
-        device.clone(),
-        Shape::new([b * hq * s]),
-        DType::F32,
+    let [threshold, mask] = super::alloc_array(
+        &scores,
+        [
+            (Shape::new([b * hq * s]), DType::F32),
+            (Shape::new([b, kv_heads, np]), int_dtype),
+        ],
     );
     // One cube per row.
     let rows = b * hq * s;
@@ -623,12 +615,6 @@ pub(crate) fn select_pages<R: CubeRuntime>(
             staged,
         );
     }
-    let mask = empty_device_contiguous_dtype::<R>(
-        client.clone(),
-        device,
-        Shape::new([b, kv_heads, np]),
-        int_dtype,
-    );
     let (count, dim) = elemwise_count(&client, b * kv_heads * np);
     union_kernel::launch::<R>(
         &client,

@@ -9,7 +9,7 @@ use burn_cubecl::{
 };
 use cubecl::prelude::*;
 
-use super::{NEG_SENTINEL, alloc_like, cube_sum, elemwise_count};
+use super::{NEG_SENTINEL, cube_sum, elemwise_count};
 
 /// Units of the query-change cube (a power of two: the reduction halves it).
 const CHANGE_UNITS: usize = 256;
@@ -298,8 +298,13 @@ pub(crate) fn pick_active_rows<R: CubeRuntime>(
 ) -> (CubeTensor<R>, CubeTensor<R>) {
     let (q, q_cached) = (into_contiguous(q), into_contiguous(q_cached));
     let [b, h, s, d] = q.meta.shape().dims::<4>();
-    let rows = alloc_like(&q, [b, k], int_dtype);
-    let q_active = alloc_like(&q, [b, h, k, d], q.dtype);
+    let [rows, q_active] = super::alloc_array(
+        &q,
+        [
+            (Shape::new([b, k]), int_dtype),
+            (Shape::new([b, h, k, d]), q.dtype),
+        ],
+    );
     let width = super::channel_vector_width(&[&q, &q_cached]);
     let units = PICK_UNITS.min(q.client.properties().hardware.max_units_per_cube as usize);
     pick_active_rows_kernel::launch::<R>(
@@ -402,8 +407,8 @@ pub(crate) fn refresh_rows<R: CubeRuntime>(
 ) -> (CubeTensor<R>, CubeTensor<R>, CubeTensor<R>) {
     let [o, lse, q, rows, o_a, lse_a, q_a] =
         [o, lse, q, rows, o_a, lse_a, q_a].map(into_contiguous);
-    let alloc = |like: &CubeTensor<R>| alloc_like(like, like.meta.shape().clone(), like.dtype);
-    let (o_out, lse_out, q_out) = (alloc(&o), alloc(&lse), alloc(&q));
+    let like = |t: &CubeTensor<R>| (t.meta.shape().clone(), t.dtype);
+    let [o_out, lse_out, q_out] = super::alloc_array(&o, [like(&o), like(&lse), like(&q)]);
     let total = [&o, &q, &lse]
         .iter()
         .map(|t| t.meta.shape().num_elements())
