@@ -10,9 +10,9 @@
 //! (each row's max and sum across the four lanes that hold it), and `O` as 16 x 8 fp32
 //! accumulators. The accumulator layout of `S = Q · Kᵀ` is the `A` layout of `P · V`, so `P`
 //! never leaves the registers. The warps of a cube share only the K/V tiles: 64 keys at a time,
-//! copied into shared memory by `cp.async` two tiles ahead (three buffers, each with a barrier
-//! its copies complete on; two where shared memory holds fewer), so the next tiles' bytes are
-//! in flight while this one is computed without holding them in registers.
+//! copied into shared memory by `cp.async` one tile ahead (two buffers, each with a barrier its
+//! copies complete on), so the next tile's bytes are in flight while this one is computed
+//! without holding them in registers.
 //!
 //! A row's reference max moves only when a score passes it by more than [`RESCALE_MARGIN`], and
 //! a warp votes before rescaling: most tiles rescale nothing.
@@ -54,14 +54,9 @@ const ROWS_PER_WARP: usize = 16;
 /// head) read each K/V tile once.
 pub(crate) const MAX_WARPS: usize = 8;
 
-/// Keys per tile: four 16-key `P · V` steps, whose scores take 32 fp32 registers a lane; a
-/// buffer of K and V takes 32 KB at d = 128.
+/// Keys per tile: four 16-key `P · V` steps, whose scores take 32 fp32 registers a lane; two
+/// buffers of K and V take 64 KB at d = 128.
 const TILE_KEYS: usize = 64;
-
-/// K/V buffers of a cube where they fit (see [`layout_for`]): the tile computed and two in
-/// flight. With two (one in flight) a cube waits for each tile's copies: at 64K the dense call
-/// moved ~59% of the card's copy bandwidth.
-const STAGES: usize = 3;
 
 /// Fewest keys the kernel is chosen for (see [`pays`]).
 const MIN_KEYS: usize = 256;
@@ -170,25 +165,10 @@ fn stage_tile<F: Float, N: Size>(
     }
 }
 
-/// Commits this unit's pending copies on buffer `buf`'s barrier and arrives on it.
-#[cube]
-fn commit_on(bar0: &Barrier, bar1: &Barrier, bar2: &Barrier, buf: usize) {
-    if buf == 0 {
-        bar0.commit_copy_async();
-        bar0.arrive();
-    } else if buf == 1 {
-        bar1.commit_copy_async();
-        bar1.arrive();
-    } else {
-        bar2.commit_copy_async();
-        bar2.arrive();
-    }
-}
-
 /// Split-K partial attention of one cube: `warps` 16-row tiles of the packed query rows of one
 /// KV head (query heads x block rows) against one chunk of key slots, `tile` keys at a time,
-/// in `stages` shared-memory buffers filled by `cp.async` copies that complete on one barrier
-/// per buffer (`stages - 1` tiles in flight while one is computed). Writes the same partials as the SIMT `attention_partial`.
+/// double-buffered in shared memory through `cp.async` copies that complete on one barrier per
+/// buffer. Writes the same partials as the SIMT `attention_partial`.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 #[allow(clippy::manual_div_ceil, unused_assignments)]
@@ -213,7 +193,6 @@ fn attention_partial_frag<F: Float, N: Size>(
     #[comptime] d: usize,
     #[comptime] warps: usize,
     #[comptime] tile: usize,
-    #[comptime] stages: usize,
     #[comptime] listed: bool,
     #[define(F)] _dtype: StorageType,
 ) {
@@ -275,55 +254,46 @@ fn attention_partial_frag<F: Float, N: Size>(
     let mut l_lo = 0.0f32.runtime();
     let mut l_hi = 0.0f32.runtime();
 
-    let mut k_s = SharedMemory::<Vector<F, N>>::new_aligned(stages * tile * dv, 128usize);
-    let mut v_s = SharedMemory::<Vector<F, N>>::new_aligned(stages * tile * dv, 128usize);
-    let mut key_s = SharedMemory::<u32>::new(stages * tile);
-    // One barrier per buffer, which its tile's copies complete on (the third only with three
-    // stages).
+    let mut k_s = SharedMemory::<Vector<F, N>>::new_aligned(2 * tile * dv, 128usize);
+    let mut v_s = SharedMemory::<Vector<F, N>>::new_aligned(2 * tile * dv, 128usize);
+    let mut key_s = SharedMemory::<u32>::new(2 * tile);
     let bar0 = Barrier::shared(units as u32, unit == 0);
     let bar1 = Barrier::shared(units as u32, unit == 0);
-    let bar2 = Barrier::shared(units as u32, unit == 0);
 
     let tiles = (at.slots_end - at.slots_begin).div_ceil(tile);
-    // The first `stages - 1` tiles in flight before any is computed.
-    #[unroll]
-    for j in 0..stages - 1 {
-        if j < tiles {
-            stage_tile(
-                k,
-                v,
-                pages,
-                &at,
-                &mut k_s,
-                &mut v_s,
-                &mut key_s,
-                at.slots_begin + j * tile,
-                j,
-                units,
-                tile,
-                dv,
-                listed,
-            );
-            commit_on(&bar0, &bar1, &bar2, j);
-        }
+    if tiles > 0 {
+        stage_tile(
+            k,
+            v,
+            pages,
+            &at,
+            &mut k_s,
+            &mut v_s,
+            &mut key_s,
+            at.slots_begin,
+            0usize,
+            units,
+            tile,
+            dv,
+            listed,
+        );
+        bar0.commit_copy_async();
+        bar0.arrive();
     }
     let mut i = 0usize.runtime();
     while i < tiles {
-        // 1. Wait for this tile's copies; the barrier also tells every warp that the buffer of
-        // the previous tile has been consumed, so the tile `stages - 1` ahead may land there.
-        let buf = i % stages;
-        let phase = ((i / stages) % 2) as u32;
+        // 1. Wait for this tile's copies; the barrier also tells every warp that the other
+        // buffer's tile has been consumed, so the next tile may land there.
+        let buf = i % 2;
+        let phase = ((i / 2) % 2) as u32;
         if buf == 0 {
             bar0.wait_parity(phase);
-        } else if buf == 1 {
-            bar1.wait_parity(phase);
         } else {
-            bar2.wait_parity(phase);
+            bar1.wait_parity(phase);
         }
         sync_cube();
-        let ahead = i + stages - 1;
-        if ahead < tiles {
-            let to = ahead % stages;
+        let s0 = at.slots_begin + i * tile;
+        if i + 1 < tiles {
             stage_tile(
                 k,
                 v,
@@ -332,14 +302,20 @@ fn attention_partial_frag<F: Float, N: Size>(
                 &mut k_s,
                 &mut v_s,
                 &mut key_s,
-                at.slots_begin + ahead * tile,
-                to,
+                s0 + tile,
+                1 - buf,
                 units,
                 tile,
                 dv,
                 listed,
             );
-            commit_on(&bar0, &bar1, &bar2, to);
+            if buf == 0 {
+                bar1.commit_copy_async();
+                bar1.arrive();
+            } else {
+                bar0.commit_copy_async();
+                bar0.arrive();
+            }
         }
         let base = buf * tile * dv;
 
@@ -513,12 +489,10 @@ fn attention_partial_frag<F: Float, N: Size>(
 }
 
 /// The kernel's tuning constants, each overridden by a positive integer in its environment
-/// variable (`LOSA_FRAG_TILE`, `LOSA_FRAG_STAGES` (2 or 3), `LOSA_FRAG_WARPS_PER_SM`,
-/// `LOSA_FRAG_MAX_WARPS`), read once per
+/// variable (`LOSA_FRAG_TILE`, `LOSA_FRAG_WARPS_PER_SM`, `LOSA_FRAG_MAX_WARPS`), read once per
 /// process: a benchmark can try other values on the card without a rebuild.
 struct Tuning {
     tile: usize,
-    stages: usize,
     warps_per_sm: usize,
     max_warps: usize,
 }
@@ -529,7 +503,6 @@ fn tuning() -> &'static Tuning {
         let read = |name: &str, default: usize| super::env_override(name).unwrap_or(default);
         Tuning {
             tile: read("LOSA_FRAG_TILE", TILE_KEYS),
-            stages: read("LOSA_FRAG_STAGES", STAGES).clamp(2, 3),
             warps_per_sm: read("LOSA_FRAG_WARPS_PER_SM", WARPS_PER_SM),
             max_warps: read("LOSA_FRAG_MAX_WARPS", MAX_WARPS),
         }
@@ -541,8 +514,6 @@ fn tuning() -> &'static Tuning {
 pub(crate) struct FragLayout {
     pub(crate) warps: usize,
     pub(crate) tile: usize,
-    /// Shared-memory buffers of K/V tiles (2 or 3: one computed, the others in flight).
-    pub(crate) stages: usize,
 }
 
 impl FragLayout {
@@ -575,18 +546,10 @@ pub(crate) fn layout_for<R: CubeRuntime>(
     }
     let most = tuning().max_warps.min(MAX_WARPS);
     let warps = ((hq / hkv) * s).div_ceil(ROWS_PER_WARP).clamp(1, most);
-    let mut layout = FragLayout {
+    Some(FragLayout {
         warps,
         tile: tuning().tile.next_multiple_of(16),
-        stages: tuning().stages,
-    };
-    // A third buffer only where the cubes the split puts on a multiprocessor still fit its
-    // shared memory together: fewer resident cubes would cost more than the deeper pipeline.
-    let shared = q.client.properties().hardware.max_shared_memory_size;
-    if layout.stages > 2 && layout.cubes_per_sm() * shared_bytes(layout, d) > shared {
-        layout.stages = 2;
-    }
-    Some(layout)
+    })
 }
 
 /// Whether the kernel beats the `cmma` one on `n` keys (H100, `bench/results/attention-h100.json`
@@ -598,10 +561,10 @@ pub(crate) fn pays(layout: FragLayout, n: usize, listed: bool) -> bool {
     !(listed && layout.warps < 4) && n >= MIN_KEYS
 }
 
-/// Shared memory of one cube (bytes): a K and a V tile of 2-byte elements per stage, the key
-/// slots of each, the aligned buffers' padding at most.
+/// Shared memory of one cube (bytes): two K and two V tiles of 2-byte elements, the key slots
+/// of both, the aligned buffers' padding at most.
 pub(crate) fn shared_bytes(layout: FragLayout, d: usize) -> usize {
-    layout.stages * (2 * layout.tile * d * 2 + layout.tile * 4) + 2 * 128
+    4 * layout.tile * d * 2 + 2 * layout.tile * 4 + 2 * 128
 }
 
 /// Launches the partial kernel; the arguments are those of the SIMT kernel.
@@ -649,7 +612,6 @@ pub(crate) fn launch_partial<R: CubeRuntime>(
         d,
         layout.warps,
         layout.tile,
-        layout.stages,
         listed,
         q.dtype.into(),
     );
