@@ -28,14 +28,19 @@ const DEFAULT_TARGET_CUBES: usize = 264;
 /// Fewest keys a chunk of a dense source takes (where there are as many): a cube's fixed cost
 /// (loading its queries, writing its partial, the combine reading it) is worth a few tiles.
 const MIN_CHUNK_KEYS: usize = 256;
-/// Units of the page-list compaction cube (a power of two: the scan doubles its stride).
-const COMPACT_UNITS: usize = 256;
+/// Units of the page-list compaction cube (a power of two: the scan doubles its stride), where
+/// the runtime allows as many: four pages a unit at 64K with pages of 16.
+const COMPACT_UNITS: usize = 1024;
+/// Mask words a compaction unit loads at once.
+const COMPACT_LOADS: usize = 4;
 
 /// One cube per (batch, KV head): the indices of the set pages, in order, and their count.
 ///
 /// Each unit owns a contiguous run of pages: it counts its set pages, one scan over the units'
 /// counts gives each run its offset, and each unit writes its run's indices from there. A
-/// handful of barriers whatever the number of pages.
+/// handful of barriers whatever the number of pages. A run is read [`COMPACT_LOADS`] mask
+/// words at a time, all loads issued before any is used (a loop testing each word as it came
+/// waited for every load in turn: 6 µs for 4,096 pages on the H100).
 #[cube(launch)]
 #[allow(clippy::manual_div_ceil, clippy::manual_is_multiple_of)]
 fn compact_pages<I: Int>(
@@ -55,10 +60,14 @@ fn compact_pages<I: Int>(
     let end = min(start + per, np);
     let mut mine = 0u32.runtime();
     if valid_cube {
-        for p in start..end {
-            if mask[base + p] != I::new(0) {
-                mine += 1u32;
+        let mut p = start;
+        while p < end {
+            let set = set_pages(mask, base, p, end);
+            #[unroll]
+            for j in 0..COMPACT_LOADS {
+                mine += set[j];
             }
+            p += COMPACT_LOADS;
         }
     }
     let mut scan = SharedMemory::<u32>::new(units);
@@ -78,16 +87,42 @@ fn compact_pages<I: Int>(
     }
     if valid_cube {
         let mut at = (scan[unit] - mine) as usize;
-        for p in start..end {
-            if mask[base + p] != I::new(0) {
-                pages[base + at] = p as u32;
-                at += 1;
+        let mut p = start;
+        while p < end {
+            let set = set_pages(mask, base, p, end);
+            #[unroll]
+            for j in 0..COMPACT_LOADS {
+                if set[j] == 1u32 {
+                    pages[base + at] = (p + j) as u32;
+                    at += 1;
+                }
             }
+            p += COMPACT_LOADS;
         }
         if unit == units - 1 {
             count[bk] = scan[units - 1];
         }
     }
+}
+
+/// Whether pages `p..p + COMPACT_LOADS` (those below `end`) of the mask row at `base` are set,
+/// as 0 / 1, their loads issued together.
+#[cube]
+fn set_pages<I: Int>(mask: &Array<I>, base: usize, p: usize, end: usize) -> Array<u32> {
+    let mut words = Array::<I>::new(COMPACT_LOADS);
+    #[unroll]
+    for j in 0..COMPACT_LOADS {
+        words[j] = I::new(0);
+        if p + j < end {
+            words[j] = mask[base + p + j];
+        }
+    }
+    let mut set = Array::<u32>::new(COMPACT_LOADS);
+    #[unroll]
+    for j in 0..COMPACT_LOADS {
+        set[j] = select(words[j] != I::new(0), 1u32, 0u32);
+    }
+    set
 }
 
 /// The K/V caches' KV heads and their strides over batch, KV head and key, in vectors: kernel
@@ -694,6 +729,16 @@ pub(crate) struct Split {
     pub(crate) parts: usize,
 }
 
+/// [`COMPACT_UNITS`], or the largest power of two of units a cube may have below it.
+fn compact_units(client: &cubecl::client::ComputeClient<impl CubeRuntime>) -> usize {
+    let most = client.properties().hardware.max_units_per_cube as usize;
+    let mut units = COMPACT_UNITS;
+    while units > most.max(1) {
+        units /= 2;
+    }
+    units
+}
+
 /// A source with its split (`part_base` and `parts` set later) and, for a page list, the mask
 /// to compact first.
 struct Planned<R: CubeRuntime> {
@@ -837,15 +882,16 @@ fn launch_partials<R: CubeRuntime>(
         let (pages, count) = (super::next_buffer(scratch), super::next_buffer(scratch));
         let listed = p.mask.is_some();
         if let Some(mask) = p.mask {
+            let units = compact_units(&q.client);
             compact_pages::launch::<R>(
                 &q.client,
                 super::cube_grid(b * hkv),
-                CubeDim::new_1d(COMPACT_UNITS as u32),
+                CubeDim::new_1d(units as u32),
                 mask.clone().into_array_arg(),
                 pages.clone().into_array_arg(),
                 count.clone().into_array_arg(),
                 p.split.keys.div_ceil(p.split.page_size),
-                COMPACT_UNITS,
+                units,
                 mask.dtype.into(),
             );
         }
