@@ -293,8 +293,6 @@ fn threshold_kernel(
 
 /// Units (and histogram bins) of the radix-select threshold kernel.
 const RADIX_UNITS: usize = 256;
-/// Scores a radix-select unit loads at once while staging its row.
-const RADIX_LOADS: usize = 4;
 
 /// An order-preserving `u32` key of a score: larger scores get larger keys. NaN and scores at
 /// or below the sentinel, which a selection never counts, get 0, below every other key.
@@ -351,29 +349,16 @@ fn threshold_radix_kernel(scores: &Array<f32>, threshold: &mut Array<f32>, np: u
     sync_cube();
     let mut live = 0u32.runtime();
     let mut p = unit;
-    // `RADIX_LOADS` scores' loads issued before any is staged: a loop of one waited for each
-    // load in turn.
     while p < np {
-        let mut keys = Array::<u32>::new(RADIX_LOADS);
-        #[unroll]
-        for j in 0..RADIX_LOADS {
-            keys[j] = 0u32;
-            let at = p + j * RADIX_UNITS;
-            if valid_row && at < np {
-                keys[j] = score_key(scores[base + at]);
-            }
+        let mut key = 0u32.runtime();
+        if valid_row {
+            key = score_key(scores[base + p]);
         }
-        #[unroll]
-        for j in 0..RADIX_LOADS {
-            let at = p + j * RADIX_UNITS;
-            if at < np {
-                stage[at] = keys[j];
-                if keys[j] > 0u32 {
-                    live += 1u32;
-                }
-            }
+        stage[p] = key;
+        if key > 0u32 {
+            live += 1u32;
         }
-        p += RADIX_LOADS * RADIX_UNITS;
+        p += RADIX_UNITS;
     }
     let live_plane = plane_sum(live);
     if lane == 0 {
