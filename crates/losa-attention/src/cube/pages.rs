@@ -418,9 +418,6 @@ fn threshold_radix_kernel(scores: &Array<f32>, threshold: &mut Array<f32>, np: u
     }
 }
 
-/// Rows a union unit loads at once.
-const UNION_LOADS: usize = 8;
-
 /// One unit per (batch, KV head, page): is the page at or above the threshold of any packed row
 /// of this KV head, or always kept?
 #[cube(launch)]
@@ -460,29 +457,18 @@ fn union_kernel<I: Int>(
     let row0 = (b * hq + kvh * g) * s;
     let rows = g * s;
     let mut r = 0usize.runtime();
-    // Eight rows' loads issued before any is compared: a loop of one waited for each load in
-    // turn.
+    // Four rows' loads in flight at a time: a loop of one waited for each load in turn.
     while r < rows {
-        let mut score = Array::<f32>::new(UNION_LOADS);
-        let mut bar = Array::<f32>::new(UNION_LOADS);
         #[unroll]
-        for j in 0..UNION_LOADS {
+        for j in 0..4usize {
             let row = r + j;
-            // Rows past the group compare a sentinel against +1: never a hit.
-            score[j] = NEG_SENTINEL;
-            bar[j] = 1.0f32;
             if row < rows {
-                score[j] = scores[(row0 + row) * np + page];
-                bar[j] = threshold[row0 + row];
+                if scores[(row0 + row) * np + page] >= threshold[row0 + row] {
+                    hit = 1u32;
+                }
             }
         }
-        #[unroll]
-        for j in 0..UNION_LOADS {
-            if score[j] >= bar[j] {
-                hit = 1u32;
-            }
-        }
-        r += UNION_LOADS;
+        r += 4;
     }
     mask[pos] = I::cast_from(hit);
 }
