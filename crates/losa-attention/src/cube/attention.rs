@@ -205,9 +205,7 @@ pub(crate) fn key_of(
 pub(crate) fn chunk_keys(
     kv: &KvStrides,
     count: &Array<u32>,
-    keys: usize,
-    page_size: usize,
-    num_chunks: usize,
+    split: &Split,
     chunk: usize,
     bi: usize,
     kvh: usize,
@@ -215,6 +213,9 @@ pub(crate) fn chunk_keys(
     #[comptime] listed: bool,
 ) -> KeyLayout {
     let hkv = kv.hkv;
+    let keys = split.keys;
+    let page_size = split.page_size;
+    let num_chunks = split.num_chunks;
     let mut slots_begin = 0usize.runtime();
     let mut slots_end = 0usize.runtime();
     let np = (keys + page_size - 1) / page_size;
@@ -302,15 +303,9 @@ fn attention_partial<F: Float, N: Size>(
     m_part: &mut Array<f32>,
     l_part: &mut Array<f32>,
     kv: KvStrides,
-    keys: usize,
-    page_size: usize,
-    num_chunks: usize,
-    row_groups: usize,
-    part_base: usize,
-    parts: usize,
+    split: Split,
     scale: f32,
     #[comptime] dv: usize,
-    group_rows: usize,
     #[comptime] rows: usize,
     #[comptime] tile: usize,
     #[comptime] cv: usize,
@@ -321,18 +316,16 @@ fn attention_partial<F: Float, N: Size>(
     let chunk = CUBE_POS_X as usize;
     let kvh = CUBE_POS_Y as usize;
     let z = CUBE_POS_Z as usize;
-    let bi = z / row_groups;
-    let rg = z % row_groups;
+    let bi = z / split.row_groups;
+    let rg = z % split.row_groups;
     let hkv = kv.hkv;
     let unit = UNIT_POS_X as usize;
     let row_blocks = rows / 4;
     let key_blocks = tile / 4;
     let col_blocks = dv / cv;
-    let first_row = (bi * hkv + kvh) * group_rows + rg * rows;
-    let valid_rows = min(rows, group_rows - rg * rows);
-    let at = chunk_keys(
-        &kv, count, keys, page_size, num_chunks, chunk, bi, kvh, tile, listed,
-    );
+    let first_row = (bi * hkv + kvh) * split.group_rows + rg * rows;
+    let valid_rows = min(rows, split.group_rows - rg * rows);
+    let at = chunk_keys(&kv, count, &split, chunk, bi, kvh, tile, listed);
 
     // Staged as fp32: each element is converted once, not once per unit that reads it.
     let mut q_s = SharedMemory::<Vector<f32, N>>::new(rows * (dv + 1));
@@ -465,7 +458,7 @@ fn attention_partial<F: Float, N: Size>(
             let m_old = m_s[r];
             let mut m_new = m_old;
             for j in 0..tile {
-                if (key_s[j] as usize) < keys {
+                if (key_s[j] as usize) < split.keys {
                     m_new = max(m_new, s_s[r * (tile + 1) + j]);
                 }
             }
@@ -473,7 +466,7 @@ fn attention_partial<F: Float, N: Size>(
             let mut sum = 0.0f32;
             for j in 0..tile {
                 let mut p = 0.0f32;
-                if (key_s[j] as usize) < keys {
+                if (key_s[j] as usize) < split.keys {
                     p = (s_s[r * (tile + 1) + j] - m_new).exp();
                 }
                 s_s[r * (tile + 1) + j] = p;
@@ -520,7 +513,7 @@ fn attention_partial<F: Float, N: Size>(
         for i in 0..4usize {
             let r = pv_rb + row_blocks * i;
             if r < valid_rows {
-                let part = (first_row + r) * parts + part_base + chunk;
+                let part = (first_row + r) * split.parts + split.part_base + chunk;
                 #[unroll]
                 for u in 0..cv {
                     o_part[part * dv + pv_cb + col_blocks * u] = acc[i * cv + u];
@@ -530,7 +523,7 @@ fn attention_partial<F: Float, N: Size>(
     }
     let mut r = unit;
     while r < valid_rows {
-        let part = (first_row + r) * parts + part_base + chunk;
+        let part = (first_row + r) * split.parts + split.part_base + chunk;
         m_part[part] = m_s[r];
         l_part[part] = l_s[r];
         r += units;
@@ -717,8 +710,9 @@ pub(crate) struct KeySource<R: CubeRuntime> {
 }
 
 /// How one source's keys split into chunks, and where its partials go: the partials of packed
-/// row `r` are `parts` in a row, this source's from `part_base`.
-#[derive(Debug, Clone, Copy)]
+/// row `r` are `parts` in a row, this source's from `part_base`. The partial kernels take it as
+/// one argument ([`Split::arg`]).
+#[derive(CubeLaunch, CubeType, Debug, Clone, Copy)]
 pub(crate) struct Split {
     pub(crate) keys: usize,
     pub(crate) page_size: usize,
@@ -727,6 +721,21 @@ pub(crate) struct Split {
     pub(crate) group_rows: usize,
     pub(crate) part_base: usize,
     pub(crate) parts: usize,
+}
+
+impl Split {
+    /// The split as a kernel argument.
+    pub(crate) fn arg<R: Runtime>(&self) -> SplitLaunch<R> {
+        SplitLaunch::new(
+            self.keys,
+            self.page_size,
+            self.num_chunks,
+            self.row_groups,
+            self.group_rows,
+            self.part_base,
+            self.parts,
+        )
+    }
 }
 
 /// [`COMPACT_UNITS`], or the largest power of two of units a cube may have below it.
@@ -943,15 +952,9 @@ fn launch_partials<R: CubeRuntime>(
                     m_part.clone().into_array_arg(),
                     l_part.clone().into_array_arg(),
                     kv,
-                    split.keys,
-                    split.page_size,
-                    split.num_chunks,
-                    split.row_groups,
-                    split.part_base,
-                    split.parts,
+                    split.arg(),
                     scale,
                     d / layout.width,
-                    split.group_rows,
                     layout.rows,
                     layout.tile,
                     layout.cv,

@@ -182,14 +182,8 @@ fn attention_partial_frag<F: Float, N: Size>(
     m_part: &mut Array<f32>,
     l_part: &mut Array<f32>,
     kv: KvStrides,
-    keys: usize,
-    page_size: usize,
-    num_chunks: usize,
-    row_groups: usize,
-    part_base: usize,
-    parts: usize,
+    split: Split,
     scale: f32,
-    group_rows: usize,
     #[comptime] d: usize,
     #[comptime] warps: usize,
     #[comptime] tile: usize,
@@ -198,8 +192,8 @@ fn attention_partial_frag<F: Float, N: Size>(
 ) {
     // The row groups of a chunk are neighbours in the grid, so that they run together and
     // the second reads the chunk's K/V from L2.
-    let chunk = CUBE_POS_X as usize / row_groups;
-    let rg = CUBE_POS_X as usize % row_groups;
+    let chunk = CUBE_POS_X as usize / split.row_groups;
+    let rg = CUBE_POS_X as usize % split.row_groups;
     let kvh = CUBE_POS_Y as usize;
     let bi = CUBE_POS_Z as usize;
     let unit = UNIT_POS as usize;
@@ -215,11 +209,9 @@ fn attention_partial_frag<F: Float, N: Size>(
     let lane_vecs = comptime!(d / N8 / VEC);
     let d_tiles = comptime!(d / N8);
 
-    let first_row = (bi * kv.hkv + kvh) * group_rows + rg * rows;
-    let valid_rows = min(rows, group_rows - rg * rows);
-    let at = chunk_keys(
-        &kv, count, keys, page_size, num_chunks, chunk, bi, kvh, tile, listed,
-    );
+    let first_row = (bi * kv.hkv + kvh) * split.group_rows + rg * rows;
+    let valid_rows = min(rows, split.group_rows - rg * rows);
+    let at = chunk_keys(&kv, count, &split, chunk, bi, kvh, tile, listed);
     let mma = mma_shape::<F>();
     let k_lane = k_lane_offsets(d);
     let v_lane = v_lane_offsets(d);
@@ -345,13 +337,13 @@ fn attention_partial_frag<F: Float, N: Size>(
         // 3. Keys past the chunk or the prefix (a partial last tile only) score the sentinel.
         // This lane's scores are keys `16j + 4t + r` (`r = 2h + e`: tile `2j + h`, element `e`).
         let last = key_s[buf * tile + tile - 1] as usize;
-        if last >= keys {
+        if last >= split.keys {
             #[unroll]
             for j in 0..tile / 16 {
                 #[unroll]
                 for r in 0..4usize {
                     let nt = 2 * j + r / 2;
-                    if (key_s[buf * tile + j * 16 + 4 * t + r] as usize) >= keys {
+                    if (key_s[buf * tile + j * 16 + 4 * t + r] as usize) >= split.keys {
                         let mut x_lo = s[2 * nt];
                         let mut x_hi = s[2 * nt + 1];
                         x_lo[r % 2] = NEG_SENTINEL;
@@ -461,8 +453,8 @@ fn attention_partial_frag<F: Float, N: Size>(
     l_lo += plane_shuffle_xor(l_lo, 2u32);
     l_hi += plane_shuffle_xor(l_hi, 1u32);
     l_hi += plane_shuffle_xor(l_hi, 2u32);
-    let part_lo = (first_row + lo) * parts + part_base + chunk;
-    let part_hi = (first_row + hi) * parts + part_base + chunk;
+    let part_lo = (first_row + lo) * split.parts + split.part_base + chunk;
+    let part_hi = (first_row + hi) * split.parts + split.part_base + chunk;
     #[unroll]
     for dt in 0..d_tiles {
         #[unroll]
@@ -601,14 +593,8 @@ pub(crate) fn launch_partial<R: CubeRuntime>(
         m_part.clone().into_array_arg(),
         l_part.clone().into_array_arg(),
         kv,
-        split.keys,
-        split.page_size,
-        split.num_chunks,
-        split.row_groups,
-        split.part_base,
-        split.parts,
+        split.arg(),
         scale,
-        split.group_rows,
         d,
         layout.warps,
         layout.tile,

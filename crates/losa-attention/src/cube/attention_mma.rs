@@ -198,14 +198,8 @@ fn attention_partial_mma<F: Float, N: Size>(
     m_part: &mut Array<f32>,
     l_part: &mut Array<f32>,
     kv: KvStrides,
-    keys: usize,
-    page_size: usize,
-    num_chunks: usize,
-    row_groups: usize,
-    part_base: usize,
-    parts: usize,
+    split: Split,
     scale: f32,
-    group_rows: usize,
     #[comptime] d: usize,
     #[comptime] width: usize,
     #[comptime] row_tiles: usize,
@@ -215,8 +209,8 @@ fn attention_partial_mma<F: Float, N: Size>(
     let chunk = CUBE_POS_X as usize;
     let kvh = CUBE_POS_Y as usize;
     let z = CUBE_POS_Z as usize;
-    let bi = z / row_groups;
-    let rg = z % row_groups;
+    let bi = z / split.row_groups;
+    let rg = z % split.row_groups;
     let unit = UNIT_POS as usize;
     let warp = UNIT_POS_Y as usize;
 
@@ -231,11 +225,9 @@ fn attention_partial_mma<F: Float, N: Size>(
     let s_stride = comptime!(KEYS + 4);
     let p_stride = comptime!(KEYS + 8);
 
-    let first_row = (bi * kv.hkv + kvh) * group_rows + rg * rows;
-    let valid_rows = min(rows, group_rows - rg * rows);
-    let at = chunk_keys(
-        &kv, count, keys, page_size, num_chunks, chunk, bi, kvh, KEYS, listed,
-    );
+    let first_row = (bi * kv.hkv + kvh) * split.group_rows + rg * rows;
+    let valid_rows = min(rows, split.group_rows - rg * rows);
+    let at = chunk_keys(&kv, count, &split, chunk, bi, kvh, KEYS, listed);
 
     let mut q_s = SharedMemory::<Vector<F, N>>::new_aligned(rows * (dv + 1), 128usize);
     let mut k_s = SharedMemory::<Vector<F, N>>::new_aligned(KEYS * (dv + 1), 128usize);
@@ -368,7 +360,7 @@ fn attention_partial_mma<F: Float, N: Size>(
         let mut top = NEG_SENTINEL.runtime();
         if row_live {
             for c in 0..KEYS / ROW_UNITS {
-                if (key_s[run + c] as usize) < keys {
+                if (key_s[run + c] as usize) < split.keys {
                     top = max(top, s_s[row * s_stride + run + c] * scale);
                 }
             }
@@ -391,7 +383,7 @@ fn attention_partial_mma<F: Float, N: Size>(
         if row_live {
             for c in 0..KEYS / ROW_UNITS {
                 let mut p = 0.0f32;
-                if (key_s[run + c] as usize) < keys {
+                if (key_s[run + c] as usize) < split.keys {
                     p = (s_s[row * s_stride + run + c] * scale - reference).exp();
                 }
                 p_s[row * p_stride + run + c] = F::cast_from(p);
@@ -458,7 +450,7 @@ fn attention_partial_mma<F: Float, N: Size>(
             let r = e / KEYS;
             let col = e % KEYS;
             if col < cols {
-                let part = (first_row + r) * parts + part_base + chunk;
+                let part = (first_row + r) * split.parts + split.part_base + chunk;
                 o_part[part * d + c0 * TILE + col] = s_s[r * s_stride + col];
             }
             e += UNITS;
@@ -466,7 +458,7 @@ fn attention_partial_mma<F: Float, N: Size>(
         sync_cube();
     }
     if unit < valid_rows {
-        let part = (first_row + unit) * parts + part_base + chunk;
+        let part = (first_row + unit) * split.parts + split.part_base + chunk;
         m_part[part] = m_s[unit];
         l_part[part] = l_s[unit];
     }
@@ -539,14 +531,8 @@ pub(crate) fn launch_partial<R: CubeRuntime>(
         m_part.clone().into_array_arg(),
         l_part.clone().into_array_arg(),
         kv,
-        split.keys,
-        split.page_size,
-        split.num_chunks,
-        split.row_groups,
-        split.part_base,
-        split.parts,
+        split.arg(),
         scale,
-        split.group_rows,
         d,
         width,
         row_tiles,
