@@ -877,7 +877,8 @@ pub(crate) fn attention<R: CubeRuntime>(
 }
 
 /// Launches the page-list compaction and the partial kernels of `planned` (the sources of
-/// `q`'s rows, `part_base` and `parts` set) into partial buffers `[o, m, l]`, taking its buffers from `scratch` in the order of [`scratch_specs`].
+/// `q`'s rows, `part_base` and `parts` set) into partial buffers `[o, m, l]`, taking its
+/// buffers from `scratch` in the order of [`scratch_specs`].
 fn launch_partials<R: CubeRuntime>(
     q: &CubeTensor<R>,
     planned: Vec<Planned<R>>,

@@ -10,7 +10,8 @@
 //! feeds PTX `mma.m16n8k16` with them.
 //!
 //! A cube's warps ([`WARPS`], [`SWIGLU_WARPS`]) take the same [`COLS`] columns and split `k`
-//! in 64-wide runs (a 128-byte run of each weight row per warp, 1 KB per cube), and meet once in shared memory.
+//! in 64-wide runs (a 128-byte run of each weight row per warp, 1 KB per cube), and meet once
+//! in shared memory.
 //! One launch serves up to [`MAX_WEIGHTS`] weights that share `x` (q, k and v); a second
 //! kernel fuses the MLP's gate and up projections with the SwiGLU between them. Rows past
 //! `rows` read as zeros, so `x` needs no padding.
