@@ -674,7 +674,8 @@ fn empty_and_nan_inputs_keep_the_row_and_page_kernels_sound() {
 
 /// The RMSNorm kernel against the reference: rows of 4096 (a hidden state), 128 (a q/k head),
 /// ragged widths that force narrower vectors (96, 30), a strided view (the first 64 channels of
-/// rows 96 wide), and more rows than one grid dimension holds (70,000). The reference runs in
+/// rows 96 wide), more rows than one grid dimension holds (70,000), and outputs too large to
+/// share one allocation (1,100 rows of 4096: the residual sum and the norm allocated apart). The reference runs in
 /// fp32 on the same (rounded) inputs; the kernel rounds the normalised row to the dtype under
 /// test before the weight, as the reference does on the device.
 #[test]
@@ -687,6 +688,7 @@ fn rms_norm_matches_reference() {
         (33, 30, None),
         (7, 96, Some(64)),
         (70_000, 8, None),
+        (1_100, 4096, None),
     ] {
         let (xd, xr) = pair2(71, rows, dim);
         let channels = view.unwrap_or(dim);
