@@ -45,6 +45,14 @@ impl<B: LosaBackend> KvCache<B> {
     pub fn layer(&self, layer: usize) -> &PrefixKv<B> {
         &self.layers[layer]
     }
+
+    /// Makes room for `tokens` tokens in every layer ([`PrefixKv::reserve`]): a generation
+    /// that knows its length writes its prompt and blocks in place.
+    pub fn reserve(&mut self, tokens: usize) {
+        for layer in &mut self.layers {
+            layer.reserve(tokens);
+        }
+    }
 }
 
 /// Per-layer LoSA states of the block being denoised, and the block's RoPE tables.

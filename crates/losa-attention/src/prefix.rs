@@ -26,6 +26,30 @@ impl<B: Backend> GrowBuffer<B> {
         self.data.clone().narrow(2, 0, self.len)
     }
 
+    /// Room along the sequence dimension.
+    fn capacity(&self) -> usize {
+        self.data.dims()[2]
+    }
+
+    /// The buffer with room for at least `cap` rows (one copy of the rows held when it grows).
+    fn reserve(self, cap: usize) -> Self {
+        if self.capacity() >= cap {
+            return self;
+        }
+        let [b, h, _, d] = self.data.dims();
+        let fresh =
+            Tensor::<B, 4>::zeros([b, h, cap, d], &self.data.device()).cast(self.data.dtype());
+        let data = if self.len > 0 {
+            fresh.slice_assign([0..b, 0..h, 0..self.len, 0..d], self.view())
+        } else {
+            fresh
+        };
+        Self {
+            data,
+            len: self.len,
+        }
+    }
+
     /// Writes `rows` at sequence position `at` (≤ len), growing the buffer when needed: to
     /// twice its size (at least `min_grow`), but never past `max_cap` unless the rows need it,
     /// so that a long prompt does not reserve twice the model's positions.
@@ -67,6 +91,8 @@ pub struct PrefixKv<B: Backend> {
     hi: Option<GrowBuffer<B>>,
     page_size: Option<usize>,
     max_len: usize,
+    /// Tokens the buffers are made for at once (see [`Self::reserve`]); 0 when not known.
+    reserved: usize,
 }
 
 impl<B: LosaBackend> PrefixKv<B> {
@@ -85,7 +111,25 @@ impl<B: LosaBackend> PrefixKv<B> {
             hi: None,
             page_size,
             max_len,
+            reserved: 0,
         })
+    }
+
+    /// Makes room for `tokens` tokens in all (at most the positions), so that appends up to
+    /// that length write in place: buffers not made yet are made that long, buffers made
+    /// already grow to it now, once. Without it a buffer doubles when full, copying what it
+    /// holds each time and holding up to twice what is written (a 64K prompt's first decoded
+    /// block would reserve 128K positions of K/V: 18 GiB on SDAR-8B).
+    pub fn reserve(&mut self, tokens: usize) {
+        let tokens = tokens.min(self.max_len);
+        self.reserved = self.reserved.max(tokens);
+        self.k = self.k.take().map(|buf| buf.reserve(tokens));
+        self.v = self.v.take().map(|buf| buf.reserve(tokens));
+        if let Some(page) = self.page_size {
+            let pages = tokens.div_ceil(page);
+            self.lo = self.lo.take().map(|buf| buf.reserve(pages));
+            self.hi = self.hi.take().map(|buf| buf.reserve(pages));
+        }
     }
 
     /// Tokens held.
@@ -152,7 +196,7 @@ impl<B: LosaBackend> PrefixKv<B> {
         if added == 0 {
             return Ok(());
         }
-        let grow = 256;
+        let grow = self.reserved.max(256);
         let cap = self.max_len;
         self.k = Some(GrowBuffer::write(self.k.take(), k, old_len, grow, cap));
         self.v = Some(GrowBuffer::write(self.v.take(), v, old_len, grow, cap));
@@ -192,6 +236,38 @@ mod tests {
     fn rows(n: usize, from: usize) -> Tensor<B, 4> {
         let values: Vec<f32> = (from..from + n * 4).map(|x| x as f32).collect();
         Tensor::<B, 1>::from_floats(values.as_slice(), &Default::default()).reshape([1, 1, n, 4])
+    }
+
+    /// A reserved cache is made that long at its first append and does not grow while the
+    /// appends fit; a later, longer reservation grows it once and keeps what it holds, bounds
+    /// included; no reservation passes the positions.
+    #[test]
+    fn reserved_room_is_made_once() {
+        let mut kv = PrefixKv::<B>::new(Some(4), 1000).unwrap();
+        kv.reserve(300);
+        let caps = |kv: &PrefixKv<B>| {
+            [&kv.k, &kv.v, &kv.lo, &kv.hi].map(|buf| buf.as_ref().map_or(0, GrowBuffer::capacity))
+        };
+        let mut written = 0;
+        for n in [100, 100, 100] {
+            kv.append(rows(n, written * 4), rows(n, written * 4))
+                .unwrap();
+            written += n;
+            assert_eq!(caps(&kv), [300, 300, 75, 75], "after {written} tokens");
+        }
+        let (lo, hi) = kv.bounds().unwrap();
+        kv.reserve(500);
+        assert_eq!(caps(&kv), [500, 500, 125, 125]);
+        let all: Vec<f32> = kv.keys().unwrap().into_data().to_vec().unwrap();
+        assert_eq!(all, (0..300 * 4).map(|x| x as f32).collect::<Vec<_>>());
+        let (lo2, hi2) = kv.bounds().unwrap();
+        assert_eq!(lo2.into_data(), lo.into_data());
+        assert_eq!(hi2.into_data(), hi.into_data());
+        kv.append(rows(200, written * 4), rows(200, written * 4))
+            .unwrap();
+        assert_eq!(caps(&kv), [500, 500, 125, 125]);
+        kv.reserve(5000);
+        assert_eq!(caps(&kv), [1000, 1000, 250, 250]);
     }
 
     /// Doubling stops at the most tokens the cache may hold, and what was written stays.

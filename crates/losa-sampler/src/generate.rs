@@ -275,7 +275,8 @@ pub fn prefill_prompt<B: LosaBackend>(
     if block == 0 {
         return Err(SamplerError::Config("block size must be at least 1".into()));
     }
-    let (cache, prefill_ms) = sdar::prefill_prompt(model, prompt, block, progress)?;
+    // The runs' lengths are not known yet: each run reserves its own (`sdar::decode`).
+    let (cache, prefill_ms) = sdar::prefill_prompt(model, prompt, block, 0, progress)?;
     Ok(PrefilledPrompt {
         prompt: prompt.to_vec(),
         block,

@@ -26,15 +26,18 @@ use crate::{
     predict::predict,
 };
 
-/// Prefills the prompt's complete blocks; returns the cache and the time taken, ms.
+/// Prefills the prompt's complete blocks into a cache with room for `tokens` tokens (0: grown
+/// as needed); returns the cache and the time taken, ms.
 pub(crate) fn prefill_prompt<B: LosaBackend>(
     model: &DlmModel<B>,
     prompt: &[u32],
     block: usize,
+    tokens: usize,
     progress: &mut dyn Progress,
 ) -> Result<(KvCache<B>, f64), SamplerError> {
     let start = Instant::now();
     let mut cache = model.new_cache()?;
+    cache.reserve(tokens);
     let whole = prompt.len() / block * block;
     if whole > 0 {
         prefill(model, &prompt[..whole], &mut cache, progress)?;
@@ -65,8 +68,10 @@ pub(crate) fn decode<B: LosaBackend>(
     let prefill_blocks = p / block;
     let (mut cache, prefill_ms) = match prefilled {
         Some(shared) => shared,
-        None => prefill_prompt(model, prompt, block, progress)?,
+        None => prefill_prompt(model, prompt, block, total, progress)?,
     };
+    // A shared prefill did not know this run's length: one growth now, not doubling later.
+    cache.reserve(total);
     let mut parts = cfg.profile.then(PartTimes::default);
     let quotas = cfg.quotas(block);
     let mut state = model.new_block_state();
