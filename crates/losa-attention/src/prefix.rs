@@ -36,18 +36,21 @@ impl<B: Backend> GrowBuffer<B> {
         if self.capacity() >= cap {
             return self;
         }
+        let keep = self.len;
+        self.moved(cap, keep)
+    }
+
+    /// A fresh buffer of `cap` rows holding this one's first `keep` rows (`keep` ≤ len).
+    fn moved(self, cap: usize, keep: usize) -> Self {
         let [b, h, _, d] = self.data.dims();
         let fresh =
             Tensor::<B, 4>::zeros([b, h, cap, d], &self.data.device()).cast(self.data.dtype());
-        let data = if self.len > 0 {
-            fresh.slice_assign([0..b, 0..h, 0..self.len, 0..d], self.view())
+        let data = if keep > 0 {
+            fresh.slice_assign([0..b, 0..h, 0..keep, 0..d], self.view().narrow(2, 0, keep))
         } else {
             fresh
         };
-        Self {
-            data,
-            len: self.len,
-        }
+        Self { data, len: keep }
     }
 
     /// Writes `rows` at sequence position `at` (≤ len), growing the buffer when needed: to
@@ -62,22 +65,14 @@ impl<B: Backend> GrowBuffer<B> {
     ) -> Self {
         let [b, h, n, d] = rows.dims();
         let needed = at + n;
-        let mut data = match buffer {
-            Some(buf) if buf.data.dims()[2] >= needed => buf.data,
-            other => {
-                let old_cap = other.as_ref().map_or(0, |buf| buf.data.dims()[2]);
-                let cap = needed.max((old_cap * 2).max(min_grow).min(max_cap));
-                let fresh =
-                    Tensor::<B, 4>::zeros([b, h, cap, d], &rows.device()).cast(rows.dtype());
-                match other {
-                    Some(buf) if at > 0 => {
-                        fresh.slice_assign([0..b, 0..h, 0..at, 0..d], buf.view().narrow(2, 0, at))
-                    }
-                    _ => fresh,
-                }
-            }
+        let old_cap = buffer.as_ref().map_or(0, Self::capacity);
+        let cap = needed.max((old_cap * 2).max(min_grow).min(max_cap));
+        let data = match buffer {
+            Some(buf) if buf.capacity() >= needed => buf.data,
+            Some(buf) => buf.moved(cap, at).data,
+            None => Tensor::<B, 4>::zeros([b, h, cap, d], &rows.device()).cast(rows.dtype()),
         };
-        data = data.slice_assign([0..b, 0..h, at..needed, 0..d], rows);
+        let data = data.slice_assign([0..b, 0..h, at..needed, 0..d], rows);
         Self { data, len: needed }
     }
 }
