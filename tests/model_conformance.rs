@@ -1,8 +1,8 @@
 //! The four family fixtures run on the device backend (wgpu, or CUDA with `--features cuda`) in
 //! the dtype of `LOSA_TEST_DTYPE` (f32 by default; f16 or bf16 on a GPU), against the
-//! `transformers` reference logits: the full-sequence forward, the chunked prefill followed by a
-//! block step through dense and LoSA attention, and a whole SDAR generation, which must be
-//! token for token the CPU reference's in f32. This is where the fused low-precision model path
+//! `transformers` reference logits: the full-sequence forward, the prefill (block by block for
+//! the block-causal families) followed by a block step through dense and LoSA attention, and a
+//! whole SDAR generation, which must be token for token the CPU reference's in f32. This is where the fused low-precision model path
 //! (fp32 RMSNorm between bf16 matmuls, casts around the prefill attention) is exercised; the
 //! attention kernels alone are covered by `conformance.rs`.
 #![cfg(any(feature = "wgpu", feature = "cuda"))]
@@ -62,7 +62,17 @@ fn every_family_matches_the_reference_on_the_device() {
             let m = model.clone().with_attention(mode.clone());
             let prefix = ids.len() - block;
             let mut cache = m.new_cache().unwrap();
-            m.prefill(&[ids[..prefix].to_vec()], &mut cache).unwrap();
+            // Block-causal families block by block: each chunk after the first through the
+            // device's prefix attention over the cache, merged with its masked attention.
+            let chunk = if m.config().family.block_causal() {
+                block
+            } else {
+                prefix
+            };
+            for start in (0..prefix).step_by(chunk) {
+                let end = (start + chunk).min(prefix);
+                m.prefill(&[ids[start..end].to_vec()], &mut cache).unwrap();
+            }
             let mut state = m.new_block_state();
             let (logits, _) = m
                 .forward_block(&[ids[prefix..].to_vec()], &mut cache, &mut state, false)

@@ -78,6 +78,45 @@ fn every_family_matches_the_reference_logits() {
 }
 
 #[test]
+fn a_prompt_prefilled_block_by_block_matches_the_reference() {
+    // Block-causal families: each chunk after the first attends to the cache through the
+    // backend's prefix attention, merged by LSE with its own masked attention. Its logits are
+    // the full forward's at those positions, and the block step after it the reference step.
+    for name in ["sdar", "fast_dllm_v2"] {
+        let m = model(name);
+        let r = reference(&fixture(name));
+        let vocab = m.config().vocab_size;
+        let prefix = r.ids.len() - r.block;
+        let mut cache = m.new_cache().unwrap();
+        let mut done = 0;
+        while done < prefix {
+            let end = (done + r.block).min(prefix);
+            let logits = m.prefill(&[r.ids[done..end].to_vec()], &mut cache).unwrap();
+            assert_close(
+                &format!("{name} prefill of {done}..{end}"),
+                &host(&logits),
+                &r.full[done * vocab..end * vocab],
+                1e-4,
+                1e-4,
+            );
+            done = end;
+        }
+        assert!(done > r.block, "{name}: the prompt needs two chunks");
+        let mut state = m.new_block_state();
+        let (logits, _) = m
+            .forward_block(&[r.ids[prefix..].to_vec()], &mut cache, &mut state, false)
+            .unwrap();
+        assert_close(
+            &format!("{name} step after a chunked prefill"),
+            &host(&logits),
+            &r.step,
+            1e-4,
+            1e-4,
+        );
+    }
+}
+
+#[test]
 fn family_facts_follow_the_checkpoints() {
     let sdar = model("sdar");
     let c = sdar.config();

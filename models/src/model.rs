@@ -11,7 +11,7 @@ use burn::{
     nn::Linear,
     tensor::{Bool, FloatDType, Int, Tensor, TensorData, backend::Backend},
 };
-use losa_attention::{AttentionMode, LayerState, LosaBackend, PrefixKv, StepStats, attend};
+use losa_attention::{AttentionMode, LayerState, LosaBackend, PrefixKv, StepStats, attend, ops};
 
 use crate::{
     config::ModelConfig,
@@ -317,7 +317,7 @@ impl<B: LosaBackend> DlmModel<B> {
             Keys::Masked(..) => build(),
         };
         let hidden = match keys {
-            Keys::Masked(..) => hidden_keys::<B>(start, s, start, self.mask_block(), &device),
+            Keys::Masked(..) => hidden_keys::<B>(start, s, self.mask_block(), &device),
             Keys::Step { .. } => None,
         };
         let mut stats = Vec::new();
@@ -338,17 +338,21 @@ impl<B: LosaBackend> DlmModel<B> {
             let attn = match &mut keys {
                 Keys::Masked(cache, keep) => {
                     // This layer's cached prefix, as it was before this pass stored anything.
+                    // Every new token sees all of it: the backend's dense prefix attention
+                    // (split-K kernels, no score matrix over the cache), merged by LSE with
+                    // the masked attention among the new tokens.
                     let prefix = cache
                         .as_deref()
                         .and_then(|c| Some((c.layer(l).keys()?, c.layer(l).values()?)));
-                    let (k_all, v_all) = match prefix {
-                        Some((pk, pv)) => (
-                            Tensor::cat(vec![pk, k.clone()], 2),
-                            Tensor::cat(vec![pv, v.clone()], 2),
-                        ),
-                        None => (k.clone(), v.clone()),
+                    let (o_new, lse_new) =
+                        masked_attention(q.clone(), k.clone(), v.clone(), hidden.clone(), scale);
+                    let out = match prefix {
+                        Some((pk, pv)) => {
+                            let (o_prefix, lse_prefix) = ops::attention(q, pk, pv, scale)?;
+                            ops::merge(o_prefix, lse_prefix, o_new, lse_new)?.0
+                        }
+                        None => o_new,
                     };
-                    let out = masked_attention(q, k_all, v_all, hidden.clone(), scale);
                     if let Some(cache) = cache.as_deref_mut() {
                         let n = keep.unwrap_or(s);
                         cache.layers[l].append(k.narrow(2, 0, n), v.narrow(2, 0, n))?;
@@ -455,15 +459,14 @@ impl Lap<'_> {
     }
 }
 
-/// Which keys of `[cached ; new]` the new tokens (absolute positions `start..start + s`) may not
-/// see, `[s, cached + s]`: every cached key is visible; among new tokens, a key is hidden when
-/// its block is after the query's. `None` when everything is visible (bidirectional families).
-/// Built once per forward pass on the device (it is the same in every layer; at training lengths
-/// a host-built mask would cost more than the pass).
+/// Which of the new tokens' keys (absolute positions `start..start + s`) each new token may not
+/// see, `[s, s]`: a key is hidden when its block is after the query's (cached keys are all
+/// visible). `None` when everything is visible (bidirectional families). Built once per forward
+/// pass on the device (it is the same in every layer; at training lengths a host-built mask
+/// would cost more than the pass).
 fn hidden_keys<B: Backend>(
     start: usize,
     s: usize,
-    cached: usize,
     block: Option<usize>,
     device: &B::Device,
 ) -> Option<Tensor<B, 2, Bool>> {
@@ -472,26 +475,19 @@ fn hidden_keys<B: Backend>(
     let blocks = Tensor::<B, 1, Int>::arange(first..last, device).div_scalar(block);
     let query = blocks.clone().reshape([s, 1]).expand([s, s]);
     let key = blocks.reshape([1, s]).expand([s, s]);
-    let among_new = key.greater(query);
-    Some(if cached == 0 {
-        among_new
-    } else {
-        Tensor::cat(
-            vec![Tensor::<B, 2, Bool>::zeros([s, cached], device), among_new],
-            1,
-        )
-    })
+    Some(key.greater(query))
 }
 
-/// Attention of new tokens over `[cached ; new]` keys, with the keys `hidden` masks out (see
-/// [`hidden_keys`]). Softmax in fp32.
+/// Attention of new tokens over their own keys, with the keys `hidden` masks out (see
+/// [`hidden_keys`]): `(O, LSE)`, the softmax and its log-sum-exp in fp32. Every query sees at
+/// least its own key, so no row is empty.
 fn masked_attention<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
     hidden: Option<Tensor<B, 2, Bool>>,
     scale: f32,
-) -> Tensor<B, 4> {
+) -> (Tensor<B, 4>, Tensor<B, 3>) {
     let [b, hq, s, d] = q.dims();
     let [_, hkv, n, _] = k.dims();
     let g = hq / hkv;
@@ -507,9 +503,13 @@ fn masked_attention<B: Backend>(
             .reshape([b, hkv, g * s, n]);
         scores = scores.mask_fill(hidden, f32::NEG_INFINITY);
     }
-    let probs = burn::tensor::activation::softmax(scores, 3);
-    probs
+    let top = scores.clone().max_dim(3);
+    let weights = (scores - top.clone()).exp();
+    let sum = weights.clone().sum_dim(3);
+    let o = (weights / sum.clone())
         .matmul(v.cast(FloatDType::F32))
         .reshape([b, hq, s, d])
-        .cast(dtype)
+        .cast(dtype);
+    let lse = (top + sum.log()).reshape([b, hq, s]);
+    (o, lse)
 }

@@ -9,7 +9,9 @@
 //! its rows in registers: its `Q` fragments, the `S` tile of each key tile, the online softmax
 //! (each row's max and sum across the four lanes that hold it), and `O` as 16 x 8 fp32
 //! accumulators. The accumulator layout of `S = Q · Kᵀ` is the `A` layout of `P · V`, so `P`
-//! never leaves the registers. The warps of a cube share only the K/V tiles: 64 keys at a time,
+//! never leaves the registers; `V`'s fragments come from shared memory through `ldmatrix.trans`
+//! (the keys of a fragment register are a column of the key-major tile: one instruction loads
+//! two channel tiles' fragments). The warps of a cube share only the K/V tiles: 32 keys at a time,
 //! copied into shared memory by `cp.async` one tile ahead (two buffers, each with a barrier its
 //! copies complete on), so the next tile's bytes are in flight while this one is computed
 //! without holding them in registers.
@@ -17,20 +19,19 @@
 //! A row's reference max moves only when a score passes it by more than [`RESCALE_MARGIN`], and
 //! a warp votes before rescaling: most tiles rescale nothing.
 //!
-//! H100, SDAR-8B, 64K prefix, B = 16: 191 µs against SDPA flash's 224
-//! (`bench/results/attention-h100.json`); the `cmma` kernel took 338-349 µs in same-binary runs.
+//! H100, SDAR-8B, 64K prefix, B = 16 (ncu, session 13): 108-110 µs for the partials, against
+//! 145 µs with 64-key tiles and each lane gathering its `V` halves from 16-byte loads (byte
+//! permutes), and 338-349 µs for the `cmma` kernel (session 10). Under a per-instruction profile
+//! of the 145 µs version its warps stalled mostly on fixed-latency dependencies (`mma`, the
+//! exponentials), not on memory: hence smaller tiles and a third cube per multiprocessor.
 //!
-//! Two free permutations make every shared-memory read a 16-byte vector:
-//! - Which key an `S` column stands for is the kernel's choice, so column `c` of n8 tile
-//!   `2j + h` is key `16j + 4(c / 2) + 2h + c % 2`: lane `t`'s `P` values of 16-key chunk `j`
-//!   are then the four consecutive keys `16j + 4t..16j + 4t + 4`, the keys its `P · V` step
-//!   wants (`k = 2t, 2t + 1, 2t + 8, 2t + 9`).
-//! - Which channel an `O` column stands for is too: column `g` of channel tile `dt` is channel
-//!   `g · d / 8 + dt`, so a lane's `V` values are `d / 8` contiguous channels of its four keys.
+//! Column `c` of n8 tile `nt` is key `8 nt + c`, and channel tile `dt` of `O` is channels
+//! `8 dt..8 dt + 8`, as in the PTX layout; a `K` read is one 16-byte vector (the channel
+//! permutation of `mma_fragments.rs`, shared with `Q`).
 //!
-//! The tiles are XOR-swizzled per key ([`swizzled`]) so that the 16-byte reads of each quarter
-//! warp, for `K` (two keys, four vectors) and for `V` (four keys, two vectors at d = 128), land
-//! on distinct banks.
+//! The tiles are XOR-swizzled per key ([`swizzled`]) so that each quarter warp's 16-byte `K`
+//! reads (two keys, four vectors) and each 8-row phase of an `ldmatrix` (eight keys, one
+//! vector) land on distinct banks.
 
 use burn::tensor::DType;
 use burn_cubecl::{CubeRuntime, tensor::CubeTensor};
@@ -40,7 +41,7 @@ use cubecl::prelude::barrier::{Barrier, copy_async_checked};
 
 use super::attention::{KeyLayout, KvStrides, Split, chunk_keys, key_of, kv_strides};
 use super::mma_fragments::{
-    N8, a_fragment, aligned, b_fragment, has_manual_mma, mma_shape, zero_acc,
+    N8, a_fragment, aligned, b_fragment, has_ldmatrix, has_manual_mma, mma_shape, zero_acc,
 };
 use super::{NEG_SENTINEL, PLANE, RESCALE_MARGIN};
 
@@ -54,58 +55,60 @@ const ROWS_PER_WARP: usize = 16;
 /// head) read each K/V tile once.
 pub(crate) const MAX_WARPS: usize = 8;
 
-/// Keys per tile: four 16-key `P · V` steps, whose scores take 32 fp32 registers a lane; two
-/// buffers of K and V take 64 KB at d = 128.
-const TILE_KEYS: usize = 64;
+/// Keys per tile: two 16-key `P · V` steps, whose scores take 16 fp32 registers a lane; two
+/// buffers of K and V take 32 KB at d = 128. With 64 keys (32 score registers) the kernel took
+/// 173 registers a unit, two cubes of four warps per multiprocessor, and its warps stalled on
+/// their own `mma` and exponential results; 32 keys leave 167, a third cube fits
+/// ([`WARPS_PER_SM`]): SDAR-8B 64K, B = 16, H100, 130 → 109 µs (ncu, session 13).
+const TILE_KEYS: usize = 32;
 
 /// Fewest keys the kernel is chosen for (see [`pays`]).
 const MIN_KEYS: usize = 256;
 
-/// Warps per multiprocessor the split over keys aims at: the registers (~200 a unit) hold two
-/// cubes of four warps.
-const WARPS_PER_SM: usize = 8;
+/// Fewest warps the kernel is chosen for over a page list (see [`pays`]).
+const LISTED_WARPS: usize = 4;
 
-/// Where vector `vec` of key `key`'s row lives in a tile of `dv`-vector rows. The XOR (within
-/// the row's first 8 vectors' bank group) differs in bit 2 between keys `2i` and `2i + 1` (a `K`
-/// read's two keys) and takes four values over keys `4t + r`, `t = 0..4` (a `V` read's keys).
+/// Warps per multiprocessor the split over keys aims at: the registers (167 a unit at 32-key
+/// tiles) hold three cubes of four warps.
+const WARPS_PER_SM: usize = 12;
+
+/// Where vector `vec` of key `key`'s row lives in a tile of `dv`-vector rows (`dv` a multiple
+/// of 8). The XOR stays within the row's 8-vector bank group and depends on `key % 8` only: a
+/// bijection over eight consecutive keys (an `ldmatrix` phase's rows), whose bit 2 differs
+/// between keys `2i` and `2i + 1` (a quarter warp's `K` reads).
 #[cube]
 fn swizzled(key: usize, vec: usize, #[comptime] dv: usize) -> usize {
-    let flip = ((key >> 2usize) & 1usize) | (((key ^ (key >> 3usize)) & 1usize) << 2usize);
+    let flip = ((key & 1usize) << 2usize) | ((key >> 1usize) & 3usize);
     key * dv + (vec ^ flip)
 }
 
-/// This lane's `K` vector offsets in a tile (chunk `c` of key `16j + 4(g / 2) + 2h + g % 2`,
-/// less the `(16j + 2h) · dv` that the unrolled loops add): the swizzle's XOR depends only on
-/// the key's bits 0, 2 and 3, which come from `g`.
+/// This lane's `K` vector offsets in a tile: chunk `c` of key `g`, less the `8 nt · dv` that
+/// the unrolled loop adds (the swizzle depends on `key % 8 = g`).
 #[cube]
 fn k_lane_offsets(#[comptime] d: usize) -> Array<usize> {
     let lane = UNIT_POS_PLANE as usize;
     let (g, t) = (lane / 4, lane % 4);
     let dv = comptime!(d / VEC);
-    let key = (g / 2) * 4 + g % 2;
     let mut at = Array::<usize>::new(comptime!(d / 32));
     #[unroll]
     for c in 0..d / 32 {
-        at[c] = swizzled(key, c * 4 + t, dv);
+        at[c] = swizzled(g, c * 4 + t, dv);
     }
     at
 }
 
-/// This lane's `V` vector offsets in a tile: vector `e` of its channels in key `16j + 4t + r`
-/// at `r · lane_vecs + e`, less the `16j · dv` that the unrolled loops add.
+/// The row this lane gives `ldmatrix.x4.trans` for channel tiles `2p`, `2p + 1` of a 16-key
+/// chunk, less the `16j · dv` that the unrolled loop adds. Lanes `8m..8m + 8` give matrix `m`'s
+/// rows: keys `0..8` (`m` even) or `8..16` (odd) of channel vector `2p + m / 2`, so that the
+/// registers are `B` of tile `2p` (keys `2t, 2t + 1`, then `2t + 8, 2t + 9`) and then of `2p + 1`.
 #[cube]
 fn v_lane_offsets(#[comptime] d: usize) -> Array<usize> {
     let lane = UNIT_POS_PLANE as usize;
-    let (g, t) = (lane / 4, lane % 4);
     let dv = comptime!(d / VEC);
-    let lane_vecs = comptime!(d / N8 / VEC);
-    let mut at = Array::<usize>::new(comptime!(4 * lane_vecs));
+    let mut at = Array::<usize>::new(comptime!(d / 16));
     #[unroll]
-    for r in 0..4usize {
-        #[unroll]
-        for e in 0..lane_vecs {
-            at[r * lane_vecs + e] = swizzled(4 * t + r, g * lane_vecs + e, dv);
-        }
+    for p in 0..d / 16 {
+        at[p] = swizzled(lane % 16, 2 * p + lane / 16, dv);
     }
     at
 }
@@ -205,8 +208,6 @@ fn attention_partial_frag<F: Float, N: Size>(
     let dv = comptime!(d / VEC);
     let units = comptime!(warps * PLANE);
     let rows = comptime!(warps * ROWS_PER_WARP);
-    // Channels per lane in `P · V` (`d / 8`), in 16-byte vectors.
-    let lane_vecs = comptime!(d / N8 / VEC);
     let d_tiles = comptime!(d / N8);
 
     let first_row = (bi * kv.hkv + kvh) * split.group_rows + rg * rows;
@@ -311,12 +312,12 @@ fn attention_partial_frag<F: Float, N: Size>(
         }
         let base = buf * tile * dv;
 
-        // 2. S = Q · Kᵀ: n8 tile `nt` has key `(nt / 2) * 16 + 4 (g / 2) + 2 (nt % 2) + g % 2`
-        // in this lane's column `g`, scaled.
+        // 2. S = Q · Kᵀ, unscaled (the scale is folded into the exponent): n8 tile `nt` has key
+        // `8 nt + g` in this lane's column `g`.
         let mut s = Array::<Vector<f32, Const<2>>>::new(comptime!(2 * tile / N8));
         #[unroll]
         for nt in 0..tile / N8 {
-            let key_base = comptime!(((nt / 2) * 16 + (nt % 2) * 2) * (d / VEC));
+            let key_base = comptime!(nt * N8 * (d / VEC));
             let mut acc = zero_acc();
             #[unroll]
             for c in 0..d / 32 {
@@ -330,24 +331,23 @@ fn attention_partial_frag<F: Float, N: Size>(
                     );
                 }
             }
-            s[2 * nt] = acc[0usize] * Vector::new(scale);
-            s[2 * nt + 1] = acc[1usize] * Vector::new(scale);
+            s[2 * nt] = acc[0usize];
+            s[2 * nt + 1] = acc[1usize];
         }
 
         // 3. Keys past the chunk or the prefix (a partial last tile only) score the sentinel.
-        // This lane's scores are keys `16j + 4t + r` (`r = 2h + e`: tile `2j + h`, element `e`).
+        // This lane's scores are keys `8 nt + 2t + e` (tile `nt`, element `e`).
         let last = key_s[buf * tile + tile - 1] as usize;
         if last >= split.keys {
             #[unroll]
-            for j in 0..tile / 16 {
+            for nt in 0..tile / N8 {
                 #[unroll]
-                for r in 0..4usize {
-                    let nt = 2 * j + r / 2;
-                    if (key_s[buf * tile + j * 16 + 4 * t + r] as usize) >= split.keys {
+                for e in 0..2usize {
+                    if (key_s[buf * tile + nt * N8 + 2 * t + e] as usize) >= split.keys {
                         let mut x_lo = s[2 * nt];
                         let mut x_hi = s[2 * nt + 1];
-                        x_lo[r % 2] = NEG_SENTINEL;
-                        x_hi[r % 2] = NEG_SENTINEL;
+                        x_lo[e] = NEG_SENTINEL;
+                        x_hi[e] = NEG_SENTINEL;
                         s[2 * nt] = x_lo;
                         s[2 * nt + 1] = x_hi;
                     }
@@ -373,6 +373,9 @@ fn attention_partial_frag<F: Float, N: Size>(
         top_lo = max(top_lo, plane_shuffle_xor(top_lo, 2u32));
         top_hi = max(top_hi, plane_shuffle_xor(top_hi, 1u32));
         top_hi = max(top_hi, plane_shuffle_xor(top_hi, 2u32));
+        // To the scale of `m` (positive, so the raw max is the scaled one), the sentinel kept.
+        top_lo = select(top_lo > NEG_SENTINEL, top_lo * scale, NEG_SENTINEL);
+        top_hi = select(top_hi > NEG_SENTINEL, top_hi * scale, NEG_SENTINEL);
         let grow_lo = top_lo > m_lo + RESCALE_MARGIN || (m_lo == NEG_SENTINEL);
         let grow_hi = top_hi > m_hi + RESCALE_MARGIN || (m_hi == NEG_SENTINEL);
         if plane_any(grow_lo || grow_hi) {
@@ -392,12 +395,14 @@ fn attention_partial_frag<F: Float, N: Size>(
                 o[2 * dt + 1] = o[2 * dt + 1] * Vector::new(alpha_hi);
             }
         }
-        // A row that has seen no live key yet keeps `p = 0` (its sentinel scores would give 1).
-        let live_lo = m_lo > NEG_SENTINEL;
-        let live_hi = m_hi > NEG_SENTINEL;
+        // What the scores are shifted by: the row's max, or for a row that has seen no live key
+        // yet the largest float, so that its `p` is 0 (its sentinel scores would give 1) without
+        // a branch per score.
+        let shift_lo = select(m_lo > NEG_SENTINEL, m_lo, f32::MAX);
+        let shift_hi = select(m_hi > NEG_SENTINEL, m_hi, f32::MAX);
 
-        // 5. O += P · V per 16-key chunk: `P` from the score registers, `V` from this lane's
-        // four keys' channels `g · d / 8..(g + 1) · d / 8`.
+        // 5. O += P · V per 16-key chunk: `P` from the score registers (`x · scale - m`, one
+        // fused multiply-add; a sentinel score's is far below any live max), `V` by `ldmatrix`.
         #[unroll]
         for j in 0..tile / 16 {
             let mut p = Array::<Vector<F, Const<2>>>::new(4usize);
@@ -405,50 +410,43 @@ fn attention_partial_frag<F: Float, N: Size>(
             for i3 in 0..4usize {
                 // `A` register `i3`: tile `2j + i3 / 2`, row `g + 8 (i3 % 2)`.
                 let x = s[2 * (2 * j + i3 / 2) + i3 % 2];
-                let mut pf = Vector::<f32, Const<2>>::new(0.0f32);
+                let shift = if i3 % 2 == 0 { shift_lo } else { shift_hi };
+                let pf = (x * Vector::new(scale) - Vector::new(shift)).exp();
                 if i3 % 2 == 0 {
-                    if live_lo {
-                        pf = (x - Vector::new(m_lo)).exp();
-                    }
                     l_lo += pf[0usize] + pf[1usize];
                 } else {
-                    if live_hi {
-                        pf = (x - Vector::new(m_hi)).exp();
-                    }
                     l_hi += pf[0usize] + pf[1usize];
                 }
                 p[i3] = Vector::<F, Const<2>>::cast_from(pf);
             }
-            let mut vv = Array::<Vector<F, N>>::new(comptime!(4 * lane_vecs));
             #[unroll]
-            for r in 0..4 * lane_vecs {
-                vv[r] = v_s[base + comptime!(j * 16 * (d / VEC)) + v_lane[r]];
-            }
-            #[unroll]
-            for dt in 0..d_tiles {
-                let e = dt / VEC;
-                let x = dt % VEC;
-                let mut b = Array::<Vector<F, Const<2>>>::new(2usize);
-                let mut b0 = Vector::<F, Const<2>>::empty();
-                let mut b1 = Vector::<F, Const<2>>::empty();
-                b0[0usize] = vv[e][x];
-                b0[1usize] = vv[lane_vecs + e][x];
-                b1[0usize] = vv[2 * lane_vecs + e][x];
-                b1[1usize] = vv[3 * lane_vecs + e][x];
-                b[0usize] = b0;
-                b[1usize] = b1;
-                let mut acc = Array::<Vector<f32, Const<2>>>::new(2usize);
-                acc[0usize] = o[2 * dt];
-                acc[1usize] = o[2 * dt + 1];
-                mma.execute_inplace(&p, &b, &mut acc);
-                o[2 * dt] = acc[0usize];
-                o[2 * dt + 1] = acc[1usize];
+            for pair in 0..d / 16 {
+                let at_v = base + comptime!(j * 16 * (d / VEC)) + v_lane[pair];
+                let regs = mma.load_matrix::<Vector<F, N>, Const<2>>(
+                    &v_s.slice(at_v, at_v + 1),
+                    cmma::MatrixIdent::B,
+                    4usize,
+                    true,
+                );
+                #[unroll]
+                for h in 0..2usize {
+                    let dt = 2 * pair + h;
+                    let mut b = Array::<Vector<F, Const<2>>>::new(2usize);
+                    b[0usize] = regs[2 * h];
+                    b[1usize] = regs[2 * h + 1];
+                    let mut acc = Array::<Vector<f32, Const<2>>>::new(2usize);
+                    acc[0usize] = o[2 * dt];
+                    acc[1usize] = o[2 * dt + 1];
+                    mma.execute_inplace(&p, &b, &mut acc);
+                    o[2 * dt] = acc[0usize];
+                    o[2 * dt + 1] = acc[1usize];
+                }
             }
         }
         i += 1;
     }
 
-    // The partials: `O` column `2t + e` of channel tile `dt` is channel `(2t + e) · d / 8 + dt`.
+    // The partials: `O` column `2t + e` of channel tile `dt` is channel `8 dt + 2t + e`.
     l_lo += plane_shuffle_xor(l_lo, 1u32);
     l_lo += plane_shuffle_xor(l_lo, 2u32);
     l_hi += plane_shuffle_xor(l_hi, 1u32);
@@ -459,7 +457,7 @@ fn attention_partial_frag<F: Float, N: Size>(
     for dt in 0..d_tiles {
         #[unroll]
         for e in 0..2usize {
-            let channel = (2 * t + e) * d_tiles + dt;
+            let channel = dt * N8 + 2 * t + e;
             if lo < valid_rows {
                 o_part[part_lo * d + channel] = o[2 * dt][e];
             }
@@ -481,12 +479,14 @@ fn attention_partial_frag<F: Float, N: Size>(
 }
 
 /// The kernel's tuning constants, each overridden by a positive integer in its environment
-/// variable (`LOSA_FRAG_TILE`, `LOSA_FRAG_WARPS_PER_SM`, `LOSA_FRAG_MAX_WARPS`), read once per
-/// process: a benchmark can try other values on the card without a rebuild.
+/// variable (`LOSA_FRAG_TILE`, `LOSA_FRAG_WARPS_PER_SM`, `LOSA_FRAG_MAX_WARPS`,
+/// `LOSA_FRAG_LISTED_WARPS`), read once per process: a benchmark can try other values on the
+/// card without a rebuild.
 struct Tuning {
     tile: usize,
     warps_per_sm: usize,
     max_warps: usize,
+    listed_warps: usize,
 }
 
 fn tuning() -> &'static Tuning {
@@ -497,6 +497,7 @@ fn tuning() -> &'static Tuning {
             tile: read("LOSA_FRAG_TILE", TILE_KEYS),
             warps_per_sm: read("LOSA_FRAG_WARPS_PER_SM", WARPS_PER_SM),
             max_warps: read("LOSA_FRAG_MAX_WARPS", MAX_WARPS),
+            listed_warps: read("LOSA_FRAG_LISTED_WARPS", LISTED_WARPS),
         }
     })
 }
@@ -517,8 +518,8 @@ impl FragLayout {
 
 /// The layout for these inputs (`q` `[b, hq, s, d]`, `k`/`v` `[b, hkv, n, d]`, channels read as
 /// 16-byte vectors of `width`), or `None` where the kernel does not take them: no manual `mma`
-/// for the dtype, a head dimension not a multiple of 64 (a lane's `V` channels are whole
-/// vectors), or rows not readable as 16-byte vectors.
+/// or `ldmatrix` for the dtype, a head dimension not a multiple of 64 (the swizzle permutes
+/// whole 8-vector bank groups), or rows not readable as 16-byte vectors.
 pub(crate) fn layout_for<R: CubeRuntime>(
     q: &CubeTensor<R>,
     k: &CubeTensor<R>,
@@ -532,7 +533,8 @@ pub(crate) fn layout_for<R: CubeRuntime>(
         && d > 0
         && d.is_multiple_of(N8 * VEC)
         && [q, k, v].iter().all(|t| aligned(t))
-        && has_manual_mma(q);
+        && has_manual_mma(q)
+        && has_ldmatrix(q);
     if !takes {
         return None;
     }
@@ -545,12 +547,12 @@ pub(crate) fn layout_for<R: CubeRuntime>(
 }
 
 /// Whether the kernel beats the `cmma` one on `n` keys (H100, `bench/results/attention-h100.json`
-/// and session 10's variants): everywhere except over a page list with fewer than four warps
-/// (LoSA's active rows: 20 rows at 64K took 48 against ~30 µs), and a few keys (a block's own:
-/// 15 against 11 µs), where its cube's fixed cost (barriers, copies, the scattered partial)
-/// dominates.
+/// and session 10's variants): everywhere except over a page list with fewer than
+/// [`LISTED_WARPS`] warps (LoSA's active rows: 20 rows at 64K took 48 against ~30 µs), and a
+/// few keys (a block's own: 15 against 11 µs), where its cube's fixed cost (barriers, copies,
+/// the scattered partial) dominates.
 pub(crate) fn pays(layout: FragLayout, n: usize, listed: bool) -> bool {
-    !(listed && layout.warps < 4) && n >= MIN_KEYS
+    !(listed && layout.warps < tuning().listed_warps) && n >= MIN_KEYS
 }
 
 /// Shared memory of one cube (bytes): two K and two V tiles of 2-byte elements, the key slots

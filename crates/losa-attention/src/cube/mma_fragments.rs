@@ -15,8 +15,12 @@
 //! permuted, alike for both operands, and the product is unchanged. That layout is PTX's, which
 //! [`has_manual_mma`] checks the runtime compiles to (CUDA).
 
+use burn::tensor::DType;
 use burn_cubecl::{CubeRuntime, tensor::CubeTensor};
-use cubecl::prelude::*;
+use cubecl::{
+    ir::{ElemType, FloatKind},
+    prelude::*,
+};
 
 /// Columns of one `mma` (its `n`).
 pub(crate) const N8: usize = 8;
@@ -80,6 +84,17 @@ pub(crate) fn b_fragment<F: Float, N: Size>(
 /// 32-wide planes (CUDA): the fragment layout the kernels' loads are laid out for.
 pub(crate) fn has_manual_mma<R: CubeRuntime>(x: &CubeTensor<R>) -> bool {
     super::runs_mma(x, true, (16, N8 as u32, 16))
+}
+
+/// Whether the runtime loads fragments of `x`'s dtype with `ldmatrix` (CUDA, sm_75 and newer).
+pub(crate) fn has_ldmatrix<R: CubeRuntime>(x: &CubeTensor<R>) -> bool {
+    let kind = match x.dtype {
+        DType::F16 => FloatKind::F16,
+        DType::BF16 => FloatKind::BF16,
+        _ => return false,
+    };
+    let ty: StorageType = ElemType::Float(kind).into();
+    x.client.features().matmul.ldmatrix.contains(&ty)
 }
 
 /// Whether the tensor's data starts on a 16-byte boundary, as the fragments' vector loads need
