@@ -77,6 +77,39 @@ fn assert_decodes_like_the_port(name: &str) {
 }
 
 #[test]
+fn a_fast_dllm_v2_prompt_past_one_prefill_chunk_opens_with_its_last_logits() {
+    // Fast-dLLM v2 predicts the token after a block-aligned prompt from the prompt's last
+    // position. Past 512 tokens the prompt is prefilled in chunks, and that position is the
+    // last chunk's last row, whichever chunk it is.
+    let tiny = load::<Ref>(
+        &fixture("fast_dllm_v2"),
+        &Default::default(),
+        FloatDType::F32,
+    )
+    .unwrap();
+    let mut config = tiny.config().clone();
+    config.max_positions = 1100;
+    let model = DlmModel::<Ref>::random(config, &Default::default(), FloatDType::F32, 5).unwrap();
+    let c = model.config();
+    let (block, vocab, mask) = (c.block_size, c.vocab_size, c.mask_token_id as usize);
+    let prompt: Vec<u32> = (0..1024u32).map(|i| 5 + i * 7 % 250).collect();
+    assert!(prompt.len().is_multiple_of(block));
+    let cfg = SamplerConfig {
+        max_new_tokens: block,
+        stop_ids: Some(vec![]),
+        ..SamplerConfig::default()
+    };
+    let out = generate(&model, &prompt, &cfg, |_| {}).unwrap();
+    let full = common::host(&model.forward_full(std::slice::from_ref(&prompt)).unwrap());
+    let last = &full[(prompt.len() - 1) * vocab..prompt.len() * vocab];
+    let want = (0..vocab)
+        .filter(|&t| t != mask)
+        .max_by(|&a, &b| last[a].total_cmp(&last[b]))
+        .unwrap();
+    assert_eq!(out.canvas[0] as usize, want);
+}
+
+#[test]
 fn greedy_generation_matches_the_published_loop() {
     assert_decodes_like_the_port("sdar");
     let (model, cases) = decode_cases("sdar");

@@ -52,9 +52,10 @@ pub(crate) fn decode<B: LosaBackend>(
     let start = std::time::Instant::now();
     if p >= block {
         let whole = p / block * block;
-        let logits = prefill(model, &x[..whole], &mut cache, progress)?;
+        // The prompt's last logits predict the token after it (shifted logits): when the prompt
+        // ends on a block boundary, that token opens the first generated block.
+        let last = prefill(model, &x[..whole], &mut cache, progress)?;
         if p.is_multiple_of(block) {
-            let last = logits.narrow(0, whole - 1, 1);
             x.push(predict(last, mask, &greedy(cfg), false, rng).tokens[0]);
         }
     }

@@ -129,8 +129,8 @@ pub(crate) fn masked_canvas(prompt: &[u32], total: usize, mask: u32) -> Vec<u32>
 }
 
 /// Prefills `tokens` (whole blocks) in chunks of at most 512 tokens, so that the masked attention
-/// stays bounded in memory, reporting each chunk; returns the logits of the last chunk's rows
-/// `[rows, vocab]`.
+/// among a chunk's tokens stays bounded in memory, reporting each chunk; returns the logits of
+/// the last token `[1, vocab]`.
 pub(crate) fn prefill<B: LosaBackend>(
     model: &DlmModel<B>,
     tokens: &[u32],
@@ -146,14 +146,14 @@ pub(crate) fn prefill<B: LosaBackend>(
         let logits = model.prefill(&[tokens[done..end].to_vec()], cache)?;
         let [_, rows, vocab] = logits.dims();
         let device = logits.device();
-        last = Some(logits.reshape([rows, vocab]));
+        last = Some(logits.narrow(1, rows - 1, 1).reshape([1, vocab]));
         done = end;
         // Wait for the chunk, so that progress and the prefill time are what the device did,
         // not what was queued.
         B::sync(&device).map_err(|e| SamplerError::Device(format!("{e:?}")))?;
         progress.prefill(done, tokens.len());
     }
-    Ok(last.expect("prefill of at least one token"))
+    last.ok_or(SamplerError::EmptyPrompt)
 }
 
 /// One block pass (a denoising step, or with `store` the commit pass), profiled by part when

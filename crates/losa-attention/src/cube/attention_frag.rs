@@ -547,10 +547,12 @@ pub(crate) fn layout_for<R: CubeRuntime>(
 }
 
 /// Whether the kernel beats the `cmma` one on `n` keys (H100, `bench/results/attention-h100.json`
-/// and session 10's variants): everywhere except over a page list with fewer than
-/// [`LISTED_WARPS`] warps (LoSA's active rows: 20 rows at 64K took 48 against ~30 µs), and a
-/// few keys (a block's own: 15 against 11 µs), where its cube's fixed cost (barriers, copies,
-/// the scattered partial) dominates.
+/// and sessions 10 and 13's variants): everywhere except over a page list with fewer than
+/// [`LISTED_WARPS`] warps, and a few keys (a block's own: 15 against 11 µs), where its cube's
+/// fixed cost (barriers, copies, the scattered partial) dominates. LoSA's active rows (20 rows,
+/// two warps, 64K): session 10's kernel took 48 µs against ~30; session 13's 19 against 30, but
+/// at six two-warp cubes per multiprocessor it splits the list into three times the chunks, and
+/// the bench's step took 106 against 95 µs (`bench/results/ncu-frag-partials-64k-h100.txt`).
 pub(crate) fn pays(layout: FragLayout, n: usize, listed: bool) -> bool {
     !(listed && layout.warps < tuning().listed_warps) && n >= MIN_KEYS
 }
