@@ -340,12 +340,19 @@ impl<B: LosaBackend> DlmModel<B> {
                     // This layer's cached prefix, as it was before this pass stored anything.
                     // Every new token sees all of it: the backend's dense prefix attention
                     // (split-K kernels, no score matrix over the cache), merged by LSE with
-                    // the masked attention among the new tokens.
+                    // the attention among the new tokens: masked (block-causal families) or,
+                    // where all of them see each other, the same dense attention (a
+                    // bidirectional family's whole sequence, without an `s x s` score matrix
+                    // per head).
                     let prefix = cache
                         .as_deref()
                         .and_then(|c| Some((c.layer(l).keys()?, c.layer(l).values()?)));
-                    let (o_new, lse_new) =
-                        masked_attention(q.clone(), k.clone(), v.clone(), hidden.clone(), scale);
+                    let (o_new, lse_new) = match &hidden {
+                        Some(hidden) => {
+                            masked_attention(q.clone(), k.clone(), v.clone(), hidden.clone(), scale)
+                        }
+                        None => ops::attention(q.clone(), k.clone(), v.clone(), scale)?,
+                    };
                     let out = match prefix {
                         Some((pk, pv)) => {
                             let (o_prefix, lse_prefix) = ops::attention(q, pk, pv, scale)?;
@@ -485,7 +492,7 @@ fn masked_attention<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
-    hidden: Option<Tensor<B, 2, Bool>>,
+    hidden: Tensor<B, 2, Bool>,
     scale: f32,
 ) -> (Tensor<B, 4>, Tensor<B, 3>) {
     let [b, hq, s, d] = q.dims();
@@ -493,16 +500,14 @@ fn masked_attention<B: Backend>(
     let g = hq / hkv;
     let dtype = q.dtype();
     let q = q.cast(FloatDType::F32).reshape([b, hkv, g * s, d]);
-    let mut scores = q
+    let hidden = hidden
+        .reshape([1, 1, 1, s, n])
+        .expand([b, hkv, g, s, n])
+        .reshape([b, hkv, g * s, n]);
+    let scores = q
         .matmul(k.cast(FloatDType::F32).swap_dims(2, 3))
-        .mul_scalar(scale);
-    if let Some(hidden) = hidden {
-        let hidden = hidden
-            .reshape([1, 1, 1, s, n])
-            .expand([b, hkv, g, s, n])
-            .reshape([b, hkv, g * s, n]);
-        scores = scores.mask_fill(hidden, f32::NEG_INFINITY);
-    }
+        .mul_scalar(scale)
+        .mask_fill(hidden, f32::NEG_INFINITY);
     let top = scores.clone().max_dim(3);
     let weights = (scores - top.clone()).exp();
     let sum = weights.clone().sum_dim(3);
