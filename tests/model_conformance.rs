@@ -2,9 +2,10 @@
 //! the dtype of `LOSA_TEST_DTYPE` (f32 by default; f16 or bf16 on a GPU), against the
 //! `transformers` reference logits: the full-sequence forward, the prefill (block by block for
 //! the block-causal families) followed by a block step through dense and LoSA attention, and a
-//! whole SDAR generation, which must be token for token the CPU reference's in f32. This is where the fused low-precision model path
-//! (fp32 RMSNorm between bf16 matmuls, casts around the prefill attention) is exercised; the
-//! attention kernels alone are covered by `conformance.rs`.
+//! whole SDAR generation, which must be token for token the CPU reference's in f32. This is
+//! where the fused low-precision model path (fp32 RMSNorm between bf16 matmuls, casts around the
+//! masked attention among a prefill's tokens) is exercised; the attention kernels alone are
+//! covered by `conformance.rs`.
 #![cfg(any(feature = "wgpu", feature = "cuda"))]
 
 mod common;
