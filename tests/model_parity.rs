@@ -117,6 +117,42 @@ fn a_prompt_prefilled_block_by_block_matches_the_reference() {
 }
 
 #[test]
+fn a_caching_pass_computes_the_logits_of_the_rows_asked_for() {
+    // LLaDA / Dream's block-cache refresh: the whole sequence's pass, logits for one block.
+    for name in ["llada", "dream"] {
+        let m = model(name);
+        let r = reference(&fixture(name));
+        let vocab = m.config().vocab_size;
+        let (len, block) = (r.ids.len(), r.block);
+        let mut cache = m.new_cache().unwrap();
+        let rows = len - 2 * block..len - block;
+        let logits = m
+            .forward_full_caching(
+                std::slice::from_ref(&r.ids),
+                &mut cache,
+                len - block,
+                rows.clone(),
+            )
+            .unwrap();
+        assert_eq!(logits.dims(), [1, block, vocab]);
+        assert_close(
+            &format!("{name} rows {rows:?}"),
+            &host(&logits),
+            &r.full[rows.start * vocab..rows.end * vocab],
+            1e-4,
+            1e-4,
+        );
+        assert_eq!(cache.len(), len - block);
+        for bad in [0..0, len - 1..len + 1] {
+            let mut cache = m.new_cache().unwrap();
+            let refused =
+                m.forward_full_caching(std::slice::from_ref(&r.ids), &mut cache, 0, bad.clone());
+            assert!(refused.is_err(), "{name}: logits of {bad:?} refused");
+        }
+    }
+}
+
+#[test]
 fn family_facts_follow_the_checkpoints() {
     let sdar = model("sdar");
     let c = sdar.config();

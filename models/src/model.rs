@@ -4,7 +4,7 @@
 //! - [`DlmModel::forward_block`]: one block against the cache through the `losa-attention`
 //!   entry (the model config's [`AttentionMode`]), storing its K/V or not (the commit pass).
 
-use std::time::Instant;
+use std::{ops::Range, time::Instant};
 
 use burn::{
     module::{Module, Param},
@@ -115,8 +115,13 @@ pub struct DlmModel<B: Backend> {
 /// How the attention of a forward pass sees keys.
 enum Keys<'a, B: Backend> {
     /// The tokens themselves (and the cache, all visible) with the family mask among the new
-    /// tokens; stores the K/V of the first `keep` of them (all when `None`) when a cache is given.
-    Masked(Option<&'a mut KvCache<B>>, Option<usize>),
+    /// tokens; stores the K/V of the first `keep` of them (all when `None`) when a cache is given;
+    /// logits of the positions in the range only (all when `None`).
+    Masked(
+        Option<&'a mut KvCache<B>>,
+        Option<usize>,
+        Option<Range<usize>>,
+    ),
     /// The `losa-attention` entry against the cache.
     Step {
         cache: &'a mut KvCache<B>,
@@ -195,18 +200,22 @@ impl<B: LosaBackend> DlmModel<B> {
     /// Logits `[batch, seq, vocab]` of a whole sequence from position 0 with the family's mask
     /// (block-causal with the config's block size, or bidirectional). No cache.
     pub fn forward_full(&self, ids: &[Vec<u32>]) -> Result<Tensor<B, 3>> {
-        self.run(ids, 0, Keys::Masked(None, None), None)
+        self.run(ids, 0, Keys::Masked(None, None, None), None)
             .map(|(l, _)| l)
     }
 
     /// [`Self::forward_full`] that also stores, in an empty `cache`, the K/V of the first `keep`
     /// positions as this pass computed them (attending to the whole sequence): the block prefix
     /// cache that LLaDA and Dream decode with, refreshed at each block start (Fast-dLLM v1).
+    /// Returns the logits of the positions in `logits` only, `[batch, logits.len(), vocab]`: a
+    /// decode loop wants one block's, and the whole sequence's would be the pass's largest
+    /// product and tensor (at a 32K-token sequence and a 126K vocabulary, 4 G logits).
     pub fn forward_full_caching(
         &self,
         ids: &[Vec<u32>],
         cache: &mut KvCache<B>,
         keep: usize,
+        logits: Range<usize>,
     ) -> Result<Tensor<B, 3>> {
         if !cache.is_empty() {
             return Err(LoadError::BadInput(
@@ -219,15 +228,20 @@ impl<B: LosaBackend> DlmModel<B> {
                 "cannot keep {keep} of {len} positions"
             )));
         }
-        self.run(ids, 0, Keys::Masked(Some(cache), Some(keep)), None)
-            .map(|(l, _)| l)
+        if logits.is_empty() || logits.end > len {
+            return Err(LoadError::BadInput(format!(
+                "logits of positions {logits:?} asked of a {len}-position pass"
+            )));
+        }
+        let keys = Keys::Masked(Some(cache), Some(keep), Some(logits));
+        self.run(ids, 0, keys, None).map(|(l, _)| l)
     }
 
     /// Runs prompt tokens (starting at a block boundary, after what the cache holds) with the
     /// family's mask against the cache, and stores their K/V. Returns their logits.
     pub fn prefill(&self, ids: &[Vec<u32>], cache: &mut KvCache<B>) -> Result<Tensor<B, 3>> {
         let start = cache.len();
-        self.run(ids, start, Keys::Masked(Some(cache), None), None)
+        self.run(ids, start, Keys::Masked(Some(cache), None, None), None)
             .map(|(l, _)| l)
     }
 
@@ -336,7 +350,7 @@ impl<B: LosaBackend> DlmModel<B> {
             let (q, k, v) = layer.attn.qkv(h, &rope)?;
             Lap::mark::<B>(&mut lap, &device, Part::Rest)?;
             let attn = match &mut keys {
-                Keys::Masked(cache, keep) => {
+                Keys::Masked(cache, keep, _) => {
                     // This layer's cached prefix, as it was before this pass stored anything.
                     // Every new token sees all of it: the backend's dense prefix attention
                     // (split-K kernels, no score matrix over the cache), merged by LSE with
@@ -395,6 +409,14 @@ impl<B: LosaBackend> DlmModel<B> {
             pending = Some(layer.mlp.forward(h)?);
             Lap::mark::<B>(&mut lap, &device, Part::Mlp)?;
         }
+        // Only the positions asked for go through the final norm and the LM head.
+        let (x, pending) = match &keys {
+            Keys::Masked(_, _, Some(rows)) => (
+                x.narrow(1, rows.start, rows.len()),
+                pending.map(|delta| delta.narrow(1, rows.start, rows.len())),
+            ),
+            _ => (x, pending),
+        };
         let x = match pending {
             Some(delta) => self.norm.forward_add(x, delta)?.1,
             None => self.norm.forward(x)?,

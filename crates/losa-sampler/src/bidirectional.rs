@@ -75,13 +75,11 @@ pub(crate) fn decode<B: LosaBackend>(
             let step_start = Instant::now();
             // Row r of `logits` predicts block position r + `first`.
             let (logits, stats, first) = if step == 0 {
-                let all = model.forward_full_caching(&[x.clone()], &mut cache, start)?;
-                let rows = all.reshape([total, vocab]);
-                if shifted {
-                    (rows.narrow(0, start - 1, block), Vec::new(), 0)
-                } else {
-                    (rows.narrow(0, start, block), Vec::new(), 0)
-                }
+                // Shifted logits: position i's logits predict position i + 1.
+                let first_row = if shifted { start - 1 } else { start };
+                let rows = first_row..first_row + block;
+                let logits = model.forward_full_caching(&[x.clone()], &mut cache, start, rows)?;
+                (logits.reshape([block, vocab]), Vec::new(), 0)
             } else {
                 let (l, st) = block_pass(
                     model,
