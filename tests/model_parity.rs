@@ -117,6 +117,31 @@ fn a_prompt_prefilled_block_by_block_matches_the_reference() {
 }
 
 #[test]
+fn a_prefill_for_its_last_logits_stores_the_same_cache() {
+    let m = model("sdar");
+    let r = reference(&fixture("sdar"));
+    let vocab = m.config().vocab_size;
+    let (mut all, mut last) = (m.new_cache().unwrap(), m.new_cache().unwrap());
+    for chunk in [0..4, 4..12] {
+        let ids = [r.ids[chunk.clone()].to_vec()];
+        let every = host(&m.prefill(&ids, &mut all).unwrap());
+        let one = m.prefill_last(&ids, &mut last).unwrap();
+        assert_eq!(one.dims(), [1, 1, vocab]);
+        assert_close(
+            "last logits",
+            &host(&one),
+            &every[every.len() - vocab..],
+            1e-5,
+            1e-5,
+        );
+        assert_eq!(last.len(), all.len());
+    }
+    let keys = |c: &losa::losa_models::KvCache<Ref>| host(&c.layer(1).keys().unwrap());
+    assert_close("cached keys", &keys(&last), &keys(&all), 1e-6, 1e-6);
+    assert!(m.prefill_last(&[vec![]], &mut last).is_err());
+}
+
+#[test]
 fn a_caching_pass_computes_the_logits_of_the_rows_asked_for() {
     // LLaDA / Dream's block-cache refresh: the whole sequence's pass, logits for one block.
     for name in ["llada", "dream"] {

@@ -245,6 +245,18 @@ impl<B: LosaBackend> DlmModel<B> {
             .map(|(l, _)| l)
     }
 
+    /// [`Self::prefill`] returning the logits of the last token only, `[batch, 1, vocab]`: what
+    /// a decode loop needs of a prompt chunk, without the LM head over every other position.
+    pub fn prefill_last(&self, ids: &[Vec<u32>], cache: &mut KvCache<B>) -> Result<Tensor<B, 3>> {
+        let len = ids.first().map_or(0, Vec::len);
+        if len == 0 {
+            return Err(LoadError::BadInput("prefill of no tokens".into()));
+        }
+        let start = cache.len();
+        let keys = Keys::Masked(Some(cache), None, Some(len - 1..len));
+        self.run(ids, start, keys, None).map(|(l, _)| l)
+    }
+
     /// One denoising step of the current block (positions after the cache): every block token
     /// attends to the whole cache and bidirectionally to the block, through the configured
     /// attention mode. With `store`, the block's K/V are appended afterwards (the commit pass).

@@ -143,10 +143,10 @@ pub(crate) fn prefill<B: LosaBackend>(
     let mut last = None;
     while done < tokens.len() {
         let end = (done + chunk).min(tokens.len());
-        let logits = model.prefill(&[tokens[done..end].to_vec()], cache)?;
-        let [_, rows, vocab] = logits.dims();
+        let logits = model.prefill_last(&[tokens[done..end].to_vec()], cache)?;
+        let [_, _, vocab] = logits.dims();
         let device = logits.device();
-        last = Some(logits.narrow(1, rows - 1, 1).reshape([1, vocab]));
+        last = Some(logits.reshape([1, vocab]));
         done = end;
         // Wait for the chunk, so that progress and the prefill time are what the device did,
         // not what was queued.
