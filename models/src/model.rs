@@ -1,6 +1,7 @@
 //! The decoder stack of every family, its KV cache, and its three forward modes:
 //! - [`DlmModel::forward_full`]: a whole sequence with the family's mask (reference checks);
-//! - [`DlmModel::prefill`]: complete prompt blocks against the cache, storing their K/V;
+//! - [`DlmModel::prefill`]: complete prompt blocks against the cache, storing their K/V
+//!   ([`DlmModel::prefill_last`]: the same, with the last token's logits only);
 //! - [`DlmModel::forward_block`]: one block against the cache through the `losa-attention`
 //!   entry (the model config's [`AttentionMode`]), storing its K/V or not (the commit pass).
 
