@@ -15,12 +15,8 @@
 //! permuted, alike for both operands, and the product is unchanged. That layout is PTX's, which
 //! [`has_manual_mma`] checks the runtime compiles to (CUDA).
 
-use burn::tensor::DType;
 use burn_cubecl::{CubeRuntime, tensor::CubeTensor};
-use cubecl::{
-    ir::{ElemType, FloatKind},
-    prelude::*,
-};
+use cubecl::prelude::*;
 
 /// Columns of one `mma` (its `n`).
 pub(crate) const N8: usize = 8;
@@ -88,13 +84,7 @@ pub(crate) fn has_manual_mma<R: CubeRuntime>(x: &CubeTensor<R>) -> bool {
 
 /// Whether the runtime loads fragments of `x`'s dtype with `ldmatrix` (CUDA, sm_75 and newer).
 pub(crate) fn has_ldmatrix<R: CubeRuntime>(x: &CubeTensor<R>) -> bool {
-    let kind = match x.dtype {
-        DType::F16 => FloatKind::F16,
-        DType::BF16 => FloatKind::BF16,
-        _ => return false,
-    };
-    let ty: StorageType = ElemType::Float(kind).into();
-    x.client.features().matmul.ldmatrix.contains(&ty)
+    super::half_type(x.dtype).is_some_and(|ty| x.client.features().matmul.ldmatrix.contains(&ty))
 }
 
 /// Whether the tensor's data starts on a 16-byte boundary, as the fragments' vector loads need

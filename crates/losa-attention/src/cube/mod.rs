@@ -70,6 +70,17 @@ pub(crate) const TILE: usize = 16;
 /// for f16 / bf16 here). The tensor-core kernels take a cube's Y index as its warp.
 pub(crate) const PLANE: usize = 32;
 
+/// The cubecl storage type of a 2-byte float dtype (f16 / bf16), the inputs the tensor-core
+/// paths take; `None` for any other dtype.
+pub(crate) fn half_type(dtype: DType) -> Option<StorageType> {
+    let kind = match dtype {
+        DType::F16 => FloatKind::F16,
+        DType::BF16 => FloatKind::BF16,
+        _ => return None,
+    };
+    Some(ElemType::Float(kind).into())
+}
+
 /// Whether the runtime multiplies `x`'s dtype (f16 / bf16) on tensor cores in `m x n x k` tiles
 /// with fp32 accumulators, as opaque `cmma` fragments or (`manual`) as registers the kernel
 /// lays out itself, with 32-wide planes.
@@ -78,12 +89,9 @@ pub(crate) fn runs_mma<R: CubeRuntime>(
     manual: bool,
     (m, n, k): (u32, u32, u32),
 ) -> bool {
-    let kind = match x.dtype {
-        DType::F16 => FloatKind::F16,
-        DType::BF16 => FloatKind::BF16,
-        _ => return false,
+    let Some(input) = half_type(x.dtype) else {
+        return false;
     };
-    let input = ElemType::Float(kind).into();
     let config = MmaConfig {
         a_type: input,
         b_type: input,
