@@ -1285,3 +1285,42 @@ fn permuted_and_sliced_inputs_match_contiguous_ones() {
     assert_eq!(host(&s), host(&sc));
     assert_on_kernels();
 }
+
+#[test]
+fn a_cache_with_spare_rows_reads_back_what_was_written() {
+    // 64 rows reserved, 37 written in two appends: 27 spare rows of keys and one spare page of
+    // bounds after the filled ones, so the filled part is no whole number of 512-byte units
+    // (the case where `narrow` copies and the device backend returns a view instead).
+    let (k_all, _) = pair(61, [1, 2, 37, 64]);
+    let (v_all, _) = pair(62, [1, 2, 37, 64]);
+    let mut kv = PrefixKv::<Dut>::new(Some(16), 64).unwrap();
+    kv.reserve(64);
+    kv.append(
+        k_all.clone().narrow(2, 0, 16),
+        v_all.clone().narrow(2, 0, 16),
+    )
+    .unwrap();
+    kv.append(
+        k_all.clone().narrow(2, 16, 21),
+        v_all.clone().narrow(2, 16, 21),
+    )
+    .unwrap();
+    assert_eq!(kv.keys().unwrap().dims(), [1, 2, 37, 64]);
+    assert_eq!(host(&kv.keys().unwrap()), host(&k_all));
+    assert_eq!(host(&kv.values().unwrap()), host(&v_all));
+    let (lo, hi) = kv.bounds().unwrap();
+    let (want_lo, want_hi) = ops::page_bounds(k_all.clone(), 16).unwrap();
+    assert_eq!(lo.dims(), [1, 2, 3, 64]);
+    assert_eq!(host(&lo), host(&want_lo));
+    assert_eq!(host(&hi), host(&want_hi));
+    // The kernels read the views through their strides as they read contiguous tensors.
+    let (q, _) = pair(63, [1, 4, 8, 64]);
+    let (o, l) = ops::attention(q.clone(), kv.keys().unwrap(), kv.values().unwrap(), 0.2).unwrap();
+    let (oc, lc) = ops::attention(q.clone(), k_all, v_all, 0.2).unwrap();
+    assert_eq!(host(&o), host(&oc));
+    assert_eq!(host(&l), host(&lc));
+    let s = ops::page_scores(q.clone(), lo, hi).unwrap();
+    let sc = ops::page_scores(q, want_lo, want_hi).unwrap();
+    assert_eq!(host(&s), host(&sc));
+    assert_on_kernels();
+}

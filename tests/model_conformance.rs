@@ -56,10 +56,13 @@ fn every_family_matches_the_reference_on_the_device() {
             block,
         } = reference(&dir);
         let model: DlmModel<Dut> = load(&dir, &Default::default(), dtype).unwrap();
+        // Kernel errors surface at the next read: name the case first.
+        eprintln!("{name}: full forward");
         let got = host(&model.forward_full(std::slice::from_ref(&ids)).unwrap());
         assert_close(&format!("{name} full {dtype:?}"), &got, &full, atol, rtol);
         // A budget covering the prefix and every row active: LoSA computes what dense does.
         for mode in [AttentionMode::Dense, losa(4, block)] {
+            eprintln!("{name}: step, {mode:?}");
             let m = model.clone().with_attention(mode.clone());
             let prefix = ids.len() - block;
             let mut cache = m.new_cache().unwrap();

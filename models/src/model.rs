@@ -258,6 +258,12 @@ impl<B: LosaBackend> DlmModel<B> {
         self.run(ids, start, keys, None).map(|(l, _)| l)
     }
 
+    /// Waits until the device has run everything queued so far: a timing boundary (a prefill's
+    /// time includes its kernels; a decode loop's clock starts on an idle device).
+    pub fn sync(&self) -> Result<()> {
+        B::sync(&self.embed.val().device()).map_err(|e| LoadError::Device(format!("{e:?}")))
+    }
+
     /// One denoising step of the current block (positions after the cache): every block token
     /// attends to the whole cache and bidirectionally to the block, through the configured
     /// attention mode. With `store`, the block's K/V are appended afterwards (the commit pass).

@@ -66,6 +66,16 @@ pub trait LosaBackend: Backend {
         on_primitives::block_attention::<Self>(q, k_block, v_block, prefix, partial, scale)
     }
 
+    /// The first `len` rows of a `[b, h, capacity, d]` buffer along dim 2: a cache buffer's
+    /// filled part. By default burn's `narrow`, which on the CubeCL backends copies the rows
+    /// whenever the bytes left out after them are not a multiple of the device's memory
+    /// alignment (512 on CUDA, two 256-byte rows of a 128-channel bf16 head): at an odd count
+    /// of spare rows, every layer's whole K/V cache every step. `CubeBackend` returns a view
+    /// of the same memory instead (its kernels read through strides).
+    fn losa_leading_rows(t: FloatTensor<Self>, len: usize) -> FloatTensor<Self> {
+        on_primitives::leading_rows::<Self>(t, len)
+    }
+
     /// LoSA's sparse step after the active rows are picked: the active rows' queries
     /// `q_active` `[b, h, k, d]` over the pages of the prefix's mask, written into the cached
     /// rows at `rows` `[b, k]` (as [`Self::losa_refresh_rows`]), and `q` over the block's keys
@@ -341,6 +351,10 @@ pub(crate) mod on_primitives {
             scale,
         );
         (out, (o, lse, q_new))
+    }
+
+    pub(crate) fn leading_rows<B: Backend>(t: FloatTensor<B>, len: usize) -> FloatTensor<B> {
+        prim(float::<B, 4>(t).narrow(2, 0, len))
     }
 
     pub(crate) fn merge<B: Backend>(

@@ -72,6 +72,9 @@ enum Call {
         eps: Option<f64>,
     },
     Swiglu,
+    LeadingRows {
+        len: usize,
+    },
 }
 
 impl Call {
@@ -98,6 +101,7 @@ impl Call {
             Call::Rope => "losa_rope",
             Call::QkRope { .. } => "losa_qk_rope",
             Call::Swiglu => "losa_swiglu",
+            Call::LeadingRows { .. } => "losa_leading_rows",
         }
     }
 }
@@ -279,6 +283,10 @@ impl<B: FusionBackend + LosaBackend> Operation<B::FusionRuntime> for LosaOp<B> {
             Call::Swiglu => {
                 let (gate, up) = (float(handles, 0), float(handles, 1));
                 handles.register_float_tensor::<B>(&outputs[0].id, B::losa_swiglu(gate, up));
+            }
+            Call::LeadingRows { len } => {
+                let t = B::losa_leading_rows(float(handles, 0), len);
+                handles.register_float_tensor::<B>(&outputs[0].id, t);
             }
         }
     }
@@ -597,5 +605,11 @@ impl<B: FusionBackend + LosaBackend> LosaBackend for Fusion<B> {
     fn losa_swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
         let outputs = [(gate.shape.dims::<2>().to_vec(), gate.dtype)];
         register::<B>(Call::Swiglu, vec![gate, up], &outputs).remove(0)
+    }
+
+    fn losa_leading_rows(t: FloatTensor<Self>, len: usize) -> FloatTensor<Self> {
+        let [b, h, _, d] = t.shape.dims::<4>();
+        let outputs = [(vec![b, h, len, d], t.dtype)];
+        register::<B>(Call::LeadingRows { len }, vec![t], &outputs).remove(0)
     }
 }

@@ -6,7 +6,7 @@
 //! incrementally: a commit recomputes only the pages it touches (the last, possibly ragged, old
 //! page and the new ones).
 
-use burn::tensor::{Tensor, backend::Backend};
+use burn::tensor::{Tensor, TensorPrimitive, backend::Backend};
 
 use crate::{
     LosaBackend,
@@ -21,9 +21,12 @@ struct GrowBuffer<B: Backend> {
     len: usize,
 }
 
-impl<B: Backend> GrowBuffer<B> {
+impl<B: LosaBackend> GrowBuffer<B> {
+    /// The filled rows, read in place where the backend can (see
+    /// [`LosaBackend::losa_leading_rows`]: a `narrow` may copy them).
     fn view(&self) -> Tensor<B, 4> {
-        self.data.clone().narrow(2, 0, self.len)
+        let data = self.data.clone().into_primitive().tensor();
+        Tensor::from_primitive(TensorPrimitive::Float(B::losa_leading_rows(data, self.len)))
     }
 
     /// Room along the sequence dimension.

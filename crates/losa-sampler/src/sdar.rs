@@ -42,6 +42,7 @@ pub(crate) fn prefill_prompt<B: LosaBackend>(
     if whole > 0 {
         prefill(model, &prompt[..whole], &mut cache, progress)?;
     }
+    model.sync()?;
     Ok((cache, start.elapsed().as_secs_f64() * 1e3))
 }
 
@@ -72,6 +73,8 @@ pub(crate) fn decode<B: LosaBackend>(
     };
     // A shared prefill did not know this run's length: one growth now, not doubling later.
     cache.reserve(total);
+    // The growth's copy (and a prefill's last kernels) are not decode time.
+    model.sync()?;
     let mut parts = cfg.profile.then(PartTimes::default);
     let quotas = cfg.quotas(block);
     let mut state = model.new_block_state();
@@ -130,6 +133,8 @@ pub(crate) fn decode<B: LosaBackend>(
             break;
         }
     }
+    // The last commit pass is queued, not yet run.
+    model.sync()?;
     let decoded_blocks = blocks.len();
     Ok(Decoded {
         canvas: x[p..(prefill_blocks + decoded_blocks) * block].to_vec(),

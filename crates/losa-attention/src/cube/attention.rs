@@ -632,10 +632,10 @@ impl Kernel {
         }
     }
 
-    /// Cubes the split over keys aims at per multiprocessor.
-    fn cubes_per_sm(&self) -> usize {
+    /// Cubes the split over keys aims at per multiprocessor, over a page list or not.
+    fn cubes_per_sm(&self, listed: bool) -> usize {
         match self {
-            Kernel::Fragments(layout) => layout.cubes_per_sm(),
+            Kernel::Fragments(layout) => layout.cubes_per_sm(listed),
             Kernel::TensorCores { .. } => attention_mma::CUBES_PER_SM,
             Kernel::Simt(_) => CUBES_PER_SM,
         }
@@ -800,7 +800,7 @@ fn plan<R: CubeRuntime>(q: &CubeTensor<R>, source: KeySource<R>) -> Planned<R> {
     let row_groups = group_rows.div_ceil(kernel.rows());
     let cubes_per_sm = match listed_cubes_per_sm() {
         Some(per_sm) if source.mask.is_some() => per_sm,
-        _ => kernel.cubes_per_sm(),
+        _ => kernel.cubes_per_sm(source.mask.is_some()),
     };
     let target_cubes = q
         .client

@@ -65,8 +65,15 @@ const TILE_KEYS: usize = 32;
 /// Fewest keys the kernel is chosen for (see [`pays`]).
 const MIN_KEYS: usize = 256;
 
-/// Fewest warps the kernel is chosen for over a page list (see [`pays`]).
-const LISTED_WARPS: usize = 4;
+/// Fewest warps the kernel is chosen for over a page list (see [`pays`]): any.
+const LISTED_WARPS: usize = 1;
+
+/// Most cubes per multiprocessor a page list's split aims at. Each chunk of a row's pages is
+/// one more partial for the combine to read; LoSA's active rows (20 rows, two-warp cubes,
+/// which the registers would fit six of per multiprocessor) at SDAR-8B 64K, B = 16, bench step
+/// on one H100 call: 2 cubes 88 µs, 3 cubes 82, 4 cubes 98, 6 cubes 96, against 98-101 for
+/// the `cmma` kernel at its 2 (`bench/results/attention-h100-listed-ab.json`).
+const LISTED_CUBES_PER_SM: usize = 3;
 
 /// Warps per multiprocessor the split over keys aims at: the registers (167 a unit at 32-key
 /// tiles) hold three cubes of four warps.
@@ -511,8 +518,13 @@ pub(crate) struct FragLayout {
 
 impl FragLayout {
     /// Cubes the split over keys aims at per multiprocessor.
-    pub(crate) fn cubes_per_sm(&self) -> usize {
-        (tuning().warps_per_sm / self.warps).max(1)
+    pub(crate) fn cubes_per_sm(&self, listed: bool) -> usize {
+        let fit = (tuning().warps_per_sm / self.warps).max(1);
+        if listed {
+            fit.min(LISTED_CUBES_PER_SM)
+        } else {
+            fit
+        }
     }
 }
 
@@ -547,12 +559,14 @@ pub(crate) fn layout_for<R: CubeRuntime>(
 }
 
 /// Whether the kernel beats the `cmma` one on `n` keys (H100, `bench/results/attention-h100.json`
-/// and sessions 10 and 13's variants): everywhere except over a page list with fewer than
-/// [`LISTED_WARPS`] warps, and a few keys (a block's own: 15 against 11 µs), where its cube's
-/// fixed cost (barriers, copies, the scattered partial) dominates. LoSA's active rows (20 rows,
-/// two warps, 64K): session 10's kernel took 48 µs against ~30; session 13's 19 against 30, but
-/// at six two-warp cubes per multiprocessor it splits the list into three times the chunks, and
-/// the bench's step took 106 against 95 µs (`bench/results/ncu-frag-partials-64k-h100.txt`).
+/// and sessions 10 and 13's variants): everywhere except on a few keys (a block's own: 15
+/// against 11 µs), where its cube's fixed cost (barriers, copies, the scattered partial)
+/// dominates. Over LoSA's page lists (20 active rows, two warps, 64K) session 10's kernel took
+/// 48 µs against ~30 and session 13's 19 against 30 (ncu,
+/// `bench/results/ncu-frag-partials-64k-h100.txt`); at six two-warp cubes per multiprocessor
+/// it split the list into three times the chunks and the bench's step lost (106 against 95
+/// µs), at [`LISTED_CUBES_PER_SM`] it wins. `LOSA_FRAG_LISTED_WARPS` can still keep it off
+/// page lists with fewer warps, for comparisons.
 pub(crate) fn pays(layout: FragLayout, n: usize, listed: bool) -> bool {
     !(listed && layout.warps < tuning().listed_warps) && n >= MIN_KEYS
 }

@@ -364,6 +364,15 @@ where
         attention::attention(q, layout, vec![source], None, None, scale, false)
     }
 
+    fn losa_leading_rows(mut t: FloatTensor<Self>, len: usize) -> FloatTensor<Self> {
+        if t.meta.shape().num_dims() != 4 || len > t.meta.shape()[2] {
+            return on_primitives::leading_rows::<Self>(t, len);
+        }
+        // The same memory with fewer rows: the strides still step over the whole capacity.
+        t.meta.shape_mut()[2] = len;
+        t
+    }
+
     fn losa_block_attention(
         q: FloatTensor<Self>,
         k_block: FloatTensor<Self>,
