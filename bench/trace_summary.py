@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Per-step tables from a CUPTI timeline (`bench/trace/cupti_trace.c`).
 
-A sampler step ends with one device-to-host copy (the block's logits), so the timeline is cut
+A sampler step ends with one device-to-host copy (the greedy kernel's per-row token, probability
+and entropy: 192 bytes for a 16-token block; no logits leave the device), so the timeline is cut
 at those copies: each segment is one model pass and the host work before it. For every segment:
 wall time, GPU busy time (union of kernels, copies and memsets), idle time, kernel count, and the
 driver calls that block the host (allocations, syncs). Segments with the same kernel-name
@@ -60,8 +61,8 @@ def in_window(xs, lo, hi):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("trace")
-    ap.add_argument("--min-copy-bytes", type=int, default=1 << 20,
-                    help="a device-to-host copy at least this large ends a step (default 1 MiB)")
+    ap.add_argument("--min-copy-bytes", type=int, default=100,
+                    help="a device-to-host copy at least this large ends a step (default 100)")
     ap.add_argument("--detail", type=int, default=4, help="per-kernel tables for the K largest classes")
     ap.add_argument("--from-ms", type=float, default=0.0, help="skip segments before this time")
     ap.add_argument("--segments", type=lambda t: [int(x) for x in t.split(",")], default=[0],
