@@ -11,11 +11,15 @@ use crate::{
     reference,
 };
 
-fn float<B: LosaBackend, const D: usize>(t: burn::tensor::ops::FloatTensor<B>) -> Tensor<B, D> {
+pub(crate) fn float<B: LosaBackend, const D: usize>(
+    t: burn::tensor::ops::FloatTensor<B>,
+) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(t))
 }
 
-fn prim<B: LosaBackend, const D: usize>(t: Tensor<B, D>) -> burn::tensor::ops::FloatTensor<B> {
+pub(crate) fn prim<B: LosaBackend, const D: usize>(
+    t: Tensor<B, D>,
+) -> burn::tensor::ops::FloatTensor<B> {
     t.into_primitive().tensor()
 }
 

@@ -6,7 +6,7 @@
 //! incrementally: a commit recomputes only the pages it touches (the last, possibly ragged, old
 //! page and the new ones).
 
-use burn::tensor::{Tensor, TensorPrimitive, backend::Backend};
+use burn::tensor::{Tensor, backend::Backend};
 
 use crate::{
     LosaBackend,
@@ -25,8 +25,7 @@ impl<B: LosaBackend> GrowBuffer<B> {
     /// The filled rows, read in place where the backend can (see
     /// [`LosaBackend::losa_leading_rows`]: a `narrow` may copy them).
     fn view(&self) -> Tensor<B, 4> {
-        let data = self.data.clone().into_primitive().tensor();
-        Tensor::from_primitive(TensorPrimitive::Float(B::losa_leading_rows(data, self.len)))
+        ops::float(B::losa_leading_rows(ops::prim(self.data.clone()), self.len))
     }
 
     /// Room along the sequence dimension.
