@@ -1272,6 +1272,76 @@ fn permuted_and_sliced_inputs_match_contiguous_ones() {
     let (oc, lc) = ops::attention(q.clone(), kc.clone(), vc.clone(), 0.2).unwrap();
     assert_close("permuted O", &host(&o), &host(&oc), atol, rtol);
     assert_close("permuted LSE", &host(&l), &host(&lc), atol, rtol);
+    // A block's own keys and values stored positions first (`[b, s, hkv, d]`, as the q/k/v
+    // projection writes them) and viewed heads first: the combine reads them in place, in the
+    // block attention and in LoSA's sparse step.
+    let (kb_t, _) = pair(55, [1, 8, 2, 64]);
+    let (vb_t, _) = pair(56, [1, 8, 2, 64]);
+    let (kb, vb) = (kb_t.swap_dims(1, 2), vb_t.swap_dims(1, 2));
+    let (kbc, vbc) = (copy(&kb), copy(&vb));
+    let block = |kb: Tensor<Dut, 4>, vb: Tensor<Dut, 4>| {
+        ops::block_attention(
+            q.clone(),
+            kb,
+            vb,
+            Some((k.clone(), v.clone(), None)),
+            None,
+            0.2,
+        )
+        .unwrap()
+    };
+    let ((o, l), (oc, lc)) = (
+        block(kb.clone(), vb.clone()),
+        block(kbc.clone(), vbc.clone()),
+    );
+    assert_close(
+        "block keys viewed heads first: O",
+        &host(&o),
+        &host(&oc),
+        atol,
+        rtol,
+    );
+    assert_close(
+        "block keys viewed heads first: LSE",
+        &host(&l),
+        &host(&lc),
+        atol,
+        rtol,
+    );
+    let rows = ints::<Dut, 2>(&[0, 3, 7], [1, 3], &ddev());
+    let q_a = losa::losa_attention::reference::gather_rows(q.clone(), rows.clone());
+    let (o_c, _) = pair(57, [1, 4, 8, 64]);
+    let (q_c, _) = pair(58, [1, 4, 8, 64]);
+    let lse_c = tensor4::<Ref>(59, [1, 4, 8, 1], &rdev()).reshape([1, 4, 8]);
+    let lse_c = to_backend::<Ref, Dut, 3>(&lse_c, &ddev());
+    let mask = ints::<Dut, 3>(&[1, 0, 1, 0, 1, 1], [1, 2, 3], &ddev());
+    let step = |kb: Tensor<Dut, 4>, vb: Tensor<Dut, 4>| {
+        ops::sparse_step(
+            q.clone(),
+            kb,
+            vb,
+            (k.clone(), v.clone(), mask.clone(), 16),
+            (o_c.clone(), lse_c.clone(), q_c.clone()),
+            rows.clone(),
+            q_a.clone(),
+            0.2,
+        )
+        .unwrap()
+    };
+    let ((got, got_rows), (want, want_rows)) = (step(kb, vb), step(kbc, vbc));
+    for (what, g, e) in [
+        ("O", host(&got.0), host(&want.0)),
+        ("LSE", host(&got.1), host(&want.1)),
+        ("refreshed O", host(&got_rows.0), host(&want_rows.0)),
+    ] {
+        assert_close(
+            &format!("sparse step, block keys viewed heads first: {what}"),
+            &g,
+            &e,
+            atol,
+            rtol,
+        );
+    }
     let (lo, hi) = ops::page_bounds(k, 16).unwrap();
     let (loc, hic) = ops::page_bounds(kc, 16).unwrap();
     assert_eq!(host(&lo), host(&loc));

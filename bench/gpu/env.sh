@@ -13,5 +13,8 @@ CALL=$1
 R=$OUT/$CALL
 mkdir -p "$R"
 echo "$COMMIT" > "$R/commit.txt"
-# Only a few files come back from a call: everything goes into one archive on exit.
-trap 'cd "$OUT" && tar czf "$CALL.tgz" "$CALL" && rm -rf "$CALL"; exit' EXIT TERM
+# Only a few files come back from a call: everything goes into one archive, rewritten after
+# each step (`save`) and on exit, so that a call killed at its time limit keeps its finished
+# steps (an exit trap alone does not run under SIGKILL).
+save() { (cd "$OUT" && tar czf "$CALL.tgz.part" "$CALL" && mv "$CALL.tgz.part" "$CALL.tgz"); }
+trap 'save; rm -rf "$OUT/$CALL"; exit' EXIT TERM

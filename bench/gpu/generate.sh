@@ -9,6 +9,7 @@ for n in 65536 32768; do
     { time timeout 330 .gpu/losa bench generate --device cuda-unfused --dtype bf16 --shape sdar8b \
         --prompt-tokens $n --steps 4,8 --blocks 3 --out $R/gen-$n.json ; } > $R/gen-$n.log 2>&1
     kill $SAMPLER
+    save
 done
 python3 bench/generate_anchor.py --results $R/gen-65536.json $R/gen-32768.json \
     --memory $R/mem-65536.csv $R/mem-32768.csv --out $R/generate-h100-unfused.json \

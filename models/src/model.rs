@@ -10,7 +10,7 @@ use std::{ops::Range, time::Instant};
 use burn::{
     module::{Module, Param},
     nn::Linear,
-    tensor::{Bool, FloatDType, Int, Tensor, TensorData, backend::Backend},
+    tensor::{FloatDType, Int, Tensor, TensorData, backend::Backend},
 };
 use losa_attention::{AttentionMode, LayerState, LosaBackend, PrefixKv, StepStats, attend, ops};
 
@@ -508,32 +508,38 @@ impl Lap<'_> {
 }
 
 /// Which of the new tokens' keys (absolute positions `start..start + s`) each new token may not
-/// see, `[s, s]`: a key is hidden when its block is after the query's (cached keys are all
-/// visible). `None` when everything is visible (bidirectional families). Built once per forward
-/// pass on the device (it is the same in every layer; at training lengths a host-built mask
-/// would cost more than the pass).
+/// see, as an fp32 bias `[s, s]` added to the scores: `-inf` where the key's block is after the
+/// query's, 0 elsewhere (cached keys are all visible). `None` when everything is visible
+/// (bidirectional families). Built once per forward pass on the device (it is the same in every
+/// layer; at training lengths a host-built mask would cost more than the pass).
+///
+/// A bias rather than a bool mask: burn-fusion fuses the element-wise ops that follow a matmul
+/// into it and sizes the matmul's vectors by the narrowest tensor of the fused block, so a
+/// 1-byte bool read after the score product asks CUDA's matmul for 16-wide vectors it cannot
+/// tile ("Invalid vector size", at compile time). The bias is made before any product.
 fn hidden_keys<B: Backend>(
     start: usize,
     s: usize,
     block: Option<usize>,
     device: &B::Device,
-) -> Option<Tensor<B, 2, Bool>> {
+) -> Option<Tensor<B, 2>> {
     let block = block? as i64;
     let (first, last) = (start as i64, (start + s) as i64);
     let blocks = Tensor::<B, 1, Int>::arange(first..last, device).div_scalar(block);
     let query = blocks.clone().reshape([s, 1]).expand([s, s]);
     let key = blocks.reshape([1, s]).expand([s, s]);
-    Some(key.greater(query))
+    let hidden = key.greater(query);
+    Some(Tensor::zeros([s, s], device).mask_fill(hidden, f32::NEG_INFINITY))
 }
 
-/// Attention of new tokens over their own keys, with the keys `hidden` masks out (see
+/// Attention of new tokens over their own keys, with the keys `hidden` masks out (its `-inf`s; see
 /// [`hidden_keys`]): `(O, LSE)`, the softmax and its log-sum-exp in fp32. Every query sees at
 /// least its own key, so no row is empty.
 fn masked_attention<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
-    hidden: Tensor<B, 2, Bool>,
+    hidden: Tensor<B, 2>,
     scale: f32,
 ) -> (Tensor<B, 4>, Tensor<B, 3>) {
     let [b, hq, s, d] = q.dims();
@@ -541,14 +547,12 @@ fn masked_attention<B: Backend>(
     let g = hq / hkv;
     let dtype = q.dtype();
     let q = q.cast(FloatDType::F32).reshape([b, hkv, g * s, d]);
-    let hidden = hidden
-        .reshape([1, 1, 1, s, n])
-        .expand([b, hkv, g, s, n])
-        .reshape([b, hkv, g * s, n]);
     let scores = q
         .matmul(k.cast(FloatDType::F32).swap_dims(2, 3))
         .mul_scalar(scale)
-        .mask_fill(hidden, f32::NEG_INFINITY);
+        .reshape([b, hkv, g, s, n])
+        .add(hidden.reshape([1, 1, 1, s, n]))
+        .reshape([b, hkv, g * s, n]);
     let top = scores.clone().max_dim(3);
     let weights = (scores - top.clone()).exp();
     let sum = weights.clone().sum_dim(3);

@@ -17,7 +17,7 @@ use burn::tensor::{DType, Shape};
 use burn_cubecl::{CubeRuntime, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
 
-use super::{NEG_SENTINEL, alloc_array, cube_grid};
+use super::{NEG_SENTINEL, alloc_array, channel_contiguous, channel_vector_width, cube_grid};
 
 /// Units a combine cube aims at: groups of `d / width` units, each group a stride of chunks.
 const COMBINE_UNITS: usize = 256;
@@ -110,8 +110,26 @@ struct RowAt {
     /// The unit's channel vector and group.
     cv: usize,
     g: usize,
-    /// The first block key of the row's KV head, in vectors.
-    kv_base: usize,
+    /// The first block key of the row's KV head, and the step from one key to the next, in
+    /// vectors, in `k_blk` and in `v_blk`.
+    k_base: usize,
+    k_step: usize,
+    v_base: usize,
+    v_step: usize,
+}
+
+/// Strides of the block's keys and values `[b, hkv, n, d]` over batch, KV head and key, in
+/// vectors (kernel arguments, not tensor metadata, which a launch uploads first). The values
+/// come out of the q/k/v projection positions first (`[b, n, hkv, d]` seen heads first): read
+/// through their strides, they need no copy per layer and step.
+#[derive(CubeLaunch, CubeType, Clone, Copy)]
+pub(crate) struct KeyStrides {
+    k_b: usize,
+    k_h: usize,
+    k_s: usize,
+    v_b: usize,
+    v_h: usize,
+    v_s: usize,
 }
 
 /// The cube's row of `rows` (`hq` query heads, `s` rows a block, `group` query heads per KV
@@ -122,14 +140,15 @@ fn row_at(
     hq: usize,
     s: usize,
     group: usize,
+    blk: &KeyStrides,
     #[comptime] dv: usize,
-    #[comptime] keys: usize,
 ) -> RowAt {
     let cube = CUBE_POS_X as usize + CUBE_POS_Y as usize * CUBE_COUNT_X as usize;
     let row = min(cube, rows - 1);
     let unit = UNIT_POS_X as usize;
     let (bh, si) = (row / s, row % s);
     let (bi, h) = (bh / hq, bh % hq);
+    let kvh = h / group;
     RowAt {
         row,
         valid: cube < rows,
@@ -138,7 +157,10 @@ fn row_at(
         si,
         cv: unit % dv,
         g: unit / dv,
-        kv_base: (bi * (hq / group) + h / group) * keys * dv,
+        k_base: bi * blk.k_b + kvh * blk.k_h,
+        k_step: blk.k_s,
+        v_base: bi * blk.v_b + kvh * blk.v_h,
+        v_step: blk.v_s,
     }
 }
 
@@ -194,7 +216,7 @@ fn block_scores<F: Float, N: Size>(
             let mut c = seg;
             while c < dv {
                 let x = Vector::<f32, N>::cast_from(q[at.row * dv + c]);
-                let y = Vector::<f32, N>::cast_from(k_blk[at.kv_base + j * dv + c]);
+                let y = Vector::<f32, N>::cast_from(k_blk[at.k_base + j * at.k_step + c]);
                 dot += x.dot(y);
                 c += segs;
             }
@@ -215,7 +237,7 @@ fn block_scores<F: Float, N: Size>(
 /// One row's softmax-weighted merge of: its `parts` partials from index `first`, with `extra`
 /// one normalised result `(extra_o, extra_lse)` (a partial with `m = extra_lse`, `l = 1`;
 /// `extra_o` read in group 0's units only), and with `keys > 0` the block keys scored in
-/// `scores` (values from `v_base`). Returns `(O, LSE)` in fp32, `O` for the unit's channel
+/// `scores` (values from `v_base`, `v_step` vectors apart). Returns `(O, LSE)` in fp32, `O` for the unit's channel
 /// vector in group 0's units (zero elsewhere), `LSE` in every unit; `(0, neg_inf)` where no key
 /// was seen. Every unit must call it: it holds barriers.
 #[cube]
@@ -232,6 +254,7 @@ fn merge_row<F: Float, N: Size>(
     scores: &SharedMemory<f32>,
     v_blk: &Array<Vector<F, N>>,
     v_base: usize,
+    v_step: usize,
     neg_inf: f32,
     #[comptime] dv: usize,
     #[comptime] groups: usize,
@@ -293,7 +316,7 @@ fn merge_row<F: Float, N: Size>(
         let mut j = g;
         while j < keys {
             let w = (scores[j] - top).exp();
-            acc += Vector::<f32, N>::cast_from(v_blk[v_base + j * dv + cv]) * Vector::new(w);
+            acc += Vector::<f32, N>::cast_from(v_blk[v_base + j * v_step + cv]) * Vector::new(w);
             j += groups;
         }
     }
@@ -343,6 +366,7 @@ fn combine_rows_kernel<F: Float, N: Size>(
     hq: usize,
     s: usize,
     group: usize,
+    blk: KeyStrides,
     scale: f32,
     neg_inf: f32,
     #[comptime] dv: usize,
@@ -353,7 +377,7 @@ fn combine_rows_kernel<F: Float, N: Size>(
     #[comptime] heads_last: bool,
     #[define(F)] _dtype: StorageType,
 ) {
-    let at = row_at(rows, hq, s, group, dv, keys);
+    let at = row_at(rows, hq, s, group, &blk, dv);
     let row = at.row;
     let mut scores = SharedMemory::<f32>::new(comptime!(keys.max(1)));
     block_scores(
@@ -382,7 +406,8 @@ fn combine_rows_kernel<F: Float, N: Size>(
         x_lse,
         &scores,
         v_blk,
-        at.kv_base,
+        at.v_base,
+        at.v_step,
         neg_inf,
         dv,
         groups,
@@ -428,6 +453,7 @@ fn sparse_step_rows_kernel<F: Float, N: Size, I: Int>(
     hq: usize,
     s: usize,
     group: usize,
+    blk: KeyStrides,
     scale: f32,
     neg_inf: f32,
     #[comptime] dv: usize,
@@ -436,7 +462,7 @@ fn sparse_step_rows_kernel<F: Float, N: Size, I: Int>(
     #[comptime] keys: usize,
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
-    let at = row_at(rows, hq, s, group, dv, keys);
+    let at = row_at(rows, hq, s, group, &blk, dv);
     let (row, cv) = (at.row, at.cv);
     let mut slot = k;
     for j in 0..k {
@@ -469,6 +495,7 @@ fn sparse_step_rows_kernel<F: Float, N: Size, I: Int>(
         neg_inf,
         &scores,
         v_blk,
+        0usize,
         0usize,
         neg_inf,
         dv,
@@ -519,7 +546,8 @@ fn sparse_step_rows_kernel<F: Float, N: Size, I: Int>(
         prefix_lse,
         &scores,
         v_blk,
-        at.kv_base,
+        at.v_base,
+        at.v_step,
         neg_inf,
         dv,
         groups,
@@ -531,7 +559,8 @@ fn sparse_step_rows_kernel<F: Float, N: Size, I: Int>(
 }
 
 /// A block's own keys and values `[b, hkv, n, d]` (`n` at most [`MAX_INLINE_KEYS`]), attended
-/// inside the combine.
+/// inside the combine; any strides whose every step is a whole number of the combine's
+/// vectors, channels packed.
 pub(crate) struct BlockKeys<R: CubeRuntime> {
     pub(crate) k: CubeTensor<R>,
     pub(crate) v: CubeTensor<R>,
@@ -553,24 +582,56 @@ impl<R: CubeRuntime> BlockKeys<R> {
             && k.dtype == q.dtype
             && v.dtype == q.dtype
             && n <= layout.units();
+        // Read in place where the combine's vectors divide every stride (the heads-first view
+        // of a projection's output does); copied otherwise.
+        let readable = |t: &CubeTensor<R>| {
+            let t = channel_contiguous(t.clone());
+            if channel_vector_width(&[&t]) % layout.width == 0 {
+                t
+            } else {
+                into_contiguous(t)
+            }
+        };
         fits.then(|| Self {
-            k: into_contiguous(k.clone()),
-            v: into_contiguous(v.clone()),
+            k: readable(k),
+            v: readable(v),
         })
     }
 
-    /// `(keys, KV heads, k, v)` of `block` for a launch; without a block, no keys and `q`
-    /// standing in for the unread `k` and `v`.
+    /// `(keys, KV heads, k, v, their strides)` of `block` for a launch reading `width`-wide
+    /// vectors; without a block, no keys and `q` standing in for the unread `k` and `v`.
     fn bind(
         block: Option<Self>,
         q: &CubeTensor<R>,
-    ) -> (usize, usize, CubeTensor<R>, CubeTensor<R>) {
+        width: usize,
+    ) -> (
+        usize,
+        usize,
+        CubeTensor<R>,
+        CubeTensor<R>,
+        KeyStridesLaunch<R>,
+    ) {
         match block {
             Some(blk) => {
                 let [_, hkv, n, _] = blk.k.meta.shape().dims::<4>();
-                (n, hkv, blk.k, blk.v)
+                let (ks, vs) = (blk.k.meta.strides(), blk.v.meta.strides());
+                let strides = KeyStridesLaunch::new(
+                    ks[0] / width,
+                    ks[1] / width,
+                    ks[2] / width,
+                    vs[0] / width,
+                    vs[1] / width,
+                    vs[2] / width,
+                );
+                (n, hkv, blk.k, blk.v, strides)
             }
-            None => (0, q.meta.shape()[1], q.clone(), q.clone()),
+            None => (
+                0,
+                q.meta.shape()[1],
+                q.clone(),
+                q.clone(),
+                KeyStridesLaunch::new(0, 0, 0, 0, 0, 0),
+            ),
         }
     }
 }
@@ -633,7 +694,7 @@ pub(crate) fn combine_rows<R: CubeRuntime>(
         Some((o_x, lse_x)) => (into_contiguous(o_x), into_contiguous(lse_x)),
         None => (o.clone(), lse.clone()),
     };
-    let (keys, hkv, k_blk, v_blk) = BlockKeys::bind(block, q);
+    let (keys, hkv, k_blk, v_blk, blk) = BlockKeys::bind(block, q, layout.width);
     combine_rows_kernel::launch::<R>(
         &q.client,
         cube_grid(rows),
@@ -654,6 +715,7 @@ pub(crate) fn combine_rows<R: CubeRuntime>(
         hq,
         s,
         hq / hkv,
+        blk,
         scale,
         f32::NEG_INFINITY,
         layout.dv,
@@ -704,7 +766,7 @@ pub(crate) fn sparse_step_rows<R: CubeRuntime>(
         let o = burn_cubecl::ops::permute(o, &[0, 2, 1, 3]);
         return ((o, lse), (o_new, lse_new, q_new));
     }
-    let (keys, hkv, k_blk, v_blk) = BlockKeys::bind(block, q);
+    let (keys, hkv, k_blk, v_blk, blk) = BlockKeys::bind(block, q, layout.width);
     let [o_part, m_part, l_part] = block_partials;
     let [o_part_a, m_part_a, l_part_a] = active_partials;
     sparse_step_rows_kernel::launch::<R>(
@@ -738,6 +800,7 @@ pub(crate) fn sparse_step_rows<R: CubeRuntime>(
         hq,
         s,
         hq / hkv,
+        blk,
         scale,
         f32::NEG_INFINITY,
         layout.dv,
