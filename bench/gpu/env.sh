@@ -9,6 +9,8 @@ done
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
 COMMIT=$(cat .gpu/commit.txt)
+# The card's short name (h100, h200) for result file names: timings compare within one card.
+CARD=$(nvidia-smi --query-gpu=name --format=csv,noheader | grep -o 'H[0-9]*' | head -1 | tr A-Z a-z)
 CALL=$1
 R=$OUT/$CALL
 mkdir -p "$R"

@@ -586,7 +586,7 @@ impl<R: CubeRuntime> BlockKeys<R> {
         // of a projection's output does); copied otherwise.
         let readable = |t: &CubeTensor<R>| {
             let t = channel_contiguous(t.clone());
-            if channel_vector_width(&[&t]) % layout.width == 0 {
+            if channel_vector_width(&[&t]).is_multiple_of(layout.width) {
                 t
             } else {
                 into_contiguous(t)
