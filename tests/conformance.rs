@@ -380,6 +380,109 @@ fn sparse_step_matches_reference() {
     assert_on_kernels();
 }
 
+/// LoSA's sparse step with its page selection in one op (on the GPU the union and its page
+/// list from one launch) against the reference's selection and sparse step, on every
+/// attention shape, two selections (two pages per query with the first and last kept; one
+/// page alone): the same mask, exactly, from the same fp32 scores, and the same step.
+#[test]
+fn selected_sparse_step_matches_the_selection_and_the_step() {
+    let (_, atol, rtol) = dut_dtype();
+    for (i, (case, x)) in shapes().into_iter().enumerate() {
+        let (qd, qr) = pair(61, [x.b, x.hq, x.s, x.d]);
+        let (kbd, kbr) = pair(62, [x.b, x.hkv, x.s, x.d]);
+        let (vbd, vbr) = pair(63, [x.b, x.hkv, x.s, x.d]);
+        let (kd, kr) = pair(64, [x.b, x.hkv, x.n, x.d]);
+        let (vd, vr) = pair(65, [x.b, x.hkv, x.n, x.d]);
+        let (ocd, ocr) = pair(66, [x.b, x.hq, x.s, x.d]);
+        let (qcd, qcr) = pair(67, [x.b, x.hq, x.s, x.d]);
+        let lse_r = tensor4::<Ref>(68, [x.b, x.hq, x.s, 1], &rdev()).reshape([x.b, x.hq, x.s]);
+        let lse_d = to_backend::<Ref, Dut, 3>(&lse_r, &ddev());
+        let scale = 1.0 / (x.d as f32).sqrt();
+        // The first row, the last, and every fourth, at most half the block.
+        let mut picked: Vec<i64> = vec![0, x.s as i64 - 1];
+        picked.extend((1..x.s as i64 - 1).step_by(4));
+        picked.dedup();
+        picked.truncate(x.s.div_ceil(2).max(1));
+        let k_active = picked.len();
+        let rows: Vec<i64> = (0..x.b).flat_map(|_| picked.clone()).collect();
+        let rows_d = ints::<Dut, 2>(&rows, [x.b, k_active], &ddev());
+        let rows_r = ints::<Ref, 2>(&rows, [x.b, k_active], &rdev());
+        let qad = losa::losa_attention::reference::gather_rows(qd.clone(), rows_d.clone());
+        let qar = losa::losa_attention::reference::gather_rows(qr.clone(), rows_r.clone());
+        let np = x.n.div_ceil(x.page);
+        // The same fp32 scores on both sides, so that both select the same pages.
+        let scores_r = tensor4::<Ref>(69, [x.b, x.hq, k_active, np], &rdev());
+        let scores_d = to_backend::<Ref, Dut, 4>(&scores_r, &ddev());
+        let pages = if i % 2 == 0 {
+            PageSelectionConfig::new()
+                .with_page_size(x.page)
+                .with_budget(2 * x.page)
+        } else {
+            PageSelectionConfig::new()
+                .with_page_size(x.page)
+                .with_budget(x.page)
+                .with_keep_first_page(false)
+                .with_keep_last_page(false)
+        };
+        let ((got, got_rows), mask_d) = ops::selected_sparse_step(
+            qd,
+            kbd,
+            vbd,
+            (kd, vd, scores_d),
+            &pages,
+            (ocd, lse_d, qcd),
+            rows_d,
+            qad,
+            scale,
+        )
+        .unwrap();
+        let mask_r = ops::select_pages(
+            scores_r,
+            x.hkv,
+            pages.pages_per_query(),
+            pages.keep_first_page,
+            pages.keep_last_page,
+        )
+        .unwrap();
+        let (expected, expected_rows) = ops::sparse_step(
+            qr,
+            kbr,
+            vbr,
+            (kr, vr, mask_r.clone(), x.page),
+            (ocr, lse_r, qcr),
+            rows_r,
+            qar,
+            scale,
+        )
+        .unwrap();
+        assert_eq!(
+            host_int(&mask_d),
+            host_int(&mask_r),
+            "{case}: selected pages"
+        );
+        for (what, g, e) in [
+            ("O", host(&got.0), host(&expected.0)),
+            ("LSE", host(&got.1), host(&expected.1)),
+            ("refreshed O", host(&got_rows.0), host(&expected_rows.0)),
+            ("refreshed LSE", host(&got_rows.1), host(&expected_rows.1)),
+            (
+                "refreshed queries",
+                host(&got_rows.2),
+                host(&expected_rows.2),
+            ),
+        ] {
+            assert_close(
+                &format!("{case} selected sparse step {what}"),
+                &g,
+                &e,
+                atol,
+                rtol,
+            );
+        }
+    }
+    assert_on_kernels();
+}
+
 /// Scores that grow along the keys (K scaled by a ramp up to 40x: the first keys' scores are
 /// of order 1, the last ones' of order 30): each row's running max rises far past where it
 /// started, which the tensor-core kernel's lazy rescaling of `O` must follow.

@@ -366,6 +366,42 @@ fn bad_input_gives_typed_errors() {
         PrefixKv::<Ref>::new(Some(0), 10),
         Err(LosaError::InvalidConfig(_))
     ));
+    // The selected sparse step: scores of the wrong page count, a zero page size.
+    let rows = Tensor::<Ref, 2, Int>::from_ints([[0, 2]], &dev());
+    let q_a = tensor4::<Ref>(5, [1, 4, 2, 8], &dev());
+    let cached = || {
+        (
+            tensor4::<Ref>(6, [1, 4, 4, 8], &dev()),
+            Tensor::<Ref, 3>::zeros([1, 4, 4], &dev()),
+            q4.clone(),
+        )
+    };
+    let selected = |scores: Tensor<Ref, 4>, pages: &PageSelectionConfig| {
+        ops::selected_sparse_step(
+            q4.clone(),
+            k.clone().narrow(2, 0, 4),
+            k.clone().narrow(2, 0, 4),
+            (k.clone(), k.clone(), scores),
+            pages,
+            cached(),
+            rows.clone(),
+            q_a.clone(),
+            1.0,
+        )
+    };
+    let pages = PageSelectionConfig::new().with_page_size(4);
+    assert!(selected(tensor4::<Ref>(7, [1, 4, 2, 3], &dev()), &pages).is_ok());
+    assert!(matches!(
+        selected(tensor4::<Ref>(7, [1, 4, 2, 4], &dev()), &pages),
+        Err(LosaError::ShapeMismatch { .. })
+    ));
+    assert!(matches!(
+        selected(
+            tensor4::<Ref>(7, [1, 4, 2, 3], &dev()),
+            &PageSelectionConfig::new().with_page_size(0)
+        ),
+        Err(LosaError::InvalidConfig(_))
+    ));
 
     let mut prefix = PrefixKv::<Ref>::new(Some(16), 12).unwrap();
     prefix.append(k.clone(), k.clone()).unwrap();

@@ -27,6 +27,26 @@ pub type PrefixKeys<B> = (
 /// Prefix keys and values read through a page mask, as primitives: `(k, v, mask, page size)`.
 pub type PagedKeys<B> = (FloatTensor<B>, FloatTensor<B>, IntTensor<B>, usize);
 
+/// How LoSA's sparse step picks its pages from Quest scores (see
+/// [`LosaBackend::losa_selected_sparse_step`]): the top `pages_per_query` pages of every row and
+/// head, their union per KV head, the first and last pages where asked, in pages of `page_size`
+/// keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageChoice {
+    /// Keys per page.
+    pub page_size: usize,
+    /// Pages each (row, head) selects.
+    pub pages_per_query: usize,
+    /// Always load the first page (attention sinks).
+    pub keep_first: bool,
+    /// Always load the last (possibly partial) page.
+    pub keep_last: bool,
+}
+
+/// Prefix keys and values with the Quest scores `[b, h, k, pages]` of the rows that read them,
+/// as primitives: `(k, v, scores)`.
+pub type ScoredKeys<B> = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>);
+
 /// Per-head RMSNorm weights of the queries and keys, as primitives, and their `eps`.
 pub type QkNormWeights<B> = (FloatTensor<B>, FloatTensor<B>, f64);
 
@@ -95,6 +115,35 @@ pub trait LosaBackend: Backend {
     ) -> (OutLse<Self>, RowState<Self>) {
         on_primitives::sparse_step::<Self>(
             q, k_block, v_block, prefix, cached, rows, q_active, scale,
+        )
+    }
+
+    /// [`Self::losa_select_pages`] of the active rows' page `scores` (KV heads from `k`) and
+    /// [`Self::losa_sparse_step`] over the selected pages, as one op; also returns the page
+    /// mask `[b, h_kv, pages]`. By default those two ops; the CubeCL backends take the union and
+    /// its page list in one launch (the sparse step alone compacts the mask into a list first).
+    #[allow(clippy::too_many_arguments)]
+    fn losa_selected_sparse_step(
+        q: FloatTensor<Self>,
+        k_block: FloatTensor<Self>,
+        v_block: FloatTensor<Self>,
+        (k, v, scores): ScoredKeys<Self>,
+        choice: PageChoice,
+        cached: RowState<Self>,
+        rows: IntTensor<Self>,
+        q_active: FloatTensor<Self>,
+        scale: f32,
+    ) -> (OutLse<Self>, RowState<Self>, IntTensor<Self>) {
+        on_primitives::selected_sparse_step_in_two::<Self>(
+            q,
+            k_block,
+            v_block,
+            (k, v, scores),
+            choice,
+            cached,
+            rows,
+            q_active,
+            scale,
         )
     }
 
@@ -283,8 +332,45 @@ pub(crate) mod on_primitives {
 
     use burn::tensor::{Shape, TensorMetadata};
 
-    use super::{LosaBackend, OutLse, PagedKeys, PrefixKeys, QkNormWeights, RowState};
+    use super::{
+        LosaBackend, OutLse, PageChoice, PagedKeys, PrefixKeys, QkNormWeights, RowState, ScoredKeys,
+    };
     use crate::reference;
+
+    /// [`LosaBackend::losa_selected_sparse_step`] as its two ops: the backend's
+    /// `losa_select_pages`, then its `losa_sparse_step` over the mask.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn selected_sparse_step_in_two<B: LosaBackend>(
+        q: FloatTensor<B>,
+        k_block: FloatTensor<B>,
+        v_block: FloatTensor<B>,
+        (k, v, scores): ScoredKeys<B>,
+        choice: PageChoice,
+        cached: RowState<B>,
+        rows: IntTensor<B>,
+        q_active: FloatTensor<B>,
+        scale: f32,
+    ) -> (OutLse<B>, RowState<B>, IntTensor<B>) {
+        let kv_heads = k.shape()[1];
+        let mask = B::losa_select_pages(
+            scores,
+            kv_heads,
+            choice.pages_per_query,
+            choice.keep_first,
+            choice.keep_last,
+        );
+        let (out, refreshed) = B::losa_sparse_step(
+            q,
+            k_block,
+            v_block,
+            (k, v, mask.clone(), choice.page_size),
+            cached,
+            rows,
+            q_active,
+            scale,
+        );
+        (out, refreshed, mask)
+    }
 
     fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
         Tensor::from_primitive(TensorPrimitive::Float(t))

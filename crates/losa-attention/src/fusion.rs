@@ -13,7 +13,9 @@ use burn_fusion::{
 use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
 
 use crate::{
-    backend::{LosaBackend, OutLse, PagedKeys, PrefixKeys, QkNormWeights, RowState},
+    backend::{
+        LosaBackend, OutLse, PageChoice, PagedKeys, PrefixKeys, QkNormWeights, RowState, ScoredKeys,
+    },
     reference::GREEDY_COLUMNS,
 };
 
@@ -32,6 +34,10 @@ enum Call {
     },
     SparseStep {
         page_size: usize,
+        scale: f32,
+    },
+    SelectedSparseStep {
+        choice: PageChoice,
         scale: f32,
     },
     Merge,
@@ -83,6 +89,7 @@ impl Call {
             Call::Attention { .. } => "losa_attention",
             Call::BlockAttention { .. } => "losa_block_attention",
             Call::SparseStep { .. } => "losa_sparse_step",
+            Call::SelectedSparseStep { .. } => "losa_selected_sparse_step",
             Call::Merge => "losa_merge",
             Call::PageBounds { .. } => "losa_page_bounds",
             Call::PageScores => "losa_page_scores",
@@ -174,6 +181,22 @@ impl<B: FusionBackend + LosaBackend> Operation<B::FusionRuntime> for LosaOp<B> {
                 for (out, t) in outputs.iter().zip([o, lse, o_new, lse_new, q_new]) {
                     handles.register_float_tensor::<B>(&out.id, t);
                 }
+            }
+            Call::SelectedSparseStep { choice, scale } => {
+                // Inputs: q, k_block, v_block, k, v, scores, cached o, lse, q, rows, q_active.
+                let (q, kb, vb) = (float(handles, 0), float(handles, 1), float(handles, 2));
+                let keys = (float(handles, 3), float(handles, 4), float(handles, 5));
+                let cached = (float(handles, 6), float(handles, 7), float(handles, 8));
+                let rows = handles.get_int_tensor::<B>(&inputs[9]);
+                let q_active = float(handles, 10);
+                let ((o, lse), fresh, mask) = B::losa_selected_sparse_step(
+                    q, kb, vb, keys, choice, cached, rows, q_active, scale,
+                );
+                let (o_new, lse_new, q_new) = fresh;
+                for (out, t) in outputs.iter().zip([o, lse, o_new, lse_new, q_new]) {
+                    handles.register_float_tensor::<B>(&out.id, t);
+                }
+                handles.register_int_tensor::<B>(&outputs[5].id, mask);
             }
             Call::Merge => {
                 let (o1, l1) = (float(handles, 0), float(handles, 1));
@@ -407,6 +430,39 @@ impl<B: FusionBackend + LosaBackend> LosaBackend for Fusion<B> {
         let mut outs = register::<B>(Call::SparseStep { page_size, scale }, inputs, &outputs);
         let fresh = outs.split_off(2);
         (two(outs), three(fresh))
+    }
+
+    fn losa_selected_sparse_step(
+        q: FloatTensor<Self>,
+        k_block: FloatTensor<Self>,
+        v_block: FloatTensor<Self>,
+        (k, v, scores): ScoredKeys<Self>,
+        choice: PageChoice,
+        (o_c, lse_c, q_c): RowState<Self>,
+        rows: IntTensor<Self>,
+        q_active: FloatTensor<Self>,
+        scale: f32,
+    ) -> (OutLse<Self>, RowState<Self>, IntTensor<Self>) {
+        let [b, h, s, d] = q.shape.dims::<4>();
+        let [_, hkv, _, _] = k.shape.dims::<4>();
+        let np = scores.shape[3];
+        let outputs = [
+            (vec![b, h, s, d], q.dtype),
+            (vec![b, h, s], DType::F32),
+            (o_c.shape.dims::<4>().to_vec(), o_c.dtype),
+            (vec![b, h, s], lse_c.dtype),
+            (q_c.shape.dims::<4>().to_vec(), q_c.dtype),
+            // The inner backend's int element, the dtype its selection kernel writes.
+            (vec![b, hkv, np], <IntElem<B> as Element>::dtype()),
+        ];
+        let inputs = vec![
+            q, k_block, v_block, k, v, scores, o_c, lse_c, q_c, rows, q_active,
+        ];
+        let call = Call::SelectedSparseStep { choice, scale };
+        let mut outs = register::<B>(call, inputs, &outputs);
+        let mask = outs.remove(5);
+        let fresh = outs.split_off(2);
+        (two(outs), three(fresh), mask)
     }
 
     fn losa_merge(

@@ -6,7 +6,8 @@
 use burn::tensor::{Int, Tensor, TensorPrimitive};
 
 use crate::{
-    LosaBackend,
+    LosaBackend, PageSelectionConfig,
+    backend::PageChoice,
     error::{LosaError, Result},
     reference,
 };
@@ -219,56 +220,15 @@ pub fn sparse_step<B: LosaBackend>(
     q_active: Tensor<B, 4>,
     scale: f32,
 ) -> Result<SparseStepOutput<B>> {
-    check_qkv(&q, &k_block, &v_block)?;
-    check_qkv(&q_active, &k, &v)?;
     check_page_mask(&mask, &k, page_size)?;
-    let [b, h, s, d] = q.dims();
-    let active = rows.dims()[1];
-    if rows.dims() != [b, active] || active > s {
-        return Err(mismatch(
-            "sparse_step: rows [batch, k <= seq]",
-            &rows.dims(),
-            &[b, active],
-        ));
-    }
-    if q_active.dims() != [b, h, active, d] {
-        return Err(mismatch(
-            "sparse_step: q_active against q's batch, heads and head_dim",
-            &q_active.dims(),
-            &[b, h, active, d],
-        ));
-    }
+    check_sparse_step(
+        "sparse_step",
+        [&q, &k_block, &v_block, &k, &v],
+        &cached,
+        &rows,
+        &q_active,
+    )?;
     let (o_c, lse_c, q_c) = cached;
-    let device = q.device();
-    let on_device = [
-        ("k", k.device()),
-        ("q_active", q_active.device()),
-        ("cached O", o_c.device()),
-        ("cached LSE", lse_c.device()),
-        ("cached queries", q_c.device()),
-        ("rows", rows.device()),
-    ];
-    if let Some((what, _)) = on_device.iter().find(|(_, d)| *d != device) {
-        return Err(LosaError::DeviceMismatch(format!(
-            "sparse_step: q and {what}"
-        )));
-    }
-    for (what, dims) in [("cached O", o_c.dims()), ("cached queries", q_c.dims())] {
-        if dims != q.dims() {
-            return Err(mismatch(
-                &format!("sparse_step: {what} against q"),
-                &dims,
-                &q.dims(),
-            ));
-        }
-    }
-    if lse_c.dims() != [b, h, s] {
-        return Err(mismatch(
-            "sparse_step: cached LSE",
-            &lse_c.dims(),
-            &[b, h, s],
-        ));
-    }
     let ((o, lse), (o_new, lse_new, q_new)) = B::losa_sparse_step(
         prim(q),
         prim(k_block),
@@ -283,6 +243,136 @@ pub fn sparse_step<B: LosaBackend>(
         (float(o), float(lse)),
         (float(o_new), float(lse_new), float(q_new)),
     ))
+}
+
+/// [`select_pages`] of the active rows' page `scores` (as [`page_scores`] of `q_active`
+/// returns them) by `pages` (its page size, pages per query, first and last pages) and
+/// [`sparse_step`] over the selected pages, as one op: on the GPU the union of the selections
+/// and the page list the sparse kernels read come out of one launch (the two ops make the mask,
+/// then compact it into the list). Returns the step's output as [`sparse_step`] does and the
+/// page mask `[batch, kv_heads, pages]` (1 = loaded).
+///
+/// # Shapes
+/// As [`sparse_step`], with `scores`: `[batch, heads, k, ceil(keys / page_size)]` (fp32)
+/// in place of the mask.
+#[allow(clippy::too_many_arguments)]
+pub fn selected_sparse_step<B: LosaBackend>(
+    q: Tensor<B, 4>,
+    k_block: Tensor<B, 4>,
+    v_block: Tensor<B, 4>,
+    (k, v, scores): (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>),
+    pages: &PageSelectionConfig,
+    cached: CachedPrefixRows<B>,
+    rows: Tensor<B, 2, Int>,
+    q_active: Tensor<B, 4>,
+    scale: f32,
+) -> Result<(SparseStepOutput<B>, Tensor<B, 3, Int>)> {
+    pages.validate()?;
+    let [b, h, active, _] = q_active.dims();
+    let [_, _, n, _] = k.dims();
+    let expected = [b, h, active, n.div_ceil(pages.page_size)];
+    if scores.dims() != expected {
+        return Err(mismatch(
+            "selected_sparse_step: scores [batch, heads, active rows, pages]",
+            &scores.dims(),
+            &expected,
+        ));
+    }
+    if scores.device() != q.device() {
+        return Err(LosaError::DeviceMismatch(
+            "selected_sparse_step: q and scores".into(),
+        ));
+    }
+    check_sparse_step(
+        "selected_sparse_step",
+        [&q, &k_block, &v_block, &k, &v],
+        &cached,
+        &rows,
+        &q_active,
+    )?;
+    let choice = PageChoice {
+        page_size: pages.page_size,
+        pages_per_query: pages.pages_per_query(),
+        keep_first: pages.keep_first_page,
+        keep_last: pages.keep_last_page,
+    };
+    let (o_c, lse_c, q_c) = cached;
+    let ((o, lse), (o_new, lse_new, q_new), mask) = B::losa_selected_sparse_step(
+        prim(q),
+        prim(k_block),
+        prim(v_block),
+        (prim(k), prim(v), prim(scores)),
+        choice,
+        (prim(o_c), prim(lse_c), prim(q_c)),
+        rows.into_primitive(),
+        prim(q_active),
+        scale,
+    );
+    Ok((
+        (
+            (float(o), float(lse)),
+            (float(o_new), float(lse_new), float(q_new)),
+        ),
+        Tensor::from_primitive(mask),
+    ))
+}
+
+/// The checks [`sparse_step`] and [`selected_sparse_step`] share: `q`, the block's and the
+/// prefix's keys and values, the cached rows, `rows` and `q_active` agree in shape and device.
+fn check_sparse_step<B: LosaBackend>(
+    op: &str,
+    [q, k_block, v_block, k, v]: [&Tensor<B, 4>; 5],
+    (o_c, lse_c, q_c): &CachedPrefixRows<B>,
+    rows: &Tensor<B, 2, Int>,
+    q_active: &Tensor<B, 4>,
+) -> Result<()> {
+    check_qkv(q, k_block, v_block)?;
+    check_qkv(q_active, k, v)?;
+    let [b, h, s, d] = q.dims();
+    let active = rows.dims()[1];
+    if rows.dims() != [b, active] || active > s {
+        return Err(mismatch(
+            &format!("{op}: rows [batch, k <= seq]"),
+            &rows.dims(),
+            &[b, active],
+        ));
+    }
+    if q_active.dims() != [b, h, active, d] {
+        return Err(mismatch(
+            &format!("{op}: q_active against q's batch, heads and head_dim"),
+            &q_active.dims(),
+            &[b, h, active, d],
+        ));
+    }
+    let device = q.device();
+    let on_device = [
+        ("k", k.device()),
+        ("q_active", q_active.device()),
+        ("cached O", o_c.device()),
+        ("cached LSE", lse_c.device()),
+        ("cached queries", q_c.device()),
+        ("rows", rows.device()),
+    ];
+    if let Some((what, _)) = on_device.iter().find(|(_, d)| *d != device) {
+        return Err(LosaError::DeviceMismatch(format!("{op}: q and {what}")));
+    }
+    for (what, dims) in [("cached O", o_c.dims()), ("cached queries", q_c.dims())] {
+        if dims != q.dims() {
+            return Err(mismatch(
+                &format!("{op}: {what} against q"),
+                &dims,
+                &q.dims(),
+            ));
+        }
+    }
+    if lse_c.dims() != [b, h, s] {
+        return Err(mismatch(
+            &format!("{op}: cached LSE"),
+            &lse_c.dims(),
+            &[b, h, s],
+        ));
+    }
+    Ok(())
 }
 
 /// fp32 LSE merge of attention over two disjoint key sets.

@@ -134,6 +134,27 @@ fn select_prefix_pages<B: LosaBackend>(
     prefix: &PrefixKv<B>,
     pages: &PageSelectionConfig,
 ) -> Result<Tensor<B, 3, Int>> {
+    let scores = prefix_page_scores(q, prefix, pages)?;
+    let kv_heads = prefix
+        .bounds()
+        .expect("bounds kept with a page size")
+        .0
+        .dims()[1];
+    ops::select_pages(
+        scores,
+        kv_heads,
+        pages.pages_per_query(),
+        pages.keep_first_page,
+        pages.keep_last_page,
+    )
+}
+
+/// Quest scores of `q`'s rows against the prefix's page bounds (kept for `pages`' page size).
+fn prefix_page_scores<B: LosaBackend>(
+    q: Tensor<B, 4>,
+    prefix: &PrefixKv<B>,
+    pages: &PageSelectionConfig,
+) -> Result<Tensor<B, 4>> {
     let page = pages.page_size;
     if prefix.page_size() != Some(page) {
         return Err(LosaError::InvalidConfig(format!(
@@ -142,15 +163,7 @@ fn select_prefix_pages<B: LosaBackend>(
         )));
     }
     let (lo, hi) = prefix.bounds().expect("bounds kept with a page size");
-    let kv_heads = lo.dims()[1];
-    let scores = ops::page_scores(q, lo, hi)?;
-    ops::select_pages(
-        scores,
-        kv_heads,
-        pages.pages_per_query(),
-        pages.keep_first_page,
-        pages.keep_last_page,
-    )
+    ops::page_scores(q, lo, hi)
 }
 
 /// One attention layer's work for one denoising step of the current block.
@@ -256,21 +269,22 @@ pub fn attend<B: LosaBackend>(
                 } else {
                     let (active, q_a) =
                         ops::pick_active_rows(q.clone(), cached.q.clone(), k_active)?;
-                    let page = cfg.pages.page_size;
-                    let mask = select_prefix_pages(q_a.clone(), prefix, &cfg.pages)?;
-                    stats.loaded_pages = Some((mask.clone(), page));
-                    // The active rows' sparse prefix attention, written into the cached rows,
-                    // and the block's keys merged with them: one combine.
-                    let (out, (o, lse, q_new)) = ops::sparse_step(
+                    let scores = prefix_page_scores(q_a.clone(), prefix, &cfg.pages)?;
+                    // The page selection, the active rows' sparse prefix attention over it,
+                    // written into the cached rows, and the block's keys merged with them: one
+                    // op (the union and its page list in one launch, one combine).
+                    let ((out, (o, lse, q_new)), mask) = ops::selected_sparse_step(
                         q.clone(),
                         k_block.clone(),
                         v_block.clone(),
-                        (k, v, mask, page),
+                        (k, v, scores),
+                        &cfg.pages,
                         (cached.o, cached.lse, cached.q),
                         active,
                         q_a,
                         scale,
                     )?;
+                    stats.loaded_pages = Some((mask, cfg.pages.page_size));
                     state.cached = Some(CachedRows { o, lse, q: q_new });
                     out
                 }

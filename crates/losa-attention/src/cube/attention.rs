@@ -19,6 +19,7 @@ use cubecl::prelude::*;
 use super::{
     NEG_SENTINEL, attention_frag, attention_mma,
     combine::{self, BlockKeys, CombineLayout},
+    pages::PageList,
 };
 
 /// Cubes the split over keys aims at per multiprocessor (several resident at once hide latency).
@@ -70,23 +71,9 @@ fn compact_pages<I: Int>(
             p += COMPACT_LOADS;
         }
     }
-    let mut scan = SharedMemory::<u32>::new(units);
-    scan[unit] = mine;
-    sync_cube();
-    // Hillis-Steele inclusive scan of the counts.
-    let mut stride = 1usize.runtime();
-    while stride < units {
-        let mut add = 0u32.runtime();
-        if unit >= stride {
-            add = scan[unit - stride];
-        }
-        sync_cube();
-        scan[unit] += add;
-        sync_cube();
-        stride *= 2;
-    }
+    let (offset, total) = run_offsets(mine, units);
     if valid_cube {
-        let mut at = (scan[unit] - mine) as usize;
+        let mut at = offset as usize;
         let mut p = start;
         while p < end {
             let set = set_pages(mask, base, p, end);
@@ -99,10 +86,33 @@ fn compact_pages<I: Int>(
             }
             p += COMPACT_LOADS;
         }
-        if unit == units - 1 {
-            count[bk] = scan[units - 1];
+        if unit == 0 {
+            count[bk] = total;
         }
     }
+}
+
+/// Where each unit's run starts in a cube's compacted output, given the unit's count `mine`:
+/// `(the counts of the units before it, the cube's total)`, by a Hillis-Steele scan over the
+/// `units` units (a power of two) in shared memory. Every unit must call it: it holds barriers.
+#[cube]
+pub(crate) fn run_offsets(mine: u32, #[comptime] units: usize) -> (u32, u32) {
+    let unit = UNIT_POS_X as usize;
+    let mut scan = SharedMemory::<u32>::new(units);
+    scan[unit] = mine;
+    sync_cube();
+    let mut stride = 1usize.runtime();
+    while stride < units {
+        let mut add = 0u32.runtime();
+        if unit >= stride {
+            add = scan[unit - stride];
+        }
+        sync_cube();
+        scan[unit] += add;
+        sync_cube();
+        stride *= 2;
+    }
+    (scan[unit] - mine, scan[units - 1])
 }
 
 /// Whether pages `p..p + COMPACT_LOADS` (those below `end`) of the mask row at `base` are set,
@@ -706,6 +716,8 @@ pub(crate) struct KeySource<R: CubeRuntime> {
     pub(crate) k: CubeTensor<R>,
     pub(crate) v: CubeTensor<R>,
     pub(crate) mask: Option<(CubeTensor<R>, usize)>,
+    /// The mask's page list where the selection already made it (then not compacted again).
+    pub(crate) list: Option<PageList<R>>,
     pub(crate) kernel: Kernel,
 }
 
@@ -739,7 +751,7 @@ impl Split {
 }
 
 /// [`COMPACT_UNITS`], or the largest power of two of units a cube may have below it.
-fn compact_units(client: &cubecl::client::ComputeClient<impl CubeRuntime>) -> usize {
+pub(crate) fn compact_units(client: &cubecl::client::ComputeClient<impl CubeRuntime>) -> usize {
     let most = client.properties().hardware.max_units_per_cube as usize;
     let mut units = COMPACT_UNITS;
     while units > most.max(1) {
@@ -754,24 +766,26 @@ struct Planned<R: CubeRuntime> {
     k: CubeTensor<R>,
     v: CubeTensor<R>,
     mask: Option<CubeTensor<R>>,
+    list: Option<PageList<R>>,
     kernel: Kernel,
     split: Split,
 }
 
 impl<R: CubeRuntime> Planned<R> {
-    /// The shapes of the page list `[b * hkv * pages]` and its counts `[b * hkv]`; a dense
-    /// source's kernels read neither, one word each stands in.
+    /// The shapes of the page list `[b * hkv * pages]` and its counts `[b * hkv]` to compact
+    /// into; a dense source's kernels read neither and a source with its list made needs
+    /// neither: one word each stands in.
     fn list_specs(&self) -> [(Shape, DType); 2] {
         let [b, hkv, _, _] = self.k.meta.shape().dims::<4>();
-        match self.mask {
-            Some(_) => {
+        match (&self.mask, &self.list) {
+            (Some(_), None) => {
                 let np = self.split.keys.div_ceil(self.split.page_size);
                 [
                     (Shape::new([b * hkv * np]), DType::U32),
                     (Shape::new([b * hkv]), DType::U32),
                 ]
             }
-            None => [(Shape::new([1]), DType::U32), (Shape::new([1]), DType::U32)],
+            _ => [(Shape::new([1]), DType::U32), (Shape::new([1]), DType::U32)],
         }
     }
 }
@@ -833,6 +847,7 @@ fn plan<R: CubeRuntime>(q: &CubeTensor<R>, source: KeySource<R>) -> Planned<R> {
         k,
         v,
         mask,
+        list: source.list,
         kernel,
         split,
     }
@@ -889,9 +904,11 @@ fn launch_partials<R: CubeRuntime>(
     let [o_part, m_part, l_part] = [(); 3].map(|_| super::next_buffer(scratch));
     for p in planned {
         let [_, hkv, _, _] = p.k.meta.shape().dims::<4>();
-        let (pages, count) = (super::next_buffer(scratch), super::next_buffer(scratch));
+        let (mut pages, mut count) = (super::next_buffer(scratch), super::next_buffer(scratch));
         let listed = p.mask.is_some();
-        if let Some(mask) = p.mask {
+        if let Some((made_pages, made_count)) = p.list {
+            (pages, count) = (made_pages, made_count);
+        } else if let Some(mask) = p.mask {
             let units = compact_units(&q.client);
             compact_pages::launch::<R>(
                 &q.client,

@@ -35,7 +35,8 @@ use cubecl::{
 use combine::{BlockKeys, CombineLayout};
 
 use crate::backend::{
-    LosaBackend, OutLse, PagedKeys, PrefixKeys, QkNormWeights, RowState, on_primitives,
+    LosaBackend, OutLse, PageChoice, PagedKeys, PrefixKeys, QkNormWeights, RowState, ScoredKeys,
+    on_primitives,
 };
 
 /// Lowest finite fp32: the running max before any key is seen. Kernels avoid `-inf` literals
@@ -291,7 +292,13 @@ fn key_source<R: CubeRuntime>(
     }
     let kernel = attention::kernel_for(q, &k, &v, mask.is_some())
         .ok_or("no tile layout fits the shared memory and cube size")?;
-    Ok(attention::KeySource { k, v, mask, kernel })
+    Ok(attention::KeySource {
+        k,
+        v,
+        mask,
+        list: None,
+        kernel,
+    })
 }
 
 /// A block's keys for `q`'s rows: attended inside the combine where they are few (`Ok(Ok)`),
@@ -466,6 +473,77 @@ where
             Err(why) => return fall_back(why),
         };
         attention::sparse_step(q, layout, block, q_active, sparse, cached, rows, scale)
+    }
+
+    fn losa_selected_sparse_step(
+        q: FloatTensor<Self>,
+        k_block: FloatTensor<Self>,
+        v_block: FloatTensor<Self>,
+        (k, v, scores): ScoredKeys<Self>,
+        choice: PageChoice,
+        cached: RowState<Self>,
+        rows: IntTensor<Self>,
+        q_active: FloatTensor<Self>,
+        scale: f32,
+    ) -> (OutLse<Self>, RowState<Self>, IntTensor<Self>) {
+        // Where the fused path does not apply: the selection and the step as two ops (each
+        // its kernels, or its own reference fallback).
+        let in_two = |k, v, scores| {
+            on_primitives::selected_sparse_step_in_two::<Self>(
+                q.clone(),
+                k_block.clone(),
+                v_block.clone(),
+                (k, v, scores),
+                choice,
+                cached.clone(),
+                rows.clone(),
+                q_active.clone(),
+                scale,
+            )
+        };
+        let (o_c, lse_c, q_c) = &cached;
+        let step_fits = scores.dtype == DType::F32
+            && o_c.dtype == q.dtype
+            && q_c.dtype == q.dtype
+            && q_active.dtype == q.dtype
+            && lse_c.dtype == DType::F32
+            && rows.meta.shape()[1] > 0;
+        let Some(layout) = CombineLayout::for_queries(&q).filter(|_| step_fits) else {
+            return in_two(k, v, scores);
+        };
+        let Ok(block) = block_keys(&q, layout, k_block.clone(), v_block.clone()) else {
+            return in_two(k, v, scores);
+        };
+        let kv_heads = k.meta.shape()[1];
+        let Some((mask, list)) = pages::select_page_list(
+            scores.clone(),
+            kv_heads,
+            choice.pages_per_query,
+            choice.keep_first,
+            choice.keep_last,
+            I::dtype(),
+        ) else {
+            return in_two(k, v, scores);
+        };
+        let paged = Some((mask.clone(), choice.page_size));
+        let Ok(mut sparse) = key_source(&q_active, k.clone(), v.clone(), paged) else {
+            // The selection is made: the step alone, which falls back on the same grounds.
+            let (out, refreshed) = Self::losa_sparse_step(
+                q,
+                k_block,
+                v_block,
+                (k, v, mask.clone(), choice.page_size),
+                cached,
+                rows,
+                q_active,
+                scale,
+            );
+            return (out, refreshed, mask);
+        };
+        sparse.list = Some(list);
+        let (out, refreshed) =
+            attention::sparse_step(q, layout, block, q_active, sparse, cached, rows, scale);
+        (out, refreshed, mask)
     }
 
     fn losa_merge(

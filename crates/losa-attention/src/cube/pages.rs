@@ -7,7 +7,7 @@ use burn_cubecl::{
 };
 use cubecl::prelude::*;
 
-use super::{NEG_SENTINEL, channel_contiguous, elemwise_count};
+use super::{NEG_SENTINEL, attention::run_offsets, channel_contiguous, elemwise_count};
 
 /// One unit per (batch, KV head, page, channel): min and max over the page's valid rows.
 #[cube(launch)]
@@ -473,6 +473,101 @@ fn union_kernel<I: Int>(
     mask[pos] = I::cast_from(hit);
 }
 
+/// [`union_kernel`] and the page list of its mask (what the sparse attention's compaction
+/// makes of a mask) in one launch: one cube per (batch, KV head). The units first decide the
+/// pages interleaved (page `unit + i * units`, so that the rows' score loads coalesce), into
+/// the mask and a copy staged in shared memory (`staged` pages); then each unit takes a
+/// contiguous run of the pages, counts its set ones, and a scan over the units gives each run
+/// its place in the list.
+#[cube(launch)]
+#[allow(
+    clippy::too_many_arguments,
+    clippy::manual_div_ceil,
+    clippy::collapsible_if
+)]
+fn union_list_kernel<I: Int>(
+    scores: &Array<f32>,
+    threshold: &Array<f32>,
+    mask: &mut Array<I>,
+    pages: &mut Array<u32>,
+    count: &mut Array<u32>,
+    np: usize,
+    s: usize,
+    hq: usize,
+    hkv: usize,
+    keep_first: u32,
+    keep_last: u32,
+    #[comptime] units: usize,
+    #[comptime] staged: usize,
+    #[define(I)] _dtype: StorageType,
+) {
+    let bk = CUBE_POS_X as usize + CUBE_POS_Y as usize * CUBE_COUNT_X as usize;
+    let unit = UNIT_POS_X as usize;
+    // Cubes past the last (batch, KV head) still join the scan's barriers; they write nothing.
+    let valid_cube = bk < count.len();
+    let g = hq / hkv;
+    let row0 = ((bk / hkv) * hq + (bk % hkv) * g) * s;
+    let rows = g * s;
+    let base = bk * np;
+    let mut hits = SharedMemory::<u32>::new(staged);
+    if valid_cube {
+        let mut p = unit;
+        while p < np {
+            let mut hit = 0u32.runtime();
+            if keep_first == 1u32 && p == 0 {
+                hit = 1u32;
+            }
+            if keep_last == 1u32 && p + 1 == np {
+                hit = 1u32;
+            }
+            let mut r = 0usize.runtime();
+            // Four rows' loads in flight at a time, as in the union kernel.
+            while r < rows {
+                #[unroll]
+                for j in 0..4usize {
+                    let row = r + j;
+                    if row < rows {
+                        if scores[(row0 + row) * np + p] >= threshold[row0 + row] {
+                            hit = 1u32;
+                        }
+                    }
+                }
+                r += 4;
+            }
+            hits[p] = hit;
+            mask[base + p] = I::cast_from(hit);
+            p += units;
+        }
+    }
+    sync_cube();
+    let per = (np + units - 1) / units;
+    let start = min(unit * per, np);
+    let end = min(start + per, np);
+    let mut mine = 0u32.runtime();
+    if valid_cube {
+        let mut p = start;
+        while p < end {
+            mine += hits[p];
+            p += 1;
+        }
+    }
+    let (offset, total) = run_offsets(mine, units);
+    if valid_cube {
+        let mut at = offset as usize;
+        let mut p = start;
+        while p < end {
+            if hits[p] == 1u32 {
+                pages[base + at] = p as u32;
+                at += 1;
+            }
+            p += 1;
+        }
+        if unit == 0 {
+            count[bk] = total;
+        }
+    }
+}
+
 pub(crate) fn page_bounds<R: CubeRuntime>(
     k: CubeTensor<R>,
     page_size: usize,
@@ -578,7 +673,36 @@ pub(crate) fn select_pages<R: CubeRuntime>(
             (Shape::new([b, kv_heads, np]), int_dtype),
         ],
     );
-    // One cube per row.
+    launch_thresholds(&scores, &threshold, pages_per_query);
+    let (count, dim) = elemwise_count(&client, b * kv_heads * np);
+    union_kernel::launch::<R>(
+        &client,
+        count,
+        dim,
+        scores.into_array_arg(),
+        threshold.into_array_arg(),
+        mask.clone().into_array_arg(),
+        np,
+        s,
+        hq,
+        kv_heads,
+        keep_first as u32,
+        keep_last as u32,
+        int_dtype.into(),
+    );
+    mask
+}
+
+/// Writes into `threshold` (fp32 `[b * hq * s]`) the `pages_per_query`-th largest score of
+/// every row of the contiguous `scores` `[b, hq, s, np]` (a sentinel below every score for a
+/// row without live scores): one cube per row.
+fn launch_thresholds<R: CubeRuntime>(
+    scores: &CubeTensor<R>,
+    threshold: &CubeTensor<R>,
+    pages_per_query: usize,
+) {
+    let [b, hq, s, np] = scores.meta.shape().dims::<4>();
+    let client = scores.client.clone();
     let rows = b * hq * s;
     // Plane (warp) reductions where the runtime has them (CUDA); a shared-memory tree elsewhere
     // (lavapipe reports none).
@@ -615,21 +739,64 @@ pub(crate) fn select_pages<R: CubeRuntime>(
             staged,
         );
     }
-    let (count, dim) = elemwise_count(&client, b * kv_heads * np);
-    union_kernel::launch::<R>(
+}
+
+/// A page list: the indices of a mask's set pages per (batch, KV head) `[b * hkv * np]`, in
+/// order from each row's start, and their counts `[b * hkv]` (both u32), as the sparse
+/// attention kernels read it.
+pub(crate) type PageList<R> = (CubeTensor<R>, CubeTensor<R>);
+
+/// [`select_pages`] with the mask's page list made in the same launch as the union
+/// ([`union_list_kernel`]), for a sparse step that reads the list at once: `(mask, list)`.
+/// `None` where the kernel does not fit: more pages than [`MAX_STAGED`], or the pages' staging
+/// and the scan beyond the shared memory.
+pub(crate) fn select_page_list<R: CubeRuntime>(
+    scores: CubeTensor<R>,
+    kv_heads: usize,
+    pages_per_query: usize,
+    keep_first: bool,
+    keep_last: bool,
+    int_dtype: DType,
+) -> Option<(CubeTensor<R>, PageList<R>)> {
+    let [b, hq, s, np] = scores.meta.shape().dims::<4>();
+    let client = scores.client.clone();
+    let units = super::attention::compact_units(&client);
+    // The staging holds a power of two of pages, so that a cache growing page by page reuses
+    // one compiled kernel for a while.
+    let staged = np.next_power_of_two();
+    let shared = (staged + units) * size_of::<u32>();
+    if np == 0 || np > MAX_STAGED || shared > client.properties().hardware.max_shared_memory_size {
+        return None;
+    }
+    let scores = into_contiguous(scores);
+    let [threshold, mask, pages, count] = super::alloc_array(
+        &scores,
+        [
+            (Shape::new([b * hq * s]), DType::F32),
+            (Shape::new([b, kv_heads, np]), int_dtype),
+            (Shape::new([b * kv_heads * np]), DType::U32),
+            (Shape::new([b * kv_heads]), DType::U32),
+        ],
+    );
+    launch_thresholds(&scores, &threshold, pages_per_query);
+    union_list_kernel::launch::<R>(
         &client,
-        count,
-        dim,
+        super::cube_grid(b * kv_heads),
+        CubeDim::new_1d(units as u32),
         scores.into_array_arg(),
         threshold.into_array_arg(),
         mask.clone().into_array_arg(),
+        pages.clone().into_array_arg(),
+        count.clone().into_array_arg(),
         np,
         s,
         hq,
         kv_heads,
         keep_first as u32,
         keep_last as u32,
+        units,
+        staged,
         int_dtype.into(),
     );
-    mask
+    Some((mask, (pages, count)))
 }
