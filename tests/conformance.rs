@@ -306,6 +306,59 @@ fn block_attention_matches_reference() {
     assert_on_kernels();
 }
 
+/// A sparse step's inputs for shape `x`, from seeds `seed..seed + 8`: the block's queries,
+/// keys and values, the prefix's keys and values, the cached rows `(O, LSE, q)`, and the active
+/// rows `picked` (the same in every batch) with their queries.
+struct StepInputs<B: Backend> {
+    q: Tensor<B, 4>,
+    kb: Tensor<B, 4>,
+    vb: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    cached: (Tensor<B, 4>, Tensor<B, 3>, Tensor<B, 4>),
+    rows: Tensor<B, 2, Int>,
+    q_a: Tensor<B, 4>,
+}
+
+/// [`StepInputs`] on the device under test and the same values on the reference.
+fn step_inputs(x: &Shape, seed: u64, picked: &[i64]) -> (StepInputs<Dut>, StepInputs<Ref>) {
+    let (qd, qr) = pair(seed, [x.b, x.hq, x.s, x.d]);
+    let (kbd, kbr) = pair(seed + 1, [x.b, x.hkv, x.s, x.d]);
+    let (vbd, vbr) = pair(seed + 2, [x.b, x.hkv, x.s, x.d]);
+    let (kd, kr) = pair(seed + 3, [x.b, x.hkv, x.n, x.d]);
+    let (vd, vr) = pair(seed + 4, [x.b, x.hkv, x.n, x.d]);
+    let (ocd, ocr) = pair(seed + 5, [x.b, x.hq, x.s, x.d]);
+    let (qcd, qcr) = pair(seed + 6, [x.b, x.hq, x.s, x.d]);
+    let lse_r = tensor4::<Ref>(seed + 7, [x.b, x.hq, x.s, 1], &rdev()).reshape([x.b, x.hq, x.s]);
+    let lse_d = to_backend::<Ref, Dut, 3>(&lse_r, &ddev());
+    let rows: Vec<i64> = (0..x.b).flat_map(|_| picked.to_vec()).collect();
+    let rows_d = ints::<Dut, 2>(&rows, [x.b, picked.len()], &ddev());
+    let rows_r = ints::<Ref, 2>(&rows, [x.b, picked.len()], &rdev());
+    use losa::losa_attention::reference::gather_rows;
+    (
+        StepInputs {
+            q_a: gather_rows(qd.clone(), rows_d.clone()),
+            q: qd,
+            kb: kbd,
+            vb: vbd,
+            k: kd,
+            v: vd,
+            cached: (ocd, lse_d, qcd),
+            rows: rows_d,
+        },
+        StepInputs {
+            q_a: gather_rows(qr.clone(), rows_r.clone()),
+            q: qr,
+            kb: kbr,
+            vb: vbr,
+            k: kr,
+            v: vr,
+            cached: (ocr, lse_r, qcr),
+            rows: rows_r,
+        },
+    )
+}
+
 /// LoSA's sparse step in one op (the active rows' sparse prefix attention written into the
 /// cached rows, merged with the block) against the reference's attention, write-back and block
 /// attention, on every attention shape: the step's output and the refreshed rows.
@@ -313,50 +366,36 @@ fn block_attention_matches_reference() {
 fn sparse_step_matches_reference() {
     let (_, atol, rtol) = dut_dtype();
     for (case, x) in shapes() {
-        let (qd, qr) = pair(51, [x.b, x.hq, x.s, x.d]);
-        let (kbd, kbr) = pair(52, [x.b, x.hkv, x.s, x.d]);
-        let (vbd, vbr) = pair(53, [x.b, x.hkv, x.s, x.d]);
-        let (kd, kr) = pair(54, [x.b, x.hkv, x.n, x.d]);
-        let (vd, vr) = pair(55, [x.b, x.hkv, x.n, x.d]);
-        let (ocd, ocr) = pair(56, [x.b, x.hq, x.s, x.d]);
-        let (qcd, qcr) = pair(57, [x.b, x.hq, x.s, x.d]);
-        let lse_r = tensor4::<Ref>(58, [x.b, x.hq, x.s, 1], &rdev()).reshape([x.b, x.hq, x.s]);
-        let lse_d = to_backend::<Ref, Dut, 3>(&lse_r, &ddev());
         let scale = 1.0 / (x.d as f32).sqrt();
         // The last row, the first, and every third, at most half the block.
         let mut picked: Vec<i64> = vec![x.s as i64 - 1];
         picked.extend((0..x.s as i64 - 1).step_by(3));
         picked.truncate(x.s.div_ceil(2));
-        let k_active = picked.len();
-        let rows: Vec<i64> = (0..x.b).flat_map(|_| picked.clone()).collect();
-        let rows_d = ints::<Dut, 2>(&rows, [x.b, k_active], &ddev());
-        let rows_r = ints::<Ref, 2>(&rows, [x.b, k_active], &rdev());
-        let qad = losa::losa_attention::reference::gather_rows(qd.clone(), rows_d.clone());
-        let qar = losa::losa_attention::reference::gather_rows(qr.clone(), rows_r.clone());
+        let (d, r) = step_inputs(&x, 51, &picked);
         let np = x.n.div_ceil(x.page);
         let mask: Vec<i64> = (0..x.b * x.hkv * np)
             .map(|i| (i % np % 2 == 1 || i % np == 0) as i64)
             .collect();
         let shape = [x.b, x.hkv, np];
         let (got, got_rows) = ops::sparse_step(
-            qd,
-            kbd,
-            vbd,
-            (kd, vd, ints::<Dut, 3>(&mask, shape, &ddev()), x.page),
-            (ocd, lse_d, qcd),
-            rows_d,
-            qad,
+            d.q,
+            d.kb,
+            d.vb,
+            (d.k, d.v, ints::<Dut, 3>(&mask, shape, &ddev()), x.page),
+            d.cached,
+            d.rows,
+            d.q_a,
             scale,
         )
         .unwrap();
         let (expected, expected_rows) = ops::sparse_step(
-            qr,
-            kbr,
-            vbr,
-            (kr, vr, ints::<Ref, 3>(&mask, shape, &rdev()), x.page),
-            (ocr, lse_r, qcr),
-            rows_r,
-            qar,
+            r.q,
+            r.kb,
+            r.vb,
+            (r.k, r.v, ints::<Ref, 3>(&mask, shape, &rdev()), x.page),
+            r.cached,
+            r.rows,
+            r.q_a,
             scale,
         )
         .unwrap();
@@ -388,15 +427,6 @@ fn sparse_step_matches_reference() {
 fn selected_sparse_step_matches_the_selection_and_the_step() {
     let (_, atol, rtol) = dut_dtype();
     for (i, (case, x)) in shapes().into_iter().enumerate() {
-        let (qd, qr) = pair(61, [x.b, x.hq, x.s, x.d]);
-        let (kbd, kbr) = pair(62, [x.b, x.hkv, x.s, x.d]);
-        let (vbd, vbr) = pair(63, [x.b, x.hkv, x.s, x.d]);
-        let (kd, kr) = pair(64, [x.b, x.hkv, x.n, x.d]);
-        let (vd, vr) = pair(65, [x.b, x.hkv, x.n, x.d]);
-        let (ocd, ocr) = pair(66, [x.b, x.hq, x.s, x.d]);
-        let (qcd, qcr) = pair(67, [x.b, x.hq, x.s, x.d]);
-        let lse_r = tensor4::<Ref>(68, [x.b, x.hq, x.s, 1], &rdev()).reshape([x.b, x.hq, x.s]);
-        let lse_d = to_backend::<Ref, Dut, 3>(&lse_r, &ddev());
         let scale = 1.0 / (x.d as f32).sqrt();
         // The first row, the last, and every fourth, at most half the block.
         let mut picked: Vec<i64> = vec![0, x.s as i64 - 1];
@@ -404,11 +434,7 @@ fn selected_sparse_step_matches_the_selection_and_the_step() {
         picked.dedup();
         picked.truncate(x.s.div_ceil(2).max(1));
         let k_active = picked.len();
-        let rows: Vec<i64> = (0..x.b).flat_map(|_| picked.clone()).collect();
-        let rows_d = ints::<Dut, 2>(&rows, [x.b, k_active], &ddev());
-        let rows_r = ints::<Ref, 2>(&rows, [x.b, k_active], &rdev());
-        let qad = losa::losa_attention::reference::gather_rows(qd.clone(), rows_d.clone());
-        let qar = losa::losa_attention::reference::gather_rows(qr.clone(), rows_r.clone());
+        let (d, r) = step_inputs(&x, 61, &picked);
         let np = x.n.div_ceil(x.page);
         // The same fp32 scores on both sides, so that both select the same pages.
         let scores_r = tensor4::<Ref>(69, [x.b, x.hq, k_active, np], &rdev());
@@ -425,14 +451,14 @@ fn selected_sparse_step_matches_the_selection_and_the_step() {
                 .with_keep_last_page(false)
         };
         let ((got, got_rows), mask_d) = ops::selected_sparse_step(
-            qd,
-            kbd,
-            vbd,
-            (kd, vd, scores_d),
+            d.q,
+            d.kb,
+            d.vb,
+            (d.k, d.v, scores_d),
             &pages,
-            (ocd, lse_d, qcd),
-            rows_d,
-            qad,
+            d.cached,
+            d.rows,
+            d.q_a,
             scale,
         )
         .unwrap();
@@ -445,13 +471,13 @@ fn selected_sparse_step_matches_the_selection_and_the_step() {
         )
         .unwrap();
         let (expected, expected_rows) = ops::sparse_step(
-            qr,
-            kbr,
-            vbr,
-            (kr, vr, mask_r.clone(), x.page),
-            (ocr, lse_r, qcr),
-            rows_r,
-            qar,
+            r.q,
+            r.kb,
+            r.vb,
+            (r.k, r.v, mask_r.clone(), x.page),
+            r.cached,
+            r.rows,
+            r.q_a,
             scale,
         )
         .unwrap();

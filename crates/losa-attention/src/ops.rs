@@ -7,7 +7,7 @@ use burn::tensor::{Int, Tensor, TensorPrimitive};
 
 use crate::{
     LosaBackend, PageSelectionConfig,
-    backend::PageChoice,
+    backend::{OutLse, PageChoice, RowState},
     error::{LosaError, Result},
     reference,
 };
@@ -229,7 +229,7 @@ pub fn sparse_step<B: LosaBackend>(
         &q_active,
     )?;
     let (o_c, lse_c, q_c) = cached;
-    let ((o, lse), (o_new, lse_new, q_new)) = B::losa_sparse_step(
+    Ok(step_output::<B>(B::losa_sparse_step(
         prim(q),
         prim(k_block),
         prim(v_block),
@@ -238,11 +238,17 @@ pub fn sparse_step<B: LosaBackend>(
         rows.into_primitive(),
         prim(q_active),
         scale,
-    );
-    Ok((
+    )))
+}
+
+/// A sparse step's primitives as tensors.
+fn step_output<B: LosaBackend>(
+    ((o, lse), (o_new, lse_new, q_new)): (OutLse<B>, RowState<B>),
+) -> SparseStepOutput<B> {
+    (
         (float(o), float(lse)),
         (float(o_new), float(lse_new), float(q_new)),
-    ))
+    )
 }
 
 /// [`select_pages`] of the active rows' page `scores` (as [`page_scores`] of `q_active`
@@ -297,7 +303,7 @@ pub fn selected_sparse_step<B: LosaBackend>(
         keep_last: pages.keep_last_page,
     };
     let (o_c, lse_c, q_c) = cached;
-    let ((o, lse), (o_new, lse_new, q_new), mask) = B::losa_selected_sparse_step(
+    let (out, refreshed, mask) = B::losa_selected_sparse_step(
         prim(q),
         prim(k_block),
         prim(v_block),
@@ -309,10 +315,7 @@ pub fn selected_sparse_step<B: LosaBackend>(
         scale,
     );
     Ok((
-        (
-            (float(o), float(lse)),
-            (float(o_new), float(lse_new), float(q_new)),
-        ),
+        step_output::<B>((out, refreshed)),
         Tensor::from_primitive(mask),
     ))
 }

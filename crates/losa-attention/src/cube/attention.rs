@@ -56,9 +56,7 @@ fn compact_pages<I: Int>(
     let unit = UNIT_POS_X as usize;
     let valid_cube = bk < count.len();
     let base = bk * np;
-    let per = (np + units - 1) / units;
-    let start = min(unit * per, np);
-    let end = min(start + per, np);
+    let (start, end) = unit_run(np, units);
     let mut mine = 0u32.runtime();
     if valid_cube {
         let mut p = start;
@@ -90,6 +88,15 @@ fn compact_pages<I: Int>(
             count[bk] = total;
         }
     }
+}
+
+/// This unit's contiguous run `start..end` of `n` items shared out over `units` units.
+#[cube]
+#[allow(clippy::manual_div_ceil)]
+pub(crate) fn unit_run(n: usize, #[comptime] units: usize) -> (usize, usize) {
+    let per = (n + units - 1) / units;
+    let start = min(UNIT_POS_X as usize * per, n);
+    (start, min(start + per, n))
 }
 
 /// Where each unit's run starts in a cube's compacted output, given the unit's count `mine`:
@@ -141,12 +148,12 @@ fn set_pages<I: Int>(mask: &Array<I>, base: usize, p: usize, end: usize) -> Arra
 #[derive(CubeLaunch, CubeType, Clone, Copy)]
 pub(crate) struct KvStrides {
     pub(crate) hkv: usize,
-    k_batch: usize,
-    k_head: usize,
-    k_row: usize,
-    v_batch: usize,
-    v_head: usize,
-    v_row: usize,
+    pub(crate) k_batch: usize,
+    pub(crate) k_head: usize,
+    pub(crate) k_row: usize,
+    pub(crate) v_batch: usize,
+    pub(crate) v_head: usize,
+    pub(crate) v_row: usize,
 }
 
 /// [`KvStrides`] of `k`, `v` `[b, hkv, n, d]` read in vectors of `width`.

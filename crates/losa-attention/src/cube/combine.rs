@@ -17,7 +17,11 @@ use burn::tensor::{DType, Shape};
 use burn_cubecl::{CubeRuntime, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
 
-use super::{NEG_SENTINEL, alloc_array, channel_contiguous, channel_vector_width, cube_grid};
+use super::{
+    NEG_SENTINEL, alloc_array,
+    attention::{KvStrides, KvStridesLaunch, kv_strides},
+    channel_contiguous, channel_vector_width, cube_grid,
+};
 
 /// Units a combine cube aims at: groups of `d / width` units, each group a stride of chunks.
 const COMBINE_UNITS: usize = 256;
@@ -118,20 +122,6 @@ struct RowAt {
     v_step: usize,
 }
 
-/// Strides of the block's keys and values `[b, hkv, n, d]` over batch, KV head and key, in
-/// vectors (kernel arguments, not tensor metadata, which a launch uploads first). The values
-/// come out of the q/k/v projection positions first (`[b, n, hkv, d]` seen heads first): read
-/// through their strides, they need no copy per layer and step.
-#[derive(CubeLaunch, CubeType, Clone, Copy)]
-pub(crate) struct KeyStrides {
-    k_b: usize,
-    k_h: usize,
-    k_s: usize,
-    v_b: usize,
-    v_h: usize,
-    v_s: usize,
-}
-
 /// The cube's row of `rows` (`hq` query heads, `s` rows a block, `group` query heads per KV
 /// head) and the unit's place in it.
 #[cube]
@@ -140,7 +130,7 @@ fn row_at(
     hq: usize,
     s: usize,
     group: usize,
-    blk: &KeyStrides,
+    blk: &KvStrides,
     #[comptime] dv: usize,
 ) -> RowAt {
     let cube = CUBE_POS_X as usize + CUBE_POS_Y as usize * CUBE_COUNT_X as usize;
@@ -157,10 +147,10 @@ fn row_at(
         si,
         cv: unit % dv,
         g: unit / dv,
-        k_base: bi * blk.k_b + kvh * blk.k_h,
-        k_step: blk.k_s,
-        v_base: bi * blk.v_b + kvh * blk.v_h,
-        v_step: blk.v_s,
+        k_base: bi * blk.k_batch + kvh * blk.k_head,
+        k_step: blk.k_row,
+        v_base: bi * blk.v_batch + kvh * blk.v_head,
+        v_step: blk.v_row,
     }
 }
 
@@ -366,7 +356,7 @@ fn combine_rows_kernel<F: Float, N: Size>(
     hq: usize,
     s: usize,
     group: usize,
-    blk: KeyStrides,
+    blk: KvStrides,
     scale: f32,
     neg_inf: f32,
     #[comptime] dv: usize,
@@ -453,7 +443,7 @@ fn sparse_step_rows_kernel<F: Float, N: Size, I: Int>(
     hq: usize,
     s: usize,
     group: usize,
-    blk: KeyStrides,
+    blk: KvStrides,
     scale: f32,
     neg_inf: f32,
     #[comptime] dv: usize,
@@ -609,20 +599,12 @@ impl<R: CubeRuntime> BlockKeys<R> {
         usize,
         CubeTensor<R>,
         CubeTensor<R>,
-        KeyStridesLaunch<R>,
+        KvStridesLaunch<R>,
     ) {
         match block {
             Some(blk) => {
                 let [_, hkv, n, _] = blk.k.meta.shape().dims::<4>();
-                let (ks, vs) = (blk.k.meta.strides(), blk.v.meta.strides());
-                let strides = KeyStridesLaunch::new(
-                    ks[0] / width,
-                    ks[1] / width,
-                    ks[2] / width,
-                    vs[0] / width,
-                    vs[1] / width,
-                    vs[2] / width,
-                );
+                let strides = kv_strides(&blk.k, &blk.v, width);
                 (n, hkv, blk.k, blk.v, strides)
             }
             None => (
@@ -630,7 +612,7 @@ impl<R: CubeRuntime> BlockKeys<R> {
                 q.meta.shape()[1],
                 q.clone(),
                 q.clone(),
-                KeyStridesLaunch::new(0, 0, 0, 0, 0, 0),
+                kv_strides(q, q, width),
             ),
         }
     }

@@ -486,7 +486,7 @@ where
         q_active: FloatTensor<Self>,
         scale: f32,
     ) -> (OutLse<Self>, RowState<Self>, IntTensor<Self>) {
-        // Where the fused path does not apply: the selection and the step as two ops (each
+        // Where the one-launch selection does not apply: the selection and the step as two ops (each
         // its kernels, or its own reference fallback).
         let in_two = |k, v, scores| {
             on_primitives::selected_sparse_step_in_two::<Self>(

@@ -7,7 +7,11 @@ use burn_cubecl::{
 };
 use cubecl::prelude::*;
 
-use super::{NEG_SENTINEL, attention::run_offsets, channel_contiguous, elemwise_count};
+use super::{
+    NEG_SENTINEL,
+    attention::{run_offsets, unit_run},
+    channel_contiguous, elemwise_count,
+};
 
 /// One unit per (batch, KV head, page, channel): min and max over the page's valid rows.
 #[cube(launch)]
@@ -445,17 +449,25 @@ fn union_kernel<I: Int>(
     let g = hq / hkv;
     let page = pos % np;
     let bk = pos / np;
-    let b = bk / hkv;
-    let kvh = bk % hkv;
-    let mut hit = 0u32.runtime();
-    if keep_first == 1u32 && page == 0 {
-        hit = 1u32;
-    }
-    if keep_last == 1u32 && page + 1 == np {
-        hit = 1u32;
-    }
-    let row0 = (b * hq + kvh * g) * s;
-    let rows = g * s;
+    let row0 = ((bk / hkv) * hq + (bk % hkv) * g) * s;
+    let keep = (keep_first == 1u32 && page == 0) || (keep_last == 1u32 && page + 1 == np);
+    mask[pos] = I::cast_from(page_hit(scores, threshold, row0, g * s, np, page, keep));
+}
+
+/// Whether page `page` is kept (`keep`) or at or above the threshold of any of the `rows`
+/// packed rows from `row0` (one KV head's), as 0 / 1.
+#[cube]
+#[allow(clippy::collapsible_if)]
+fn page_hit(
+    scores: &Array<f32>,
+    threshold: &Array<f32>,
+    row0: usize,
+    rows: usize,
+    np: usize,
+    page: usize,
+    keep: bool,
+) -> u32 {
+    let mut hit = select(keep, 1u32, 0u32);
     let mut r = 0usize.runtime();
     // Four rows' loads in flight at a time: a loop of one waited for each load in turn.
     while r < rows {
@@ -470,7 +482,7 @@ fn union_kernel<I: Int>(
         }
         r += 4;
     }
-    mask[pos] = I::cast_from(hit);
+    hit
 }
 
 /// [`union_kernel`] and the page list of its mask (what the sparse attention's compaction
@@ -513,36 +525,15 @@ fn union_list_kernel<I: Int>(
     if valid_cube {
         let mut p = unit;
         while p < np {
-            let mut hit = 0u32.runtime();
-            if keep_first == 1u32 && p == 0 {
-                hit = 1u32;
-            }
-            if keep_last == 1u32 && p + 1 == np {
-                hit = 1u32;
-            }
-            let mut r = 0usize.runtime();
-            // Four rows' loads in flight at a time, as in the union kernel.
-            while r < rows {
-                #[unroll]
-                for j in 0..4usize {
-                    let row = r + j;
-                    if row < rows {
-                        if scores[(row0 + row) * np + p] >= threshold[row0 + row] {
-                            hit = 1u32;
-                        }
-                    }
-                }
-                r += 4;
-            }
+            let keep = (keep_first == 1u32 && p == 0) || (keep_last == 1u32 && p + 1 == np);
+            let hit = page_hit(scores, threshold, row0, rows, np, p, keep);
             hits[p] = hit;
             mask[base + p] = I::cast_from(hit);
             p += units;
         }
     }
     sync_cube();
-    let per = (np + units - 1) / units;
-    let start = min(unit * per, np);
-    let end = min(start + per, np);
+    let (start, end) = unit_run(np, units);
     let mut mine = 0u32.runtime();
     if valid_cube {
         let mut p = start;
