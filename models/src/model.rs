@@ -529,12 +529,14 @@ fn hidden_keys<B: Backend>(
     let query = blocks.clone().reshape([s, 1]).expand([s, s]);
     let key = blocks.reshape([1, s]).expand([s, s]);
     let hidden = key.greater(query);
-    Some(Tensor::zeros([s, s], device).mask_fill(hidden, f32::NEG_INFINITY))
+    // fp32 whatever the backend's default float: the scores it is added to are fp32.
+    let bias = Tensor::<B, 2>::zeros([s, s], device).cast(FloatDType::F32);
+    Some(bias.mask_fill(hidden, f32::NEG_INFINITY))
 }
 
-/// Attention of new tokens over their own keys, with the keys `hidden` masks out (its `-inf`s; see
-/// [`hidden_keys`]): `(O, LSE)`, the softmax and its log-sum-exp in fp32. Every query sees at
-/// least its own key, so no row is empty.
+/// Attention of new tokens over their own keys, with the keys `hidden` masks out (its `-inf`s;
+/// see [`hidden_keys`]): `(O, LSE)`, the softmax and its log-sum-exp in fp32. Every query sees
+/// at least its own key, so no row is empty.
 fn masked_attention<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,

@@ -227,9 +227,9 @@ fn block_scores<F: Float, N: Size>(
 /// One row's softmax-weighted merge of: its `parts` partials from index `first`, with `extra`
 /// one normalised result `(extra_o, extra_lse)` (a partial with `m = extra_lse`, `l = 1`;
 /// `extra_o` read in group 0's units only), and with `keys > 0` the block keys scored in
-/// `scores` (values from `v_base`, `v_step` vectors apart). Returns `(O, LSE)` in fp32, `O` for the unit's channel
-/// vector in group 0's units (zero elsewhere), `LSE` in every unit; `(0, neg_inf)` where no key
-/// was seen. Every unit must call it: it holds barriers.
+/// `scores` (values from `v_base`, `v_step` vectors apart). Returns `(O, LSE)` in fp32, `O`
+/// for the unit's channel vector in group 0's units (zero elsewhere), `LSE` in every unit;
+/// `(0, neg_inf)` where no key was seen. Every unit must call it: it holds barriers.
 #[cube]
 // The comptime conditions stay apart from the runtime ones: they decide what is generated.
 #[allow(clippy::too_many_arguments, clippy::collapsible_if)]
