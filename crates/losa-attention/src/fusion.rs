@@ -316,6 +316,22 @@ impl<B: FusionBackend + LosaBackend> Operation<B::FusionRuntime> for LosaOp<B> {
 }
 
 /// Registers `call` over `inputs` with outputs of the given shapes and dtypes; returns them.
+/// The shapes and dtypes of a sparse step's outputs: `(O, LSE)` of `q`'s rows, then the
+/// refreshed cached rows `(o, lse, q)` shaped as the cached ones.
+fn step_outputs<B: FusionBackend + LosaBackend>(
+    q: &FloatTensor<Fusion<B>>,
+    [o_c, lse_c, q_c]: [&FloatTensor<Fusion<B>>; 3],
+) -> Vec<(Vec<usize>, DType)> {
+    let [b, h, s, d] = q.shape.dims::<4>();
+    vec![
+        (vec![b, h, s, d], q.dtype),
+        (vec![b, h, s], DType::F32),
+        (o_c.shape.dims::<4>().to_vec(), o_c.dtype),
+        (vec![b, h, s], lse_c.dtype),
+        (q_c.shape.dims::<4>().to_vec(), q_c.dtype),
+    ]
+}
+
 fn register<B: FusionBackend + LosaBackend>(
     call: Call,
     inputs: Vec<FloatTensor<Fusion<B>>>,
@@ -416,14 +432,7 @@ impl<B: FusionBackend + LosaBackend> LosaBackend for Fusion<B> {
         q_active: FloatTensor<Self>,
         scale: f32,
     ) -> (OutLse<Self>, RowState<Self>) {
-        let [b, h, s, d] = q.shape.dims::<4>();
-        let outputs = [
-            (vec![b, h, s, d], q.dtype),
-            (vec![b, h, s], DType::F32),
-            (o_c.shape.dims::<4>().to_vec(), o_c.dtype),
-            (vec![b, h, s], lse_c.dtype),
-            (q_c.shape.dims::<4>().to_vec(), q_c.dtype),
-        ];
+        let outputs = step_outputs::<B>(&q, [&o_c, &lse_c, &q_c]);
         let inputs = vec![
             q, k_block, v_block, k, v, mask, o_c, lse_c, q_c, rows, q_active,
         ];
@@ -443,18 +452,10 @@ impl<B: FusionBackend + LosaBackend> LosaBackend for Fusion<B> {
         q_active: FloatTensor<Self>,
         scale: f32,
     ) -> (OutLse<Self>, RowState<Self>, IntTensor<Self>) {
-        let [b, h, s, d] = q.shape.dims::<4>();
-        let [_, hkv, _, _] = k.shape.dims::<4>();
-        let np = scores.shape[3];
-        let outputs = [
-            (vec![b, h, s, d], q.dtype),
-            (vec![b, h, s], DType::F32),
-            (o_c.shape.dims::<4>().to_vec(), o_c.dtype),
-            (vec![b, h, s], lse_c.dtype),
-            (q_c.shape.dims::<4>().to_vec(), q_c.dtype),
-            // The inner backend's int element, the dtype its selection kernel writes.
-            (vec![b, hkv, np], <IntElem<B> as Element>::dtype()),
-        ];
+        let (b, hkv, np) = (q.shape[0], k.shape[1], scores.shape[3]);
+        let mut outputs = step_outputs::<B>(&q, [&o_c, &lse_c, &q_c]);
+        // The inner backend's int element, the dtype its selection kernel writes.
+        outputs.push((vec![b, hkv, np], <IntElem<B> as Element>::dtype()));
         let inputs = vec![
             q, k_block, v_block, k, v, scores, o_c, lse_c, q_c, rows, q_active,
         ];
