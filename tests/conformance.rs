@@ -1049,7 +1049,6 @@ fn few_row_matmul_matches_reference() {
         (16, 1024, 9),
         (32, 100, 33),
         (7, 30, 5),
-        (33, 64, 8),
         // Tensor-core shapes (f16 / bf16 on CUDA): `k` a multiple of 32 and `n` of 8; one or
         // two row tiles, rows past the real ones, an odd 32-wide chunk of `k` left after the
         // warps' 64-wide runs, column groups cut short.
@@ -1062,21 +1061,19 @@ fn few_row_matmul_matches_reference() {
     ] {
         let (xd, xr) = pair2(61, rows, k);
         let (wd, wr) = pair2(62, n, k);
-        let expected = ops::few_row_matmul(xr, wr.transpose()).unwrap();
+        let expected = ops::weight_matmul(xr, wr.transpose()).unwrap();
         let scale = (k as f64).sqrt();
-        // Past 32 rows the kernel declines and burn's matmul runs (seen on CUDA f32: 3x the
-        // f32 tolerance, TF32 rounding).
+        // Seen on CUDA f32: 3x the f32 tolerance, TF32 rounding.
         let burn_tol = (atol.max(1e-2), rtol.max(1e-2));
-        let kernel_tol = if rows > 32 { burn_tol } else { (atol, rtol) };
         for (layout, w, (atol, rtol)) in [
-            ("transposed [n, k]", wd.clone().transpose(), kernel_tol),
+            ("transposed [n, k]", wd.clone().transpose(), (atol, rtol)),
             (
                 "contiguous [k, n]",
                 Tensor::<Dut, 2>::from_data(wd.transpose().to_data(), &ddev()).cast(dtype),
                 burn_tol,
             ),
         ] {
-            let got = ops::few_row_matmul(xd.clone(), w).unwrap();
+            let got = ops::weight_matmul(xd.clone(), w).unwrap();
             assert_eq!(got.dims(), [rows, n]);
             assert_close(
                 &format!("few-row matmul {rows}x{k}x{n}, w {layout}"),
@@ -1090,8 +1087,8 @@ fn few_row_matmul_matches_reference() {
     // Rows read through a view (a slice of a longer block).
     let (x_long, x_long_ref) = pair2(63, 20, 64);
     let (wd, wr) = pair2(64, 24, 64);
-    let got = ops::few_row_matmul(x_long.narrow(0, 4, 12), wd.transpose()).unwrap();
-    let expected = ops::few_row_matmul(x_long_ref.narrow(0, 4, 12), wr.transpose()).unwrap();
+    let got = ops::weight_matmul(x_long.narrow(0, 4, 12), wd.transpose()).unwrap();
+    let expected = ops::weight_matmul(x_long_ref.narrow(0, 4, 12), wr.transpose()).unwrap();
     assert_close(
         "few-row matmul of a row slice",
         &host(&got),
@@ -1099,6 +1096,43 @@ fn few_row_matmul_matches_reference() {
         atol * 8.0,
         rtol,
     );
+    assert_on_kernels();
+}
+
+/// A prefill chunk's weight matmul (more than 32 rows): in f16 / bf16 on CUDA the tiled
+/// tensor-core kernel (`gemm_mma.rs`), elsewhere burn's matmul. Shapes cover one row, fewer
+/// rows than a 128-row tile and several tiles with a ragged last one, `k` ending inside a
+/// 64-wide stage (and inside its second 32-wide chunk), and `n` cut short of a 128-column tile.
+#[test]
+fn many_row_matmul_matches_reference() {
+    let (dtype, atol, rtol) = dut_dtype();
+    // burn's matmul may run f32 on TF32 tensor cores (see above).
+    let (atol, rtol) = if dtype == FloatDType::F32 {
+        (atol.max(1e-2), rtol.max(1e-2))
+    } else {
+        (atol, rtol)
+    };
+    for (rows, k, n) in [
+        (33, 64, 8),
+        (100, 72, 130),
+        (128, 128, 128),
+        (129, 1056, 136),
+        (300, 200, 264),
+        (64, 40, 256),
+    ] {
+        let (xd, xr) = pair2(65, rows, k);
+        let (wd, wr) = pair2(66, n, k);
+        let expected = ops::weight_matmul(xr, wr.transpose()).unwrap();
+        let got = ops::weight_matmul(xd, wd.transpose()).unwrap();
+        assert_eq!(got.dims(), [rows, n]);
+        assert_close(
+            &format!("many-row matmul {rows}x{k}x{n}"),
+            &host(&got),
+            &host(&expected),
+            atol * (k as f64).sqrt(),
+            rtol,
+        );
+    }
     assert_on_kernels();
 }
 
@@ -1125,7 +1159,7 @@ fn few_row_matmuls_and_swiglu_match_reference() {
         let got = ops::few_row_matmuls(xd.clone(), &wd).unwrap();
         assert_eq!(got.len(), ns.len());
         for (i, ((_, wr), got)) in weights.iter().zip(&got).enumerate() {
-            let expected = ops::few_row_matmul(xr.clone(), wr.clone().transpose()).unwrap();
+            let expected = ops::weight_matmul(xr.clone(), wr.clone().transpose()).unwrap();
             assert_close(
                 &format!("few-row matmuls {rows}x{k}, weight {i} of {ns:?}"),
                 &host(got),
@@ -1148,8 +1182,8 @@ fn few_row_matmuls_and_swiglu_match_reference() {
         let (gd, gr) = pair2(82, n, k);
         let (ud, ur) = pair2(83, n, k);
         let got = ops::few_row_swiglu(xd, gd.transpose(), ud.transpose()).unwrap();
-        let gate = ops::few_row_matmul(xr.clone(), gr.transpose()).unwrap();
-        let up = ops::few_row_matmul(xr, ur.transpose()).unwrap();
+        let gate = ops::weight_matmul(xr.clone(), gr.transpose()).unwrap();
+        let up = ops::weight_matmul(xr, ur.transpose()).unwrap();
         let expected = ops::swiglu(gate, up).unwrap();
         assert_eq!(got.dims(), [rows, n]);
         assert_close(
@@ -1254,10 +1288,10 @@ fn greedy_predictions_match_reference() {
 fn few_row_matmul_rejects_bad_shapes() {
     let (x, _) = pair2(65, 4, 32);
     let (w, _) = pair2(66, 31, 8);
-    let err = ops::few_row_matmul(x.clone(), w).unwrap_err().to_string();
-    assert!(err.contains("few_row_matmul"), "{err}");
+    let err = ops::weight_matmul(x.clone(), w).unwrap_err().to_string();
+    assert!(err.contains("weight_matmul"), "{err}");
     let empty = Tensor::<Dut, 2>::zeros([32, 0], &ddev());
-    let err = ops::few_row_matmul(x, empty).unwrap_err().to_string();
+    let err = ops::weight_matmul(x, empty).unwrap_err().to_string();
     assert!(err.contains("empty"), "{err}");
     assert_on_kernels();
 }

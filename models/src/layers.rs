@@ -151,20 +151,17 @@ pub struct AttentionProj<B: Backend> {
 /// Most rows (batch x block tokens) that go through the few-row weight matmul.
 const FEW_ROWS: usize = 32;
 
-/// `x [b, s, k] · w [k, n]`. A denoising block's few rows go through [`ops::few_row_matmul`]:
-/// on the CubeCL backends a kernel that reads the weight once at memory speed, where burn's
-/// general matmul tiles 16 rows badly (55-175 GB/s on the H100). Prompt prefill (many rows) and
-/// the other backends keep burn's matmul; under autodiff the op is a plain matmul, so training
-/// is unchanged.
+/// `x [b, s, k] · w [k, n]` through [`ops::weight_matmul`]: on the CubeCL backends a denoising
+/// block's few rows take a kernel that reads the weight once at memory speed, where burn's
+/// general matmul tiles 16 rows badly (55-175 GB/s on the H100), and in f16 / bf16 on CUDA a
+/// prefill chunk's many rows a tiled tensor-core kernel; elsewhere burn's matmul. Under
+/// autodiff the op is a plain matmul, so training is unchanged.
 pub(crate) fn project<B: LosaBackend>(x: Tensor<B, 3>, w: Tensor<B, 2>) -> Tensor<B, 3> {
     let [b, s, k] = x.dims();
-    let rows = b * s;
-    if (1..=FEW_ROWS).contains(&rows) {
-        // Shapes the op rejects are left to burn's matmul to report.
-        if let Ok(y) = ops::few_row_matmul(x.clone().reshape([rows, k]), w.clone()) {
-            let n = y.dims()[1];
-            return y.reshape([b, s, n]);
-        }
+    // Shapes the op rejects (empty ones) are left to burn's matmul to report.
+    if let Ok(y) = ops::weight_matmul(x.clone().reshape([b * s, k]), w.clone()) {
+        let n = y.dims()[1];
+        return y.reshape([b, s, n]);
     }
     x.matmul(w.unsqueeze_dim(0))
 }

@@ -1,9 +1,10 @@
-//! `losa bench matmul`: the weight matmuls of one denoising block (16 or 32 rows) on a real
-//! model shape, through the few-row kernel and through burn's matmul, on the same device in the
-//! same run, and the one-launch q/k/v and gate/up/SwiGLU products against burn's separate ones.
-//! Each weight is the transposed view of an `nn.Linear` `[out, in]` matrix, as a
-//! loaded checkpoint holds it. Reports time, weight bytes over time, and the ratio; writes
-//! `bench/results/matmul-<name>.json`.
+//! `losa bench matmul`: the weight matmuls of one denoising block (16 or 32 rows) or of a
+//! prefill chunk (`--rows 512`) on a real model shape, through `ops::weight_matmul` (the
+//! few-row kernels up to 32 rows, the tiled tensor-core kernel past them) and through burn's
+//! matmul, on the same device in the same run, and the one-launch q/k/v and gate/up/SwiGLU
+//! products against burn's separate ones. Each weight is the transposed view of an
+//! `nn.Linear` `[out, in]` matrix, as a loaded checkpoint holds it. Reports time, weight bytes
+//! over time, TFLOPS, and the ratio; writes `bench/results/matmul-<name>.json`.
 
 use std::{path::PathBuf, time::Instant};
 
@@ -22,7 +23,7 @@ pub struct MatmulBenchArgs {
     /// Model architecture whose projections are timed.
     #[arg(long, value_enum, default_value = "sdar8b")]
     shape: Shape,
-    /// Rows (tokens of a block times batch).
+    /// Rows (tokens of a block times batch; a prefill chunk has 512).
     #[arg(long, value_delimiter = ',', default_value = "16,32")]
     rows: Vec<usize>,
     /// Timed repetitions of each product (after one untimed).
@@ -50,6 +51,9 @@ struct Row {
     burn_us: f64,
     few_row_gb_s: f64,
     burn_gb_s: f64,
+    /// `2 rows k n` over the time, in TFLOPS (what a prefill chunk's products are bound by).
+    few_row_tflops: f64,
+    burn_tflops: f64,
     speedup: f64,
     /// Largest |difference| between the two products, over the largest |value|.
     relative_difference: f64,
@@ -108,6 +112,7 @@ impl Job for &MatmulBenchArgs {
                 let scale: f32 = plain.clone().abs().max().into_scalar().elem();
                 let diff: f32 = (few - plain).abs().max().into_scalar().elem();
                 let bytes = k * n * dtype_bytes(self.dtype);
+                let flops = 2.0 * (rows * k * n) as f64;
                 let row = Row {
                     weight: name,
                     rows,
@@ -118,15 +123,19 @@ impl Job for &MatmulBenchArgs {
                     burn_us,
                     few_row_gb_s: bytes as f64 / few_us / 1e3,
                     burn_gb_s: bytes as f64 / burn_us / 1e3,
+                    few_row_tflops: flops / few_us / 1e6,
+                    burn_tflops: flops / burn_us / 1e6,
                     speedup: burn_us / few_us,
                     relative_difference: f64::from(diff / scale.max(f32::MIN_POSITIVE)),
                 };
                 eprintln!(
-                    "{rows:>2} rows  {name:<22} {k:>6}x{n:<6}  few-row {:>8.1} us {:>6.0} GB/s  burn {:>8.1} us {:>6.0} GB/s  {:.2}x  diff {:.1e}",
+                    "{rows:>2} rows  {name:<22} {k:>6}x{n:<6}  losa {:>8.1} us {:>6.0} GB/s {:>5.0} TFLOPS  burn {:>8.1} us {:>6.0} GB/s {:>5.0} TFLOPS  {:.2}x  diff {:.1e}",
                     row.few_row_us,
                     row.few_row_gb_s,
+                    row.few_row_tflops,
                     row.burn_us,
                     row.burn_gb_s,
+                    row.burn_tflops,
                     row.speedup,
                     row.relative_difference
                 );
@@ -139,7 +148,7 @@ impl Job for &MatmulBenchArgs {
             for &(name, k, n) in &weights {
                 let (w, x) = (weight(k, n), input(k));
                 let few = time::<B, _>(device, self.iterations, || {
-                    ops::few_row_matmul(x.clone(), w.clone()).map_err(|e| e.to_string())
+                    ops::weight_matmul(x.clone(), w.clone()).map_err(|e| e.to_string())
                 })?;
                 let plain =
                     time::<B, _>(device, self.iterations, || Ok(x.clone().matmul(w.clone())))?;
@@ -174,7 +183,7 @@ impl Job for &MatmulBenchArgs {
             // one operation (both paths are issued back to back, then synchronised once).
             let (x, w) = (input(64), weight(64, 16));
             let few = time::<B, _>(device, self.iterations, || {
-                ops::few_row_matmul(x.clone(), w.clone()).map_err(|e| e.to_string())
+                ops::weight_matmul(x.clone(), w.clone()).map_err(|e| e.to_string())
             })?;
             let plain = time::<B, _>(device, self.iterations, || Ok(x.clone().matmul(w.clone())))?;
             record("tiny (host cost per op)", 64, 16, few, plain);

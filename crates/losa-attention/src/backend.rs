@@ -232,14 +232,14 @@ pub trait LosaBackend: Backend {
         on_primitives::refresh_rows::<Self>(cached, rows, fresh)
     }
 
-    /// `x · w` for the few rows of a denoising block (`w` typically the transposed view of an
-    /// `nn.Linear` weight). See [`crate::reference::few_row_matmul`].
-    fn losa_few_row_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
-        on_primitives::few_row_matmul::<Self>(x, w)
+    /// `x · w` with `w` typically the transposed view of an `nn.Linear` weight: a denoising
+    /// block's few rows or a prefill chunk's many. See [`crate::reference::weight_matmul`].
+    fn losa_weight_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        on_primitives::weight_matmul::<Self>(x, w)
     }
 
     /// `[x · w for w in ws]`: the projections that share their input (q, k and v), in one
-    /// launch where the backend can. By default one [`Self::losa_few_row_matmul`] each.
+    /// launch where the backend can. By default one [`Self::losa_weight_matmul`] each.
     fn losa_few_row_matmuls(
         x: FloatTensor<Self>,
         ws: Vec<FloatTensor<Self>>,
@@ -248,7 +248,7 @@ pub trait LosaBackend: Backend {
     }
 
     /// `silu(x · gate) * (x · up)`: the MLP's two input projections and its gate, in one launch
-    /// where the backend can. By default two [`Self::losa_few_row_matmul`] and a
+    /// where the backend can. By default two [`Self::losa_weight_matmul`] and a
     /// [`Self::losa_swiglu`].
     fn losa_few_row_swiglu(
         x: FloatTensor<Self>,
@@ -513,24 +513,24 @@ pub(crate) mod on_primitives {
         prim(reference::scatter_rows::<B>(float(x), rows, float(fresh)))
     }
 
-    /// One [`LosaBackend::losa_few_row_matmul`] per weight.
+    /// One [`LosaBackend::losa_weight_matmul`] per weight.
     pub(crate) fn few_row_matmuls<B: LosaBackend>(
         x: FloatTensor<B>,
         ws: Vec<FloatTensor<B>>,
     ) -> Vec<FloatTensor<B>> {
         ws.into_iter()
-            .map(|w| B::losa_few_row_matmul(x.clone(), w))
+            .map(|w| B::losa_weight_matmul(x.clone(), w))
             .collect()
     }
 
-    /// Two [`LosaBackend::losa_few_row_matmul`] and a [`LosaBackend::losa_swiglu`].
+    /// Two [`LosaBackend::losa_weight_matmul`] and a [`LosaBackend::losa_swiglu`].
     pub(crate) fn few_row_swiglu<B: LosaBackend>(
         x: FloatTensor<B>,
         gate: FloatTensor<B>,
         up: FloatTensor<B>,
     ) -> FloatTensor<B> {
-        let gate = B::losa_few_row_matmul(x.clone(), gate);
-        let up = B::losa_few_row_matmul(x, up);
+        let gate = B::losa_weight_matmul(x.clone(), gate);
+        let up = B::losa_weight_matmul(x, up);
         B::losa_swiglu(gate, up)
     }
 
@@ -565,11 +565,11 @@ pub(crate) mod on_primitives {
         )
     }
 
-    pub(crate) fn few_row_matmul<B: Backend>(
+    pub(crate) fn weight_matmul<B: Backend>(
         x: FloatTensor<B>,
         w: FloatTensor<B>,
     ) -> FloatTensor<B> {
-        prim(reference::few_row_matmul::<B>(float(x), float(w)))
+        prim(reference::weight_matmul::<B>(float(x), float(w)))
     }
 
     pub(crate) fn greedy_predictions<B: Backend>(

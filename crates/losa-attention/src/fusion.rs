@@ -60,7 +60,7 @@ enum Call {
     },
     ScatterRows,
     RefreshRows,
-    FewRowMatmul,
+    WeightMatmul,
     FewRowMatmuls,
     FewRowSwiglu,
     GreedyPredictions {
@@ -99,7 +99,7 @@ impl Call {
             Call::PickActiveRows { .. } => "losa_pick_active_rows",
             Call::ScatterRows => "losa_scatter_rows",
             Call::RefreshRows => "losa_refresh_rows",
-            Call::FewRowMatmul => "losa_few_row_matmul",
+            Call::WeightMatmul => "losa_weight_matmul",
             Call::FewRowMatmuls => "losa_few_row_matmuls",
             Call::FewRowSwiglu => "losa_few_row_swiglu",
             Call::GreedyPredictions { .. } => "losa_greedy_predictions",
@@ -259,9 +259,9 @@ impl<B: FusionBackend + LosaBackend> Operation<B::FusionRuntime> for LosaOp<B> {
                     handles.register_float_tensor::<B>(&out.id, t);
                 }
             }
-            Call::FewRowMatmul => {
+            Call::WeightMatmul => {
                 let (x, w) = (float(handles, 0), float(handles, 1));
-                handles.register_float_tensor::<B>(&outputs[0].id, B::losa_few_row_matmul(x, w));
+                handles.register_float_tensor::<B>(&outputs[0].id, B::losa_weight_matmul(x, w));
             }
             Call::FewRowMatmuls => {
                 let x = float(handles, 0);
@@ -572,9 +572,9 @@ impl<B: FusionBackend + LosaBackend> LosaBackend for Fusion<B> {
         ))
     }
 
-    fn losa_few_row_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+    fn losa_weight_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
         let outputs = [(vec![x.shape[0], w.shape[1]], x.dtype)];
-        register::<B>(Call::FewRowMatmul, vec![x, w], &outputs).remove(0)
+        register::<B>(Call::WeightMatmul, vec![x, w], &outputs).remove(0)
     }
 
     fn losa_few_row_matmuls(

@@ -586,20 +586,21 @@ pub fn refresh_rows<B: LosaBackend>(
     Ok((float(o), float(lse), float(q)))
 }
 
-/// `x · w` for the few rows of a denoising block: a weight-bandwidth-bound kernel on CubeCL
-/// backends for up to 32 rows with `w` read along `k` (the transposed view of an `nn.Linear`
-/// weight, as burn's `Linear` holds a loaded checkpoint's); burn's matmul otherwise.
+/// `x · w` for a weight `w` read along `k` (the transposed view of an `nn.Linear` weight, as
+/// burn's `Linear` holds a loaded checkpoint's). On CubeCL backends a denoising block's few rows
+/// (up to 32) take a weight-bandwidth-bound kernel, and in f16 / bf16 on CUDA more rows (prompt
+/// prefill) a tiled tensor-core kernel; burn's matmul otherwise.
 ///
 /// # Shapes
 /// `x`: `[rows, k]`, `w`: `[k, n]` -> `[rows, n]`.
-pub fn few_row_matmul<B: LosaBackend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Result<Tensor<B, 2>> {
-    check_product("few_row_matmul", &x, &w)?;
-    Ok(float(B::losa_few_row_matmul(prim(x), prim(w))))
+pub fn weight_matmul<B: LosaBackend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Result<Tensor<B, 2>> {
+    check_product("weight_matmul", &x, &w)?;
+    Ok(float(B::losa_weight_matmul(prim(x), prim(w))))
 }
 
 /// `[x · w for w in ws]`: projections that share their input (an attention layer's q, k and
 /// v), in one launch on backends that can (the tensor-core kernel takes up to three f16 /
-/// bf16 weights); otherwise one [`few_row_matmul`] each.
+/// bf16 weights); otherwise one [`weight_matmul`] each.
 ///
 /// # Shapes
 /// `x`: `[rows, k]`, each `w`: `[k, n_i]` -> `[rows, n_i]` each.
@@ -621,7 +622,7 @@ pub fn few_row_matmuls<B: LosaBackend>(
 }
 
 /// `silu(x · gate) * (x · up)`: a SwiGLU MLP's input projections and gate, in one launch on
-/// backends that can; otherwise two [`few_row_matmul`] and a [`swiglu`]. Each product is
+/// backends that can; otherwise two [`weight_matmul`] and a [`swiglu`]. Each product is
 /// rounded to the input dtype before the gate, as the unfused path rounds it.
 ///
 /// # Shapes

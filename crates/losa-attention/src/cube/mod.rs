@@ -11,6 +11,7 @@ mod attention_mma;
 mod combine;
 mod few_rows;
 mod few_rows_mma;
+mod gemm_mma;
 mod layer_ops;
 mod merge;
 mod mma_fragments;
@@ -699,21 +700,25 @@ where
         rows::refresh_rows(cached, rows, fresh)
     }
 
-    fn losa_few_row_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+    fn losa_weight_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
         if few_rows_mma::takes(&x, &[&w]) {
             return few_rows_mma::few_row_matmul(x, w);
         }
-        if !kernel_float(x.dtype) || w.dtype != x.dtype {
-            fallback("few-row matmul", "dtypes the kernel does not take");
-            return on_primitives::few_row_matmul::<Self>(x, w);
+        if gemm_mma::takes(&x, &w) && !gemm_mma::disabled() {
+            return gemm_mma::gemm(x, w);
         }
         if !few_rows::takes(&x, &w) {
             // burn's own matmul is the kernel for these (not a stand-in): not counted.
             tracing::debug!(
-                "losa few-row matmul: more rows or columns than it serves, or a weight not read \
-                 along k; burn's matmul runs"
+                "losa weight matmul: more rows or columns than the few-row kernels serve and \
+                 not the tiled kernel's dtypes or layout, or a weight not read along k; burn's \
+                 matmul runs"
             );
-            return on_primitives::few_row_matmul::<Self>(x, w);
+            return on_primitives::weight_matmul::<Self>(x, w);
+        }
+        if !kernel_float(x.dtype) || w.dtype != x.dtype {
+            fallback("few-row matmul", "dtypes the kernel does not take");
+            return on_primitives::weight_matmul::<Self>(x, w);
         }
         few_rows::few_row_matmul(x, w)
     }

@@ -14,5 +14,5 @@ mod sampling;
 pub use attention::{attention_lse, merge_lse};
 pub use layer_ops::{rms_norm, rope, swiglu};
 pub use pages::{page_bounds, page_scores, select_pages};
-pub use rows::{active_rows, few_row_matmul, gather_rows, query_change, scatter_rows};
+pub use rows::{active_rows, gather_rows, query_change, scatter_rows, weight_matmul};
 pub use sampling::{GREEDY_COLUMNS, greedy_predictions};

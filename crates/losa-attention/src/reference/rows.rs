@@ -94,11 +94,11 @@ pub fn scatter_rows<B: Backend>(
     x.mask_where(hit, placed)
 }
 
-/// `x · w` for the few rows of a denoising block (the accelerated backends' kernel is bound by
-/// reading `w` once; this is burn's matmul).
+/// `x · w` for a weight read along `k` (the accelerated backends' few-row kernel is bound by
+/// reading `w` once, their tiled one by tensor-core throughput; this is burn's matmul).
 ///
 /// # Shapes
 /// `x`: `[rows, k]`, `w`: `[k, n]` -> `[rows, n]`.
-pub fn few_row_matmul<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
+pub fn weight_matmul<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
     x.matmul(w)
 }
