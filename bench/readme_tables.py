@@ -198,15 +198,19 @@ def matmul_table(data):
     out = [
         f"{data['card']}, {backend_name(data['backend'])}, commit `{data['commit']}`, `{data['shape']}` projections, "
         f"{data['dtype']} weights as transposed `[out, in]` views, mean of "
-        f"{data['iterations']} runs after one untimed; GB/s = weight bytes / time.",
+        f"{data['iterations']} runs after one untimed; GB/s = weight bytes / time, TFLOPS = 2 rows k n / time. "
+        "\"losa\" is `ops::weight_matmul` (the few-row kernels up to 32 rows, the tiled kernel past them) "
+        "and the one-launch ops of its row.",
         "",
-        "| rows | weight | k x n | few-row µs | few-row GB/s | burn matmul µs | burn GB/s | speed-up |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| rows | weight | k x n | losa µs | losa GB/s | losa TFLOPS | burn matmul µs | burn GB/s | burn TFLOPS | speed-up |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in data["rows"]:
+        flops = 2 * r["rows"] * r["k"] * r["n"]
         out.append(
             f"| {r['rows']} | {r['weight']} | {r['k']} x {r['n']} | {r['few_row_us']:.1f} | {r['few_row_gb_s']:.0f} "
-            f"| {r['burn_us']:.1f} | {r['burn_gb_s']:.0f} | {r['speedup']:.2f}x |"
+            f"| {flops / r['few_row_us'] / 1e6:.1f} | {r['burn_us']:.1f} | {r['burn_gb_s']:.0f} "
+            f"| {flops / r['burn_us'] / 1e6:.1f} | {r['speedup']:.2f}x |"
         )
     return "\n".join(out)
 
