@@ -10,6 +10,7 @@
 - generate-unfused-table: bench/results/generate-h100-unfused.json (the same with `--device cuda-unfused`)
 - variants-table: bench/results/train-retrieval-variants.json (`bench/merge_evals.py` over `losa eval` results)
 - matmul-table: bench/results/matmul-h100.json (`losa bench matmul`, with the card and commit of its call added)
+- matmul-prefill-table: the rows past 32 of bench/results/matmul-prefill-h100.json (the same, `--rows 16,32,512,2048`)
 """
 
 import json
@@ -32,6 +33,8 @@ VARIANTS_RESULT = os.path.join(ROOT, "bench", "results", "train-retrieval-varian
 VARIANTS_START, VARIANTS_END = "<!-- variants-table:start -->", "<!-- variants-table:end -->"
 MATMUL_RESULT = os.path.join(ROOT, "bench", "results", "matmul-h100.json")
 MATMUL_START, MATMUL_END = "<!-- matmul-table:start -->", "<!-- matmul-table:end -->"
+MATMUL_PREFILL_RESULT = os.path.join(ROOT, "bench", "results", "matmul-prefill-h100.json")
+MATMUL_PREFILL_START, MATMUL_PREFILL_END = "<!-- matmul-prefill-table:start -->", "<!-- matmul-prefill-table:end -->"
 
 
 def table(data, budget=256, page=16):
@@ -194,7 +197,7 @@ def variants_table(data):
     return "\n".join(out)
 
 
-def matmul_table(data):
+def matmul_table(data, min_rows=0):
     out = [
         f"{data['card']}, {backend_name(data['backend'])}, commit `{data['commit']}`, `{data['shape']}` projections, "
         f"{data['dtype']} weights as transposed `[out, in]` views, mean of "
@@ -206,6 +209,8 @@ def matmul_table(data):
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in data["rows"]:
+        if r["rows"] < min_rows:
+            continue
         flops = 2 * r["rows"] * r["k"] * r["n"]
         out.append(
             f"| {r['rows']} | {r['weight']} | {r['k']} x {r['n']} | {r['few_row_us']:.1f} | {r['few_row_gb_s']:.0f} "
@@ -246,6 +251,11 @@ def main():
     if os.path.exists(MATMUL_RESULT) and MATMUL_START in readme:
         with open(MATMUL_RESULT) as f:
             readme = replace(readme, MATMUL_START, MATMUL_END, matmul_table(json.load(f)))
+    if os.path.exists(MATMUL_PREFILL_RESULT) and MATMUL_PREFILL_START in readme:
+        with open(MATMUL_PREFILL_RESULT) as f:
+            # The prefill chunks' rows only: its block rows were bound by that machine's host.
+            prefill_rows = matmul_table(json.load(f), min_rows=33)
+        readme = replace(readme, MATMUL_PREFILL_START, MATMUL_PREFILL_END, prefill_rows)
     with open(readme_path, "w") as f:
         f.write(readme)
 
