@@ -737,10 +737,18 @@ fn launch_thresholds<R: CubeRuntime>(
 /// attention kernels read it.
 pub(crate) type PageList<R> = (CubeTensor<R>, CubeTensor<R>);
 
+/// Most pages [`select_page_list`] takes (16K keys at page 16). Its kernel reads a KV head's
+/// scores in one cube, so its time grows with the pages on one multiprocessor's bandwidth: at
+/// 64K keys (4,096 pages, SDAR-8B, 20 rows per KV head) it took 22.7 µs against 10.6 for the
+/// union over the whole card and the compaction it replaces (H100, ncu: `a9ae345` against
+/// `b1e8cd0`, `bench/results/ncu-losa-step-64k-h100*.txt`); at a quarter of the pages its
+/// estimated 6-7 µs is below theirs, and it saves a launch.
+const MAX_LISTED_PAGES: usize = 1024;
+
 /// [`select_pages`] with the mask's page list made in the same launch as the union
 /// ([`union_list_kernel`]), for a sparse step that reads the list at once: `(mask, list)`.
-/// `None` where the kernel does not fit: more pages than [`MAX_STAGED`], or the pages' staging
-/// and the scan beyond the shared memory.
+/// `None` where the two launches are faster (more than [`MAX_LISTED_PAGES`] pages) or the
+/// kernel does not fit (the pages' staging and the scan beyond the shared memory).
 pub(crate) fn select_page_list<R: CubeRuntime>(
     scores: CubeTensor<R>,
     kv_heads: usize,
@@ -752,21 +760,16 @@ pub(crate) fn select_page_list<R: CubeRuntime>(
     let [b, hq, s, np] = scores.meta.shape().dims::<4>();
     let client = scores.client.clone();
     let units = super::attention::compact_units(&client);
-    // The staging's size is compiled into the kernel: where the shared memory allows, the
-    // most pages, so that one kernel serves a cache at every length. Sized by the page count,
-    // a cache that crossed a power of two of pages compiled a new kernel in the middle of a
-    // generation (the bench's 64K prompt crosses 4,096 pages after its warm-up block: its LoSA
-    // steps were issued in 28.9 ms on average against 7.8 in the next run, H100). Elsewhere a
-    // power of two, so that a growing cache reuses a kernel for a while.
-    let fits = |pages: usize| {
-        (pages + units) * size_of::<u32>() <= client.properties().hardware.max_shared_memory_size
-    };
-    let staged = if fits(MAX_STAGED) {
-        MAX_STAGED
-    } else {
-        np.next_power_of_two()
-    };
-    if np == 0 || np > MAX_STAGED || !fits(staged) {
+    // The staging always holds the most pages: its size is compiled into the kernel, and sized
+    // by the page count (a power of two) a cache that crossed a power of two of pages compiled
+    // a new kernel in the middle of a generation (the bench's 64K prompt crosses 4,096 pages
+    // after its warm-up block: its LoSA steps were issued in 28.9 ms on average against 7.8 in
+    // the next run, H100, `5926921`).
+    let shared = (MAX_LISTED_PAGES + units) * size_of::<u32>();
+    if np == 0
+        || np > MAX_LISTED_PAGES
+        || shared > client.properties().hardware.max_shared_memory_size
+    {
         return None;
     }
     let scores = into_contiguous(scores);
@@ -796,7 +799,7 @@ pub(crate) fn select_page_list<R: CubeRuntime>(
         keep_first as u32,
         keep_last as u32,
         units,
-        staged,
+        MAX_LISTED_PAGES,
         int_dtype.into(),
     );
     Some((mask, (pages, count)))
