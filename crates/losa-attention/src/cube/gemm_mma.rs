@@ -148,7 +148,7 @@ fn gemm_mma_kernel<F: Float, N: Size>(
     w: &Array<Vector<F, N>>,
     out: &mut Array<F>,
     rows: usize,
-    n: usize,
+    cols: usize,
     k_vecs: usize,
     w_row: usize,
     #[define(F)] _dtype: StorageType,
@@ -166,7 +166,7 @@ fn gemm_mma_kernel<F: Float, N: Size>(
     let bar0 = Barrier::shared(units as u32, unit == 0);
     let bar1 = Barrier::shared(units as u32, unit == 0);
     let live_rows = min(BM, rows - tile_row);
-    let live_cols = min(BN, n - tile_col);
+    let live_cols = min(BN, cols - tile_col);
 
     let mut acc = Array::<Vector<f32, Const<2>>>::new(comptime!(2 * WARP_M_TILES * WARP_N_TILES));
     #[unroll]
@@ -247,8 +247,8 @@ fn gemm_mma_kernel<F: Float, N: Size>(
                     #[unroll]
                     for e in 0..2usize {
                         let col = col0 + nt * N8 + 2 * t + e;
-                        if col < n {
-                            out[row * n + col] = F::cast_from(v[e]);
+                        if col < cols {
+                            out[row * cols + col] = F::cast_from(v[e]);
                         }
                     }
                 }
