@@ -315,7 +315,6 @@ impl<B: FusionBackend + LosaBackend> Operation<B::FusionRuntime> for LosaOp<B> {
     }
 }
 
-/// Registers `call` over `inputs` with outputs of the given shapes and dtypes; returns them.
 /// The shapes and dtypes of a sparse step's outputs: `(O, LSE)` of `q`'s rows, then the
 /// refreshed cached rows `(o, lse, q)` shaped as the cached ones.
 fn step_outputs<B: FusionBackend + LosaBackend>(
@@ -332,6 +331,7 @@ fn step_outputs<B: FusionBackend + LosaBackend>(
     ]
 }
 
+/// Registers `call` over `inputs` with outputs of the given shapes and dtypes; returns them.
 fn register<B: FusionBackend + LosaBackend>(
     call: Call,
     inputs: Vec<FloatTensor<Fusion<B>>>,

@@ -40,8 +40,8 @@ const WARP_M_TILES: usize = 4;
 const WARP_N_TILES: usize = 4;
 
 /// A cube's output tile and the `k` of one stage.
-pub(crate) const BM: usize = WARPS_M * WARP_M_TILES * 16;
-pub(crate) const BN: usize = WARPS_N * WARP_N_TILES * N8;
+const BM: usize = WARPS_M * WARP_M_TILES * 16;
+const BN: usize = WARPS_N * WARP_N_TILES * N8;
 const BK: usize = 64;
 
 /// 16-byte vectors per staged row.
@@ -257,9 +257,9 @@ fn gemm_mma_kernel<F: Float, N: Size>(
     }
 }
 
-/// Fewest rows worth the tiled kernel: below, the few-row kernel (`few_rows_mma.rs`) or burn's
-/// matmul serve.
-pub(crate) const MIN_ROWS: usize = 33;
+/// Fewest rows the tiled kernel takes: up to the few-row kernels' limit, they (or burn's
+/// matmul) serve.
+const MIN_ROWS: usize = super::few_rows_mma::MAX_ROWS + 1;
 
 /// Whether the tiled kernel takes `x [rows, k] · w [k, n]`: f16 / bf16 with manual `mma`, one
 /// dtype, more than 32 rows, `k` a multiple of 8, `w` read along `k` with its rows 16-byte
